@@ -1,0 +1,34 @@
+"""vmr_jax: JAX/Flax video moment retrieval (MGPN, FVMR, VLANet, Cascaded MPN, PREM)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="vmr_jax",
+    version="0.1.0",
+    description="Video moment retrieval in JAX/Flax: sharded training, official evaluators.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["vmr_jax", "vmr_jax.*", "data_pipelines", "data_pipelines.*"]),
+    install_requires=[
+        "jax>=0.4.30",
+        "flax>=0.10",
+        "optax",
+        "orbax-checkpoint",
+        "tensorflow-cpu",
+        "tensorflow-datasets",
+        "numpy",
+        "ml-collections",
+        "sentencepiece",
+        "h5py",
+        "tensorboardX",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-xdist", "ruff"],
+        # The converter reads official PyTorch checkpoints; 2.13.0 is the CPU build the
+        # golden files were made with.
+        "torch": ["torch==2.13.0"],
+    },
+    entry_points={"console_scripts": ["vmr-jax=vmr_jax.main:run"]},
+)

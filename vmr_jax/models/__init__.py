@@ -1,0 +1,47 @@
+"""Model families and their registry.
+
+Every family module (``vmr_jax/models/<family>.py``) exposes:
+
+* ``VARIANTS: dict[str, dict]`` -- keyword arguments of the official configurations plus a
+  ``tiny`` entry for tests.
+* ``create_model(model_config) -> flax.linen.Module`` -- builds the module from
+  ``config.model`` (a ConfigDict holding one VARIANTS entry, possibly overridden).
+* ``Module.__call__(batch, *, train: bool) -> dict`` of outputs (scores plus intermediates).
+* ``loss_fn(outputs, batch, model_config) -> (scalar, dict of scalar metrics)``; targets are
+  built here from ``batch['spans']``.
+* ``decode(outputs, batch, model_config) -> dict`` with ``score_map [B, N, N]`` ranking
+  scores (0 outside the valid cells) and ``num_clips``; evaluation turns it into moments.
+
+Batch contract (a dict of arrays, leading axis = batch, produced by
+``data_pipelines/input_pipeline.py`` and sharded on the mesh's ``data`` axis):
+
+===================  ==================  ===================================================
+key                  shape / dtype       meaning
+===================  ==================  ===================================================
+video_features       [B, T, D] f32       clips resampled to ``config.data.num_input_clips``
+video_mask           [B, T] f32          1 for real clips
+query_tokens         [B, L] i32          word / piece ids, 0 = padding (text mode 'tokens')
+query_features       [B, L, Dq] f32      word vectors or token features (mode 'features')
+query_mask           [B, L] f32          1 for real tokens
+duration             [B] f32             seconds
+spans                [B, S, 2] f32       ground-truth [start, end] seconds (S >= 1)
+span_mask            [B, S] f32          1 for real spans
+query_index          [B] i32             record index in its split, -1 for padding
+valid                [B] f32             1 for real examples, 0 for eval padding
+===================  ==================  ===================================================
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from vmr_jax.models import mgpn
+
+MODELS: dict[str, ModuleType] = {"mgpn": mgpn}
+
+
+def get_family(name: str) -> ModuleType:
+    """Model family module by registry name."""
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; known: {sorted(MODELS)}")
+    return MODELS[name]
