@@ -207,3 +207,31 @@ def config_from_yaml(path: str | os.PathLike) -> ml_collections.ConfigDict:
         )
     )
     return config
+
+
+def model_config_from_golden(config_values: Mapping) -> ml_collections.ConfigDict:
+    """``config.model`` from the ``config_values`` of a golden sidecar JSON (shared/golden)."""
+    gru = config_values["gru"]
+    loss = config_values["loss"]["PARAMS"]
+    return ml_collections.ConfigDict(
+        dict(
+            name="mgpn",
+            feature_dim=int(config_values["feature_dim"]),
+            hidden=int(config_values["hidden"]),
+            num_clips=int(config_values["N_clips_map"]),
+            frame_stride=int(config_values["TARGET_STRIDE"]),
+            pooling_counts=tuple(int(c) for c in config_values["NUM_SCALE_LAYERS"]),
+            gru_layers=int(gru["layers"]),
+            word_dim=int(gru["txt_input"]),
+            vocab_size=0,
+            use_position=bool(config_values["use_learned_position"]),
+            groups=32,
+            conv_kernel=7,
+            dropout=0.1,
+            min_iou=float(loss["MIN_IOU"]),
+            max_iou=float(loss["MAX_IOU"]),
+            map_conv="sparse",
+            conv_chunk=128,
+            bn_stats="dense",
+        )
+    )

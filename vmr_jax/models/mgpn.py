@@ -242,8 +242,9 @@ class MapConvBlock(nn.Module):
                     stats = _moments(y)
         else:
             raise ValueError(f"map_conv must be 'sparse' or 'dense', got {self.mode!r}")
-        y = MapBatchNorm(name="bn")(y, stats, train=train)
-        return jax.nn.relu(y)
+        y = jax.nn.relu(MapBatchNorm(name="bn")(y, stats, train=train))
+        self.sow("intermediates", "output", y)
+        return y
 
 
 def _moments(y):
