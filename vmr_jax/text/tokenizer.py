@@ -109,12 +109,12 @@ def train_sentencepiece(
     vocab_size: int,
     model_type: str = "unigram",
     character_coverage: float = 1.0,
-    seed: int = 0,
 ) -> Path:
     """Trains a SentencePiece model on ``texts`` (lower-cased) and writes ``<prefix>.model``.
 
     ``hard_vocab_limit=False`` so a small corpus yields a smaller vocabulary instead of an
-    error.  Returns the model path.
+    error; one training thread, so the model is a deterministic function of the corpus.
+    Returns the model path.
     """
     import sentencepiece as spm
 
@@ -135,7 +135,6 @@ def train_sentencepiece(
         unk_piece=UNK_TOKEN,
         hard_vocab_limit=False,
         num_threads=1,
-        random_seed=seed,
         minloglevel=2,
     )
     path = prefix.with_name(prefix.name + ".model")
