@@ -337,7 +337,7 @@ def _as_prepared(records, config_data, text, name) -> PreparedSplit:
 
 
 def _batches(
-    split: PreparedSplit, index_ds: tf.data.Dataset, config_data: Any
+    split: PreparedSplit, index_ds: tf.data.Dataset, host_batch: int, config_data: Any
 ) -> Iterator[dict[str, np.ndarray]]:
     example = gather_batch(split, np.zeros(1, np.int64))
     keys = sorted(example)
@@ -351,7 +351,7 @@ def _batches(
         arrays = tf.numpy_function(gather, [index], dtypes, stateful=False)
         out = {}
         for k, a in zip(keys, arrays):
-            a.set_shape([None, *example[k].shape[1:]])
+            a.set_shape([host_batch, *example[k].shape[1:]])
             out[k] = a
         return out
 
@@ -376,7 +376,7 @@ def make_train_iterator(
     n = len(split)
     ds = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.batch(global_batch, drop_remainder=True).map(lambda b: b[start : start + size])
-    return _batches(split, ds, config_data)
+    return _batches(split, ds, size, config_data)
 
 
 def make_eval_iterator(
@@ -396,7 +396,7 @@ def make_eval_iterator(
     index = np.concatenate([np.arange(n), np.full(padded - n, -1)]).astype(np.int64)
     ds = tf.data.Dataset.from_tensor_slices(index).batch(global_batch)
     ds = ds.map(lambda b: b[start : start + size])
-    return _batches(split, ds, config_data)
+    return _batches(split, ds, size, config_data)
 
 
 def num_eval_batches(num_records: int, global_batch: int) -> int:

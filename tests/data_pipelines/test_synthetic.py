@@ -67,6 +67,13 @@ def test_records_respect_spec_ranges():
         assert r.video_features.shape == (t, spec.feature_dim)
 
 
+def test_subtitles_follow_the_video():
+    spec = dataclasses.replace(SMALL, subtitles=True)
+    for r in make_splits(spec, 0, splits=("val",))["val"]:
+        assert r.subtitle_features.shape == (r.num_clips, spec.word_dim)
+    assert make_splits(SMALL, 0, splits=("val",))["val"][0].subtitle_features is None
+
+
 def test_planted_event_is_exactly_at_the_span_without_noise():
     # With no noise and no background a clip holds exactly the sum of its planted vectors:
     # the query's (type, attribute) vector inside the span, zero or another event outside.
