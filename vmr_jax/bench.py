@@ -1,0 +1,229 @@
+"""``vmr-jax bench``: compile time, throughput and memory of a config's train and eval steps.
+
+Random inputs of the contract shapes (``vmr_jax/models/__init__.py``) are built from the model
+config (``num_clips * frame_stride`` input clips of ``feature_dim``, ``query_len`` words of
+``word_dim`` or token ids when ``vocab_size > 0``), so no data is read and any official shape
+can be measured, e.g. MGPN on Charades-STA I3D and TACoS::
+
+    vmr-jax bench --config configs/mgpn/synthetic.py --variant charades_i3d --batch_size 64
+    vmr-jax bench --config configs/mgpn/synthetic.py --variant tacos --batch_size 32
+
+Printed JSON: device, mesh, shapes; ``train_compile_s`` / ``eval_compile_s`` (lower +
+compile), ``train_steps_per_s`` and ``train_examples_per_s`` (steady state, after warm-up),
+``eval_queries_per_s`` (forward + score-map decoding on device), ``train_step_flops`` /
+``eval_step_flops`` (XLA ``cost_analysis``), ``peak_rss_mib`` (``resource.getrusage``) and,
+where the backend reports it, ``device_peak_memory_mib`` plus the compiled temp sizes.
+Speed is measured here, never asserted by tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from vmr_jax import config_cli, sharding, trainer
+from vmr_jax.models import get_family
+
+
+def random_batch(
+    model_config: Any, batch_size: int, query_len: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """A host batch of the contract with random features, lengths and spans."""
+    rng = np.random.default_rng(seed)
+    clips = int(model_config.num_clips) * int(model_config.get("frame_stride", 1))
+    duration = rng.uniform(20.0, 120.0, size=batch_size).astype(np.float32)
+    start = rng.uniform(0.0, 0.7, size=batch_size) * duration
+    end = np.minimum(start + rng.uniform(0.1, 0.3, size=batch_size) * duration, duration)
+    lengths = rng.integers(max(1, query_len // 2), query_len + 1, size=batch_size)
+    batch = {
+        "video_features": rng.normal(
+            size=(batch_size, clips, int(model_config.feature_dim))
+        ).astype(np.float32),
+        "video_mask": np.ones((batch_size, clips), np.float32),
+        "query_mask": (np.arange(query_len)[None] < lengths[:, None]).astype(np.float32),
+        "duration": duration,
+        "spans": np.stack([start, end], -1)[:, None, :].astype(np.float32),
+        "span_mask": np.ones((batch_size, 1), np.float32),
+        "query_index": np.arange(batch_size, dtype=np.int32),
+        "valid": np.ones(batch_size, np.float32),
+    }
+    vocab = int(model_config.get("vocab_size", 0) or 0)
+    if vocab > 0:
+        tokens = rng.integers(2, vocab, size=(batch_size, query_len)).astype(np.int32)
+        batch["query_tokens"] = tokens * batch["query_mask"].astype(np.int32)
+    else:
+        width = int(model_config.get("word_dim", 300))
+        feats = rng.normal(size=(batch_size, query_len, width)).astype(np.float32)
+        batch["query_features"] = feats * batch["query_mask"][..., None]
+    return batch
+
+
+def _flops(compiled) -> float | None:
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 -- some backends do not implement it
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost:
+        return None
+    return float(cost["flops"])
+
+
+def _compiled_memory(compiled) -> dict[str, float]:
+    try:
+        mem = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001
+        return {}
+    if mem is None:
+        return {}
+    out = {}
+    for name in ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes"):
+        if hasattr(mem, name):
+            out[name.replace("_in_bytes", "_mib")] = getattr(mem, name) / 2**20
+    return out
+
+
+def _device_peak_mib() -> float | None:
+    stats = jax.local_devices()[0].memory_stats()
+    if not stats:
+        return None
+    peak = stats.get("peak_bytes_in_use", stats.get("bytes_in_use"))
+    return None if peak is None else peak / 2**20
+
+
+def _timed(fn, steps: int) -> float:
+    """Seconds per call of ``fn`` over ``steps`` calls (result blocked on at the end)."""
+    start = time.perf_counter()
+    out = None
+    for _ in range(steps):
+        out = fn()
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / steps
+
+
+def run_bench(
+    config: ml_collections.ConfigDict,
+    *,
+    batch_size: int | None = None,
+    eval_batch_size: int | None = None,
+    query_len: int | None = None,
+    steps: int = 10,
+    warmup: int = 2,
+) -> dict[str, Any]:
+    """Measures ``config``'s train and eval steps on random inputs; returns the report."""
+    mesh = sharding.make_mesh(config.mesh)
+    batch_size = int(batch_size or config.train.batch_size)
+    eval_batch_size = int(eval_batch_size or config.evals.get("batch_size", batch_size))
+    query_len = int(query_len or config.data.get("max_query_len", 20))
+    train_batch = random_batch(config.model, batch_size, query_len, seed=0)
+    eval_batch = random_batch(config.model, eval_batch_size, query_len, seed=1)
+
+    model = trainer.create_model(config.model)
+    tx, schedule = trainer.create_optimizer(config.train, steps_per_epoch=1000)
+    rng = jax.random.PRNGKey(0)
+    state = trainer.create_train_state(config, model, rng, train_batch, mesh, tx=tx)
+    state_sharding = jax.tree.map(lambda x: x.sharding, state)
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+
+    # Train step: compile, then steady state (state is donated: thread it through).
+    train_step = trainer.make_train_step(config, state_sharding, mesh, schedule)
+    batch = sharding.put_batch(train_batch, mesh)
+    start = time.perf_counter()
+    train_compiled = train_step.lower(state, batch, rng).compile()
+    train_compile_s = time.perf_counter() - start
+    holder = {"state": state}
+
+    def one_train_step():
+        holder["state"], metrics = train_compiled(holder["state"], batch, rng)
+        return metrics
+
+    _timed(one_train_step, warmup)
+    train_s = _timed(one_train_step, steps)
+
+    eval_step = trainer.make_eval_step(config, state_sharding, mesh)
+    ebatch = sharding.put_batch(eval_batch, mesh)
+    start = time.perf_counter()
+    eval_compiled = eval_step.lower(holder["state"], ebatch).compile()
+    eval_compile_s = time.perf_counter() - start
+    _timed(lambda: eval_compiled(holder["state"], ebatch), warmup)
+    eval_s = _timed(lambda: eval_compiled(holder["state"], ebatch), steps)
+
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_mib = rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+    report = {
+        "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
+        "platform": jax.default_backend(),
+        "mesh": dict(mesh.shape),
+        "model": config.model.name,
+        "model_config": {k: v for k, v in config.model.items() if not isinstance(v, dict)},
+        "num_params": num_params,
+        "batch_size": batch_size,
+        "eval_batch_size": eval_batch_size,
+        "query_len": query_len,
+        "input_clips": int(train_batch["video_features"].shape[1]),
+        "train_compile_s": train_compile_s,
+        "train_steps_per_s": 1.0 / train_s,
+        "train_examples_per_s": batch_size / train_s,
+        "train_step_flops": _flops(train_compiled),
+        "train_step_memory": _compiled_memory(train_compiled),
+        "eval_compile_s": eval_compile_s,
+        "eval_queries_per_s": eval_batch_size / eval_s,
+        "eval_step_flops": _flops(eval_compiled),
+        "eval_step_memory": _compiled_memory(eval_compiled),
+        "peak_rss_mib": rss_mib,
+        "device_peak_memory_mib": _device_peak_mib(),
+        "timed_steps": steps,
+    }
+    return report
+
+
+def apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
+    """Replaces ``config.model``'s fields by the family's ``VARIANTS[variant]``."""
+    family = get_family(config.model.name)
+    if variant not in family.VARIANTS:
+        raise KeyError(f"unknown variant {variant!r}; known: {sorted(family.VARIANTS)}")
+    with config.ignore_type():
+        for key, value in family.VARIANTS[variant].items():
+            config.model[key] = value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="config file, path.py[:arg]")
+    parser.add_argument("--variant", default=None, help="model VARIANTS entry, e.g. tacos")
+    parser.add_argument("--batch_size", type=int, default=None, help="global train batch")
+    parser.add_argument("--eval_batch_size", type=int, default=None)
+    parser.add_argument("--query_len", type=int, default=None, help="padded query length")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compile")
+
+
+def main(args: argparse.Namespace) -> int:
+    sharding.initialize_distributed()
+    config = config_cli.load_config_file(args.config)
+    config.unlock()
+    if args.variant:
+        apply_variant(config, args.variant)
+    for key, value in getattr(args, "config_overrides", ()):
+        config_cli.apply_override(config, key, value)
+    config.lock()
+    report = run_bench(
+        config,
+        batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size,
+        query_len=args.query_len,
+        steps=args.steps,
+        warmup=args.warmup,
+    )
+    if sharding.is_main_process():
+        print(json.dumps(report, indent=2, sort_keys=True))
+    return 0

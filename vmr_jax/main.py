@@ -1,0 +1,128 @@
+"""The ``vmr-jax`` command: parses arguments and dispatches to the library.
+
+    vmr-jax train --config configs/mgpn/synthetic.py[:arg] --workdir DIR [--config.a.b=v ...]
+    vmr-jax eval  --workdir DIR [--step N|best] [--split test] [--config.a.b=v ...]
+    vmr-jax bench --config configs/mgpn/synthetic.py [--variant charades_i3d] [--batch_size 64]
+
+Each subcommand is a :class:`Command` in ``COMMANDS``: a help line, a function adding its
+arguments to its sub-parser and a function running it (returns the exit code).  A new
+subcommand (data, convert, predict) is one more entry.  ``--config.*`` overrides are taken
+out of the argument list before argparse sees it (``config_cli.split_overrides``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+
+class Command(NamedTuple):
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    main: Callable[[argparse.Namespace], int]
+
+
+# --------------------------------------------------------------------------- train
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="config file, path.py[:arg]")
+    parser.add_argument("--workdir", required=True, help="checkpoints, logs and config.json")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from vmr_jax import config_cli, sharding, trainer
+
+    sharding.initialize_distributed()
+    config = config_cli.load_config(args.config, args.config_overrides)
+    result = trainer.train_and_evaluate(config, args.workdir)
+    if sharding.is_main_process():
+        print(json.dumps(result, indent=2, sort_keys=True))
+        print(f"checkpoints: {result['checkpoint_dir']}")
+    return 0
+
+
+# --------------------------------------------------------------------------- eval
+def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", required=True, help="a training workdir")
+    parser.add_argument("--step", default=None, help="checkpoint step, or 'best' (default: latest)")
+    parser.add_argument("--split", default=None, help="split to evaluate (default: evals.split)")
+    parser.add_argument("--output_dir", default=None, help="default: WORKDIR/eval")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from vmr_jax import sharding, trainer
+
+    sharding.initialize_distributed()
+    step = args.step if args.step in (None, "best") else int(args.step)
+    result = trainer.evaluate_workdir(
+        args.workdir,
+        step=step,
+        split=args.split,
+        output_dir=args.output_dir,
+        overrides=args.config_overrides,
+    )
+    if sharding.is_main_process():
+        summary = {k: result[k] for k in ("split", "protocol", "step", "num_queries", "metrics")}
+        print(json.dumps(summary, indent=2, sort_keys=True))
+        print(f"results: {result['results_path']}")
+        print(f"predictions: {result['predictions_path']}")
+    return 0
+
+
+# --------------------------------------------------------------------------- bench
+def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from vmr_jax import bench
+
+    bench.add_arguments(parser)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from vmr_jax import bench
+
+    return bench.main(args)
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command("train (and evaluate) a model", _add_train_arguments, _train),
+    "eval": Command("evaluate a checkpoint of a workdir", _add_eval_arguments, _eval),
+    "bench": Command("measure compile time, throughput, memory", _add_bench_arguments, _bench),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmr-jax", description="Video moment retrieval in JAX/Flax."
+    )
+    parser.add_argument("--log_level", default="INFO", help="python logging level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from vmr_jax import config_cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, overrides = config_cli.split_overrides(argv)
+    args = build_parser().parse_args(argv)
+    args.config_overrides = overrides
+    # Library loggers at --log_level; third-party ones (orbax, absl) only warn.
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for name in ("vmr_jax", "data_pipelines"):
+        logging.getLogger(name).setLevel(str(args.log_level).upper())
+    return COMMANDS[args.command].main(args)
+
+
+def run() -> None:
+    """Console entry point ``vmr-jax``."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,564 @@
+"""One trainer for every model family: ``train_and_evaluate(config, workdir)`` in named pieces.
+
+Sections run in a fixed order: mesh -> data -> model/optimizer -> shardings -> jitted step
+-> restore -> eval -> loop.  Each is a function that notebooks and tests can call alone.
+
+* The optimiser is MGPN's (official ``lib/core/config`` + ``train.py``): Adam (lr ``1e-3``,
+  betas 0.9/0.999, no weight decay) after global grad-norm clipping (``grad_clip_norm``),
+  learning rate multiplied by ``gamma`` at every milestone epoch (PyTorch ``MultiStepLR``,
+  stepped per epoch; here the milestones become step boundaries ``epoch * steps_per_epoch``).
+* The train state is built sharded: ``jax.eval_shape`` gives its shapes, the mesh shardings
+  follow from the logical axis rules (``sharding.tree_shardings``), and ``init`` is jitted
+  with those ``out_shardings``.  The train step is jitted once with explicit in/out shardings
+  and the state donated.
+* RNG: one key per run (``config.train.seed``); the step is folded in inside the step, so a
+  resumed run draws the same dropout masks as an uninterrupted one.
+* BatchNorm: train mode updates ``batch_stats``; eval uses the running statistics.  Because
+  the batch is one global array sharded on ``data``, the batch statistics a model computes
+  (``jnp.mean`` over the batch axis) are over the global batch under ``jit`` -- XLA inserts the
+  cross-device reductions -- so results do not depend on the device count.
+* Evaluation runs the padded eval iterator; only rows with ``valid == 1`` are kept, so every
+  query counts once.  Scores are decoded into moments and scored by ``evaluation.svmr``.
+* Data order on resume: the train iterator is deterministic given its seed; a resumed run
+  skips the batches already consumed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+
+from data_pipelines import input_pipeline
+from vmr_jax import checkpointing, config_cli, sharding
+from vmr_jax.metrics_writer import MetricsWriter
+from vmr_jax.models import get_family
+
+logger = logging.getLogger(__name__)
+
+PyTree = Any
+Batch = Mapping[str, Any]
+
+
+class TrainState(train_state.TrainState):
+    """Flax train state plus the BatchNorm running statistics (``{}`` if none)."""
+
+    batch_stats: PyTree = None
+
+
+# --------------------------------------------------------------------------- optimizer
+def lr_schedule(train_config: Mapping[str, Any], steps_per_epoch: int) -> optax.Schedule:
+    """``lr * gamma ** (number of milestones <= epoch)``, as a function of the step."""
+    boundaries: dict[int, float] = {}
+    for epoch in train_config.get("milestones", ()):
+        step = int(epoch) * int(steps_per_epoch)
+        boundaries[step] = boundaries.get(step, 1.0) * float(train_config.get("gamma", 0.1))
+    return optax.piecewise_constant_schedule(float(train_config.lr), boundaries or None)
+
+
+def create_optimizer(
+    train_config: Mapping[str, Any], steps_per_epoch: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Clip by global norm, then Adam with the multi-step schedule (MGPN's optimiser)."""
+    schedule = lr_schedule(train_config, steps_per_epoch)
+    parts = []
+    clip = float(train_config.get("grad_clip_norm", 0.0) or 0.0)
+    if clip > 0:
+        parts.append(optax.clip_by_global_norm(clip))
+    parts.append(
+        optax.adam(
+            schedule, b1=float(train_config.get("b1", 0.9)), b2=float(train_config.get("b2", 0.999))
+        )
+    )
+    return optax.chain(*parts), schedule
+
+
+# --------------------------------------------------------------------------- model / state
+def create_model(model_config: Mapping[str, Any]):
+    """The linen module of ``config.model.name`` (registry ``vmr_jax.models.MODELS``)."""
+    return get_family(model_config.name).create_model(model_config)
+
+
+def _init_batch(sample_batch: Batch) -> dict[str, np.ndarray]:
+    # Parameter shapes do not depend on the batch size: initialise on one example.
+    return {k: np.asarray(v)[:1] for k, v in sample_batch.items()}
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict,
+    model,
+    rng: jax.Array,
+    sample_batch: Batch,
+    mesh: jax.sharding.Mesh,
+    *,
+    tx: optax.GradientTransformation | None = None,
+) -> TrainState:
+    """The initial train state, built directly with its mesh shardings.
+
+    ``jax.eval_shape`` gives the abstract state; ``state_shardings`` places it; ``init`` runs
+    under ``jax.jit(..., out_shardings=...)`` so no device ever holds an unsharded copy.
+    ``tx`` defaults to ``create_optimizer(config.train, steps_per_epoch=1)``; pass the one the
+    step functions were built with (a state's static fields must be the same objects).
+    """
+    tx = tx or create_optimizer(config.train, 1)[0]
+    init_fn = _state_init_fn(model, tx, sample_batch)
+    shardings = state_shardings(jax.eval_shape(init_fn, rng), mesh, config.mesh)
+    return jax.jit(init_fn, out_shardings=shardings)(rng)
+
+
+def _state_init_fn(model, tx: optax.GradientTransformation, sample_batch: Batch):
+    batch = _init_batch(sample_batch)
+
+    def init(rng):
+        params_rng, dropout_rng = jax.random.split(rng)
+        variables = model.init({"params": params_rng, "dropout": dropout_rng}, batch, train=False)
+        return TrainState.create(
+            apply_fn=model.apply,
+            params=variables["params"],
+            tx=tx,
+            batch_stats=variables.get("batch_stats", {}),
+        )
+
+    return init
+
+
+def state_shardings(abstract_state: PyTree, mesh, mesh_config=None) -> PyTree:
+    """``NamedSharding`` of every leaf (replicated unless the model names logical axes)."""
+    return sharding.tree_shardings(abstract_state, mesh, sharding.logical_axis_rules(mesh_config))
+
+
+def abstract_train_state(
+    config, model, rng, sample_batch: Batch, mesh, *, tx: optax.GradientTransformation
+) -> PyTree:
+    """Shapes, dtypes and shardings of the train state (the checkpoint restore target)."""
+    abstract = jax.eval_shape(_state_init_fn(model, tx, sample_batch), rng)
+    return checkpointing.abstract_like(abstract, state_shardings(abstract, mesh, config.mesh))
+
+
+# --------------------------------------------------------------------------- steps
+def _variables(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    rng: jax.Array,
+    *,
+    loss_fn: Callable,
+    model_config: Any,
+    schedule: optax.Schedule,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimiser step; returns the new state and flat scalar metrics.
+
+    Metrics: ``loss``, the model's loss parts, ``grad_norm`` (before clipping),
+    ``param_norm`` (after the update) and ``lr`` (used by this step).
+    """
+    rng = jax.random.fold_in(rng, state.step)
+    has_stats = bool(state.batch_stats)
+
+    def compute_loss(params):
+        outputs, updates = state.apply_fn(
+            _variables(params, state.batch_stats),
+            batch,
+            train=True,
+            rngs={"dropout": rng},
+            mutable=["batch_stats"] if has_stats else [],
+        )
+        loss, parts = loss_fn(outputs, batch, model_config)
+        return loss, (parts, updates)
+
+    (loss, (parts, updates)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+    new_state = state.apply_gradients(
+        grads=grads, batch_stats=updates["batch_stats"] if has_stats else state.batch_stats
+    )
+    metrics = {"loss": loss, **parts}
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["param_norm"] = optax.global_norm(new_state.params)
+    metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
+    return new_state, metrics
+
+
+# Batch fields the evaluation needs on the host, returned by eval_step next to the scores.
+EVAL_FIELDS = ("duration", "spans", "span_mask", "query_index", "valid")
+
+
+def eval_step(
+    state: TrainState, batch: Batch, *, decode_fn: Callable, model_config: Any
+) -> dict[str, jax.Array]:
+    """Eval-mode forward pass and decoding: ``score_map [B, N, N]`` plus ``EVAL_FIELDS``."""
+    outputs = state.apply_fn(_variables(state.params, state.batch_stats), batch, train=False)
+    decoded = decode_fn(outputs, batch, model_config)
+    out = {"score_map": decoded["score_map"]}
+    out.update({k: batch[k] for k in EVAL_FIELDS})
+    return out
+
+
+def make_train_step(config, state_sharding: PyTree, mesh, schedule: optax.Schedule):
+    """``train_step`` bound to the model family and jitted with shardings, state donated."""
+    family = get_family(config.model.name)
+    step = functools.partial(
+        train_step, loss_fn=family.loss_fn, model_config=config.model, schedule=schedule
+    )
+    rep = sharding.replicated(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(state_sharding, sharding.batch_sharding(mesh), rep),
+        out_shardings=(state_sharding, rep),
+        donate_argnums=0,
+    )
+
+
+def make_eval_step(config, state_sharding: PyTree, mesh):
+    """``eval_step`` jitted; outputs replicated so every host can read all of them."""
+    family = get_family(config.model.name)
+    step = functools.partial(eval_step, decode_fn=family.decode, model_config=config.model)
+    rep = sharding.replicated(mesh)
+    return jax.jit(
+        step, in_shardings=(state_sharding, sharding.batch_sharding(mesh)), out_shardings=rep
+    )
+
+
+# --------------------------------------------------------------------------- evaluation
+def predict(
+    eval_step_fn: Callable, state: TrainState, batches: Iterable[Batch], mesh
+) -> dict[str, np.ndarray]:
+    """Runs the eval step over padded host batches; keeps each real query once.
+
+    Returns arrays over the queries sorted by ``query_index``: ``score_map [Q, N, N]`` and
+    the ``EVAL_FIELDS``.
+    """
+    chunks: dict[str, list[np.ndarray]] = {}
+    for batch in batches:
+        out = jax.device_get(eval_step_fn(state, sharding.put_batch(batch, mesh)))
+        keep = np.asarray(out["valid"]) > 0
+        for k, v in out.items():
+            chunks.setdefault(k, []).append(np.asarray(v)[keep])
+    if not chunks:
+        raise ValueError("the eval iterator yielded no batch")
+    result = {k: np.concatenate(v) for k, v in chunks.items()}
+    order = np.argsort(result["query_index"], kind="stable")
+    result = {k: v[order] for k, v in result.items()}
+    index = result["query_index"]
+    if len(np.unique(index)) != len(index):
+        raise ValueError("the eval iterator yielded a query twice")
+    return result
+
+
+def score_predictions(
+    predicted: Mapping[str, np.ndarray], evals_config: Mapping[str, Any]
+) -> tuple[dict[str, float], list[list[tuple[float, float, float]]]]:
+    """Moments (NMS'd, ranked) per query and R@n,IoU=m / mIoU under ``evals.protocol``."""
+    from vmr_jax.evaluation import svmr
+
+    return svmr.evaluate_score_maps(
+        predicted["score_map"],
+        predicted["duration"],
+        predicted["spans"],
+        predicted["span_mask"],
+        protocol=evals_config.get("protocol", "2dtan"),
+        recalls=tuple(evals_config.get("recalls", (1, 5))),
+        ious=tuple(evals_config.get("ious", (0.3, 0.5, 0.7))),
+        nms_thresh=float(evals_config.get("nms_thresh", 0.5)),
+    )
+
+
+def evaluate(
+    eval_step_fn: Callable,
+    state: TrainState,
+    batches: Iterable[Batch],
+    mesh,
+    evals_config: Mapping[str, Any],
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Metrics of one pass over a padded eval iterator, and the per-query predictions."""
+    predicted = predict(eval_step_fn, state, batches, mesh)
+    metrics, moments = score_predictions(predicted, evals_config)
+    return metrics, {"query_index": predicted["query_index"], "moments": moments}
+
+
+# --------------------------------------------------------------------------- data
+class DataSources:
+    """Prepared splits and the iterators over them for one config (host-local batches)."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.datasets = input_pipeline.get_datasets(config)
+        self._prepared: dict[str, input_pipeline.PreparedSplit] = {}
+
+    def prepared(self, split: str) -> input_pipeline.PreparedSplit:
+        if split not in self._prepared:
+            if split not in self.datasets.splits:
+                raise KeyError(f"no split {split!r}; have {sorted(self.datasets.splits)}")
+            self._prepared[split] = input_pipeline.prepare_split(
+                self.datasets.splits[split], self.config.data, self.datasets.text, split
+            )
+        return self._prepared[split]
+
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.prepared("train")) // int(self.config.train.batch_size))
+
+    def train_iterator(self, start_step: int = 0):
+        """Endless train batches, positioned after the first ``start_step`` batches."""
+        it = input_pipeline.make_train_iterator(
+            self.prepared("train"),
+            self.config.data,
+            int(self.config.train.batch_size),
+            int(self.config.train.seed),
+            text=self.datasets.text,
+        )
+        for _ in range(start_step):
+            next(it)
+        return it
+
+    def eval_iterator(self, split: str):
+        return input_pipeline.make_eval_iterator(
+            self.prepared(split),
+            self.config.data,
+            int(self.config.evals.get("batch_size", self.config.train.batch_size)),
+            text=self.datasets.text,
+        )
+
+    def sample_batch(self) -> dict[str, np.ndarray]:
+        return input_pipeline.gather_batch(self.prepared("train"), np.zeros(1, np.int64))
+
+    def query_records(self, split: str, query_index: np.ndarray) -> list[Any]:
+        records = self.datasets.splits[split]
+        return [records[int(i)] for i in query_index]
+
+
+def num_train_steps(config, steps_per_epoch: int) -> int:
+    """``train.num_steps`` if positive, else ``train.num_epochs * steps_per_epoch``."""
+    steps = int(config.train.get("num_steps", 0) or 0)
+    return steps if steps > 0 else int(config.train.num_epochs) * steps_per_epoch
+
+
+# --------------------------------------------------------------------------- loop
+def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean over the logged interval; ``lr`` is the last step's."""
+    host = jax.device_get(history)
+    out = {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+    out["lr"] = float(host[-1]["lr"])
+    return out
+
+
+def _is_every(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint), evaluating
+    every ``config.evals.every`` steps and at the end.
+
+    Returns ``{'step', 'train_metrics', 'eval_metrics', 'eval_split', 'checkpoint_dir',
+    'best_step', 'workdir'}``.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    checkpointing.save_config(config, workdir)
+    writer = MetricsWriter(workdir)
+    main = sharding.is_main_process()
+
+    # Mesh.
+    mesh = sharding.make_mesh(config.mesh)
+    logger.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
+
+    # Data.
+    data = DataSources(config)
+    steps_per_epoch = data.steps_per_epoch()
+    total_steps = num_train_steps(config, steps_per_epoch)
+    eval_split = config.evals.get("split", "val")
+    sample = data.sample_batch()
+
+    # Model and optimizer.
+    model = create_model(config.model)
+    tx, schedule = create_optimizer(config.train, steps_per_epoch)
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(int(config.train.seed)))
+
+    # Shardings.
+    abstract = abstract_train_state(config, model, init_rng, sample, mesh, tx=tx)
+    state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
+
+    # Jitted steps.
+    p_train_step = make_train_step(config, state_sharding, mesh, schedule)
+    p_eval_step = make_eval_step(config, state_sharding, mesh)
+
+    # Restore or initialise.
+    manager = checkpointing.create_checkpoint_manager(workdir, config.train)
+    state, restored = checkpointing.restore_or_init(
+        manager,
+        abstract,
+        lambda: create_train_state(config, model, init_rng, sample, mesh, tx=tx),
+    )
+    start_step = int(jax.device_get(state.step))
+    if restored is not None:
+        logger.info("resumed from %s at step %d", manager.directory, start_step)
+    else:
+        writer.write_text(0, "config", config.to_json_best_effort(indent=2))
+
+    # Eval.
+    def run_eval(step: int) -> dict[str, float]:
+        metrics, _ = evaluate(
+            p_eval_step, state, data.eval_iterator(eval_split), mesh, config.evals
+        )
+        writer.write(step, eval_split, metrics)
+        return metrics
+
+    # Loop.
+    train_iter = data.train_iterator(start_step)
+    log_every = int(config.train.get("log_every", 50))
+    ckpt_every = int(config.train.get("checkpoint_every", 0) or 0)
+    eval_every = int(config.evals.get("every", 0) or 0)
+    history: list[dict[str, Any]] = []
+    train_metrics: dict[str, float] = {}
+    eval_metrics: dict[str, float] = {}
+    progress = _progress_bar(
+        start_step, total_steps, enabled=main and config.train.get("progress_bar", True)
+    )
+    tick, tick_step = time.perf_counter(), start_step
+    for step in range(start_step + 1, total_steps + 1):
+        batch = sharding.put_batch(next(train_iter), mesh)
+        state, metrics = p_train_step(state, batch, train_rng)
+        history.append(metrics)
+        last = step == total_steps
+        if _is_every(step, log_every) or last:
+            train_metrics = _mean_metrics(history)
+            now = time.perf_counter()
+            train_metrics["steps_per_sec"] = (step - tick_step) / max(now - tick, 1e-9)
+            tick, tick_step = now, step
+            writer.write(step, "train", train_metrics)
+            history = []
+            progress.set_postfix(loss=f"{train_metrics['loss']:.4f}", refresh=False)
+        progress.update(1)
+        evaluated = _is_every(step, eval_every) or last
+        if evaluated:
+            eval_metrics = run_eval(step)
+        if evaluated or _is_every(step, ckpt_every) or last:
+            checkpointing.save(manager, step, state, eval_metrics if evaluated else None)
+    progress.close()
+    if start_step >= total_steps and restored is not None:
+        logger.info("nothing to train: checkpoint step %d >= %d steps", start_step, total_steps)
+        eval_metrics = (manager.metrics(start_step) or {}) if start_step else {}
+    manager.wait_until_finished()
+    writer.flush()
+    writer.close()
+    best_metric = config.train.get("best_metric", checkpointing.DEFAULT_BEST_METRIC)
+    result = {
+        "step": int(jax.device_get(state.step)),
+        "train_metrics": train_metrics,
+        "eval_metrics": dict(eval_metrics),
+        "eval_split": eval_split,
+        "checkpoint_dir": str(manager.directory),
+        "best_step": checkpointing.best_step(
+            manager, best_metric, config.train.get("best_mode", "max")
+        ),
+        "workdir": os.path.abspath(workdir),
+    }
+    manager.close()
+    return result
+
+
+def _progress_bar(start: int, total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=start,
+        disable=not enabled,
+        unit="step",
+        dynamic_ncols=True,
+        desc="train",
+    )
+
+
+# --------------------------------------------------------------------------- eval command
+def evaluate_workdir(
+    workdir: str,
+    *,
+    step: int | str | None = None,
+    split: str | None = None,
+    output_dir: str | None = None,
+    overrides: Sequence[tuple[str, str]] = (),
+) -> dict[str, Any]:
+    """Evaluates a checkpoint of a training workdir using only what the workdir holds.
+
+    ``step``: an int, ``'best'`` (by ``train.best_metric``) or None (latest).  Writes
+    ``<output_dir or workdir/eval>/<split>_step<N>.json`` (split, protocol, rule, step, config,
+    metrics, checkpoint) and ``<split>_step<N>_predictions.jsonl`` (one line per query:
+    ``query_id``, ``video_id``, ``duration``, ``gt_spans``, ranked ``[start, end, score]``).
+    ``overrides``: ``(dotted field, value text)`` pairs applied to the saved config (e.g. a
+    larger ``evals.batch_size``).  Returns the results dict plus the two paths.
+    """
+    config = checkpointing.load_config(workdir)
+    for key, value in overrides:
+        config_cli.apply_override(config, key, value)
+    split = split or config.evals.get("split", "val")
+    mesh = sharding.make_mesh(config.mesh)
+    data = DataSources(config)
+    model = create_model(config.model)
+    tx, _ = create_optimizer(config.train, data.steps_per_epoch())
+    init_rng, _ = jax.random.split(jax.random.PRNGKey(int(config.train.seed)))
+    abstract = abstract_train_state(config, model, init_rng, data.sample_batch(), mesh, tx=tx)
+    state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
+    manager = checkpointing.create_checkpoint_manager(workdir, config.train, read_only=True)
+    if step is None:
+        step = manager.latest_step()
+    elif step == "best":
+        step = checkpointing.best_step(
+            manager,
+            config.train.get("best_metric", checkpointing.DEFAULT_BEST_METRIC),
+            config.train.get("best_mode", "max"),
+        )
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+    state = checkpointing.restore(manager, int(step), abstract)
+    manager.close()
+    p_eval_step = make_eval_step(config, state_sharding, mesh)
+    metrics, predictions = evaluate(
+        p_eval_step, state, data.eval_iterator(split), mesh, config.evals
+    )
+    results = {
+        "split": split,
+        "protocol": config.evals.get("protocol", "2dtan"),
+        "rule": _protocol_rule(config.evals),
+        "step": int(step),
+        "checkpoint": os.path.join(str(manager.directory), str(step)),
+        "num_queries": len(predictions["query_index"]),
+        "metrics": metrics,
+        "config": json.loads(config.to_json_best_effort()),
+    }
+    out_dir = output_dir or os.path.join(workdir, "eval")
+    results_path = os.path.join(out_dir, f"{split}_step{step}.json")
+    predictions_path = os.path.join(out_dir, f"{split}_step{step}_predictions.jsonl")
+    if sharding.is_main_process():
+        os.makedirs(out_dir, exist_ok=True)
+        with open(results_path, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2, sort_keys=True)
+            f.write("\n")
+        records = data.query_records(split, predictions["query_index"])
+        with open(predictions_path, "w", encoding="utf-8") as f:
+            for record, moments in zip(records, predictions["moments"]):
+                line = {
+                    "query_id": record.query_id,
+                    "video_id": record.video_id,
+                    "duration": float(record.duration_s),
+                    "gt_spans": np.asarray(record.spans_s, float).tolist(),
+                    "predictions": [[float(x) for x in m] for m in moments],
+                }
+                f.write(json.dumps(line) + "\n")
+    return {**results, "results_path": results_path, "predictions_path": predictions_path}
+
+
+def _protocol_rule(evals_config: Mapping[str, Any]) -> str:
+    from vmr_jax.evaluation import svmr
+
+    return svmr.describe_protocol(evals_config.get("protocol", "2dtan"))
