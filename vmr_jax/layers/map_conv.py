@@ -75,59 +75,81 @@ def reachable_cells(
     return r_s.astype(np.int32), r_e.astype(np.int32)
 
 
-def _im2col_matmul(x_pad: jnp.ndarray, nbr: np.ndarray, w: jnp.ndarray, chunk: int) -> jnp.ndarray:
-    """``out[b, c, g, o] = sum_{t, i} x_pad[b, nbr[c, t], g, i] * w[t, g, i, o]``.
+def _chunk_table(nbr: np.ndarray, zero_row: int, chunk: int) -> np.ndarray:
+    """``nbr [C_out, T]`` padded with ``zero_row`` rows to whole chunks: ``[n, chunk, T]``."""
+    c_out, taps = nbr.shape
+    n_chunks = -(-c_out // chunk)
+    pad = np.full((n_chunks * chunk - c_out, taps), zero_row, nbr.dtype)
+    return np.concatenate([nbr, pad], axis=0).reshape(n_chunks, chunk, taps).astype(np.int32)
+
+
+def _tiles(batch: int, n_chunks: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(example, cell chunk) of every tile, example-major."""
+    ex = np.repeat(np.arange(batch, dtype=np.int32), n_chunks)
+    ch = np.tile(np.arange(n_chunks, dtype=np.int32), batch)
+    return jnp.asarray(ex), jnp.asarray(ch)
+
+
+def _group_major(x: jnp.ndarray) -> jnp.ndarray:
+    """``[B, C, G, I]`` -> ``[G, B * (C + 1), I]`` with a zero row closing every example."""
+    b, c, g, i = x.shape
+    x = jnp.concatenate([x, jnp.zeros((b, 1, g, i), x.dtype)], axis=1)
+    return jnp.transpose(x, (2, 0, 1, 3)).reshape(g, b * (c + 1), i)
+
+
+def _im2col_matmul(x: jnp.ndarray, nbr: np.ndarray, w: jnp.ndarray, chunk: int) -> jnp.ndarray:
+    """``out[b, c, g, o] = sum_{t, i} x[b, nbr[c, t], g, i] * w[t, g, i, o]``, zero where
+    ``nbr`` points past the input cells.
+
+    Works tile by tile (one example, ``chunk`` output cells): the im2col block of a tile is
+    ``[G, chunk, T * I]`` and one batched matmul over the groups.
 
     Args:
-      x_pad: ``[B, C + 1, G, I]`` (last row zero).
-      nbr: ``[C, T]`` static.
+      x: ``[B, C_in, G, I]``.
+      nbr: ``[C_out, T]`` static, values in ``[0, C_in]``.
       w: ``[T, G, I, O]``.
-    Returns: ``[B, C, G, O]``.
+    Returns: ``[B, C_out, G, O]``.
     """
-    c, taps = nbr.shape
-    n_chunks = -(-c // chunk)
-    pad_rows = n_chunks * chunk - c
-    zero_row = x_pad.shape[1] - 1
-    nbr_p = np.concatenate([nbr, np.full((pad_rows, taps), zero_row, nbr.dtype)], axis=0)
-    nbr_p = jnp.asarray(nbr_p.reshape(n_chunks, chunk, taps))
-    b, _, g, i = x_pad.shape
+    b, c_in, g, i = x.shape
+    c_out, taps = nbr.shape
     o = w.shape[-1]
+    chunk = min(chunk, c_out)
+    table = jnp.asarray(_chunk_table(nbr, c_in, chunk))
+    n_chunks = table.shape[0]
+    xg = _group_major(x)
     w_g = jnp.transpose(w, (1, 0, 2, 3)).reshape(g, taps * i, o)  # [G, T*I, O]
 
-    def one_chunk(idx):  # idx: [chunk, T]
-        cols = jnp.take(x_pad, idx.reshape(-1), axis=1)  # [B, chunk*T, G, I]
-        cols = cols.reshape(b, chunk, taps, g, i)
-        cols = jnp.transpose(cols, (3, 0, 1, 2, 4)).reshape(g, b * chunk, taps * i)
-        out = jax.lax.dot_general(cols, w_g, (((2,), (1,)), ((0,), (0,))))  # [G, B*chunk, O]
-        return jnp.transpose(out.reshape(g, b, chunk, o), (1, 2, 0, 3))
+    def one_tile(tile):
+        ex, ch = tile
+        idx = table[ch].reshape(-1) + ex * (c_in + 1)
+        cols = jnp.take(xg, idx, axis=1).reshape(g, chunk, taps * i)
+        return jax.lax.dot_general(cols, w_g, (((2,), (1,)), ((0,), (0,))))  # [G, chunk, O]
 
-    outs = jax.lax.map(one_chunk, nbr_p)  # [n_chunks, B, chunk, G, O]
-    outs = jnp.transpose(outs, (1, 0, 2, 3, 4)).reshape(b, n_chunks * chunk, g, o)
-    return outs[:, :c]
+    out = jax.lax.map(one_tile, _tiles(b, n_chunks))  # [B * n_chunks, G, chunk, O]
+    out = out.reshape(b, n_chunks, g, chunk, o).transpose(0, 1, 3, 2, 4)
+    return out.reshape(b, n_chunks * chunk, g, o)[:, :c_out]
 
 
-def _weight_grad(x_pad, nbr, g_out, chunk):
-    """``dW[t, g, i, o] = sum_{b, c} x_pad[b, nbr[c, t], g, i] * g_out[b, c, g, o]``."""
-    c, taps = nbr.shape
-    n_chunks = -(-c // chunk)
-    pad_rows = n_chunks * chunk - c
-    zero_row = x_pad.shape[1] - 1
-    nbr_p = np.concatenate([nbr, np.full((pad_rows, taps), zero_row, nbr.dtype)], axis=0)
-    nbr_p = jnp.asarray(nbr_p.reshape(n_chunks, chunk, taps))
-    b, _, g, i = x_pad.shape
+def _weight_grad(x: jnp.ndarray, nbr: np.ndarray, g_out: jnp.ndarray, chunk: int) -> jnp.ndarray:
+    """``dW[t, g, i, o] = sum_{b, c} x[b, nbr[c, t], g, i] * g_out[b, c, g, o]``."""
+    b, c_in, g, i = x.shape
+    c_out, taps = nbr.shape
     o = g_out.shape[-1]
-    g_pad = jnp.concatenate([g_out, jnp.zeros((b, pad_rows, g, o), g_out.dtype)], axis=1)
-    g_chunks = jnp.transpose(g_pad.reshape(b, n_chunks, chunk, g, o), (1, 0, 2, 3, 4))
+    chunk = min(chunk, c_out)
+    table = jnp.asarray(_chunk_table(nbr, c_in, chunk))
+    n_chunks = table.shape[0]
+    xg = _group_major(x)
+    g_pad = jnp.pad(g_out, ((0, 0), (0, n_chunks * chunk - c_out), (0, 0), (0, 0)))
+    g_tiles = g_pad.reshape(b * n_chunks, chunk, g, o).transpose(0, 2, 1, 3)  # [tiles,G,chunk,O]
+    ex, ch = _tiles(b, n_chunks)
 
-    def one_chunk(acc, inp):
-        idx, gc = inp
-        cols = jnp.take(x_pad, idx.reshape(-1), axis=1).reshape(b, chunk, taps, g, i)
-        cols = jnp.transpose(cols, (3, 2, 4, 0, 1)).reshape(g, taps * i, b * chunk)
-        gc = jnp.transpose(gc, (2, 0, 1, 3)).reshape(g, b * chunk, o)
-        return acc + jax.lax.dot_general(cols, gc, (((2,), (1,)), ((0,), (0,)))), None
+    def one_tile(acc, tile):
+        ex, ch, gc = tile
+        idx = table[ch].reshape(-1) + ex * (c_in + 1)
+        cols = jnp.take(xg, idx, axis=1).reshape(g, chunk, taps * i)
+        return acc + jax.lax.dot_general(cols, gc, (((1,), (1,)), ((0,), (0,)))), None
 
-    acc0 = jnp.zeros((g, taps * i, o), x_pad.dtype)
-    acc, _ = jax.lax.scan(one_chunk, acc0, (nbr_p, g_chunks))
+    acc, _ = jax.lax.scan(one_tile, jnp.zeros((g, taps * i, o), x.dtype), (ex, ch, g_tiles))
     return jnp.transpose(acc.reshape(g, taps, i, o), (1, 0, 2, 3))
 
 
@@ -136,13 +158,8 @@ def _sparse_conv(x: jnp.ndarray, w: jnp.ndarray, fwd_key, bwd_key, chunk: int) -
     return _sparse_conv_fwd(x, w, fwd_key, bwd_key, chunk)[0]
 
 
-def _pad_row(x):
-    b, _, g, i = x.shape
-    return jnp.concatenate([x, jnp.zeros((b, 1, g, i), x.dtype)], axis=1)
-
-
 def _sparse_conv_fwd(x, w, fwd_key, bwd_key, chunk):
-    out = _im2col_matmul(_pad_row(x), fwd_key.array, w, chunk)
+    out = _im2col_matmul(x, fwd_key.array, w, chunk)
     return out, (x, w)
 
 
@@ -151,8 +168,8 @@ def _sparse_conv_bwd(fwd_key, bwd_key, chunk, res, g_out):
     # dx[c] = sum_t g[c - off_t] @ W_t^T: the transposed conv reads the output cells through
     # the mirrored table, with the kernel taps and the per-group matrices transposed.
     w_t = jnp.swapaxes(w, 2, 3)  # [T, G, O, I]
-    dx = _im2col_matmul(_pad_row(g_out), bwd_key.array, w_t, chunk)
-    dw = _weight_grad(_pad_row(x), fwd_key.array, g_out, chunk)
+    dx = _im2col_matmul(g_out, bwd_key.array, w_t, chunk)
+    dw = _weight_grad(x, fwd_key.array, g_out, chunk)
     return dx, dw
 
 
@@ -211,7 +228,6 @@ def sparse_group_conv(
     i = c_in // groups
     o = c_out // groups
     w = kernel.reshape(k * k, i, groups, o).transpose(0, 2, 1, 3)  # [T, G, I, O]
-    chunk = min(chunk, max(c, out_arr.shape[1]))
     out = _sparse_conv(x.reshape(b, c, groups, i), w, fwd, bwd, chunk)
     return out.reshape(b, out_arr.shape[1], c_out)
 
