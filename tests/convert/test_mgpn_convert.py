@@ -41,7 +41,9 @@ def _fake_state_dict(config, variables, seed=0):
         if rule.transform.__name__ in ("linear",):
             value = value.T
         elif rule.transform.__name__ == "conv1x1":
-            value = value.T.reshape(shape[1], shape[0], *([1] * (2 if "relation" in rule.torch_key or "pred" in rule.torch_key else 1)))
+            # Conv2d (relation_layer, pred_layer) has two trailing unit dims, Conv1d one.
+            is_2d = rule.torch_key.startswith(("relation_layer", "pred_layer"))
+            value = value.T.reshape(shape[1], shape[0], *([1] * (2 if is_2d else 1)))
         elif rule.transform.__name__ == "conv1d":
             value = np.transpose(value, (2, 1, 0))
         elif rule.transform.__name__ == "conv2d":
@@ -60,9 +62,7 @@ def test_round_trip_values_land_where_expected():
         out["params"]["text_gate"]["kernel"], sd["interactor_layer2.txt_linear_b1.weight"].T
     )
     w = sd["relation_layer.conv_block2.conv.weight"]
-    np.testing.assert_array_equal(
-        out["params"]["conv_block2"]["kernel"][1, 2, 0, 3], w[3, 0, 1, 2]
-    )
+    np.testing.assert_array_equal(out["params"]["conv_block2"]["kernel"][1, 2, 0, 3], w[3, 0, 1, 2])
     np.testing.assert_array_equal(
         out["params"]["txt_gru"]["l0"]["w_ih_reverse"],
         sd["encoder_layer.txt_encoder.weight_ih_l0_reverse"].T,

@@ -49,8 +49,9 @@ def _run(path, map_conv):
     reference = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch, train=False))
     variables = convert_mgpn(load_state_dict(path), config, reference)
     outputs, state = model.apply(variables, batch, train=False, mutable=["intermediates"])
-    inter = jax.tree_util.tree_map(lambda v: np.asarray(v[0]), state["intermediates"],
-                                   is_leaf=lambda v: isinstance(v, tuple))
+    inter = jax.tree_util.tree_map(
+        lambda v: np.asarray(v[0]), state["intermediates"], is_leaf=lambda v: isinstance(v, tuple)
+    )
     return config, arrays, batch, outputs, inter
 
 

@@ -65,9 +65,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            f"reading {path!r} needs PyTorch: pip install 'vmr_jax[torch]'"
-        ) from err
+        raise ImportError(f"reading {path!r} needs PyTorch: pip install 'vmr_jax[torch]'") from err
     obj = torch.load(path, map_location="cpu", weights_only=True)
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):

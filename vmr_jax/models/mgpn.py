@@ -224,9 +224,10 @@ class MapConvBlock(nn.Module):
         elif self.mode == "sparse":
             if train and self.bn_stats == "dense":
                 reach = reachable_cells(self.starts, self.ends, n, self.kernel, pad)
-                y_reach = sparse_group_conv(
-                    x, kernel, valid, reach, n, pad, self.groups, self.chunk
-                ) + bias
+                y_reach = (
+                    sparse_group_conv(x, kernel, valid, reach, n, pad, self.groups, self.chunk)
+                    + bias
+                )
                 b = x.shape[0]
                 total = b * n * n
                 rest = total - b * len(reach[0])  # cells that see only zeros: y = bias
@@ -345,12 +346,32 @@ class MGPN(nn.Module):
 
         # 4. Fine-grained encoder.
         conv_init = _torch_uniform
-        uni = nn.Conv(h, (1,), padding=[(0, 0)], name="unigram_conv",
-                      kernel_init=conv_init(h), bias_init=conv_init(h))(txt_fused)
-        bi = nn.Conv(h, (2,), padding=[(1, 1)], kernel_dilation=(2,), name="bigram_conv",
-                     kernel_init=conv_init(2 * h), bias_init=conv_init(2 * h))(txt_fused)
-        tri = nn.Conv(h, (3,), padding=[(2, 2)], kernel_dilation=(2,), name="trigram_conv",
-                      kernel_init=conv_init(3 * h), bias_init=conv_init(3 * h))(txt_fused)
+        uni = nn.Conv(
+            h,
+            (1,),
+            padding=[(0, 0)],
+            name="unigram_conv",
+            kernel_init=conv_init(h),
+            bias_init=conv_init(h),
+        )(txt_fused)
+        bi = nn.Conv(
+            h,
+            (2,),
+            padding=[(1, 1)],
+            kernel_dilation=(2,),
+            name="bigram_conv",
+            kernel_init=conv_init(2 * h),
+            bias_init=conv_init(2 * h),
+        )(txt_fused)
+        tri = nn.Conv(
+            h,
+            (3,),
+            padding=[(2, 2)],
+            kernel_dilation=(2,),
+            name="trigram_conv",
+            kernel_init=conv_init(3 * h),
+            bias_init=conv_init(3 * h),
+        )(txt_fused)
         phrase = jnp.concatenate([uni, bi, tri], axis=-1)  # [B, L, 3H]
         self.sow("intermediates", "phrase_encode", phrase)
         txt_fine = _dense(h, 3 * h, "phrase_linear")(phrase)
@@ -377,8 +398,16 @@ class MGPN(nn.Module):
         widths = (2 * h, h, h, h)
         for k, width in enumerate(widths):
             x = MapConvBlock(
-                width, self.conv_kernel, self.groups, starts, ends, n, self.map_conv,
-                self.conv_chunk, self.bn_stats, name=f"conv_block{k + 1}",
+                width,
+                self.conv_kernel,
+                self.groups,
+                starts,
+                ends,
+                n,
+                self.map_conv,
+                self.conv_chunk,
+                self.bn_stats,
+                name=f"conv_block{k + 1}",
             )(x, train=train)
         self.sow("intermediates", "relation_cells", x)
 

@@ -3,12 +3,17 @@
 A video is cut into ``N`` clips; cell ``(i, j)`` with ``i <= j`` is the moment that starts at
 clip ``i`` and ends with clip ``j``, i.e. ``[i * dur / N, (j + 1) * dur / N]`` seconds.
 
-Sparse sampling (microsoft/2D-TAN ``SparsePropMaxPool``, Huntersxsx/MGPN
-``SparseBoundaryContent``): ``pooling_counts = [c0, c1, ...]``.  Scale ``s`` has stride
-``2**s``; it adds ``c_s`` offsets ``j - i`` spaced by the stride (continuing from the last
-offset of the previous scale) for every start ``i`` that is a multiple of the stride.  The
-diagonal is always valid.  E.g. ``[15, 8, 8]`` at ``N = 64``: offsets 1..15 for all starts,
-17, 19, .., 31 for even starts, 35, 39, .., 63 for starts divisible by 4 (1,104 cells).
+Sparse sampling (Huntersxsx/MGPN ``SparseBoundaryContent`` convention):
+``pooling_counts = [c0, c1, ...]``.  Scale ``s`` has stride ``2**s``; it adds ``c_s`` offsets
+``j - i`` spaced by the stride (continuing from the last offset of the previous scale) for every
+start ``i`` that is a multiple of the stride.  The diagonal is always valid.  E.g.
+``[15, 8, 8]`` at ``N = 64``: offsets 1..15 for all starts, 17, 19, .., 31 for even starts,
+35, 39, .., 63 for starts divisible by 4 (1,104 cells).
+
+microsoft/2D-TAN ``SparsePropMaxPool``/``SparsePropConv`` count the diagonal in the first scale
+(its first layer is a width-1 pool), so its ``NUM_SCALE_LAYERS`` ``[16, 8, 8, 8]`` is
+``pooling_counts`` ``[15, 8, 8, 8]`` here (2,548 cells at ``N = 128``, the TACoS mask); convert
+with :func:`pooling_counts_from_tan2d`.
 
 Geometry (mask, cell list) is static: it is computed with NumPy at trace time and becomes
 constants of the compiled program.  Feature maps are ``jnp`` and channels-last:
@@ -37,6 +42,14 @@ def valid_offsets(pooling_counts: Sequence[int]) -> list[tuple[int, int]]:
             pairs.append((offset, stride))
         stride *= 2
     return pairs
+
+
+def pooling_counts_from_tan2d(num_scale_layers: Sequence[int]) -> tuple[int, ...]:
+    """2D-TAN ``NUM_SCALE_LAYERS`` -> ``pooling_counts`` of this module (drop the diagonal layer)."""
+    counts = tuple(int(c) for c in num_scale_layers)
+    if not counts or counts[0] < 1:
+        raise ValueError(f"2D-TAN NUM_SCALE_LAYERS must start with >= 1, got {list(counts)}")
+    return (counts[0] - 1,) + counts[1:]
 
 
 def valid_cell_mask(num_clips: int, pooling_counts: Sequence[int]) -> np.ndarray:
@@ -169,7 +182,9 @@ def boundary_cells(x: jnp.ndarray, starts: np.ndarray, ends: np.ndarray) -> jnp.
     return (jnp.take(x, np.asarray(starts), axis=-2) + jnp.take(x, np.asarray(ends), axis=-2)) / 2
 
 
-def scatter_cells(values: jnp.ndarray, starts: np.ndarray, ends: np.ndarray, num_clips: int) -> jnp.ndarray:
+def scatter_cells(
+    values: jnp.ndarray, starts: np.ndarray, ends: np.ndarray, num_clips: int
+) -> jnp.ndarray:
     """Place per-cell values on the dense map, zeros elsewhere.
 
     Args:
