@@ -45,7 +45,7 @@ def valid_offsets(pooling_counts: Sequence[int]) -> list[tuple[int, int]]:
 
 
 def pooling_counts_from_tan2d(num_scale_layers: Sequence[int]) -> tuple[int, ...]:
-    """2D-TAN ``NUM_SCALE_LAYERS`` -> ``pooling_counts`` of this module (drop the diagonal layer)."""
+    """2D-TAN ``NUM_SCALE_LAYERS`` -> ``pooling_counts`` (2D-TAN counts the diagonal layer)."""
     counts = tuple(int(c) for c in num_scale_layers)
     if not counts or counts[0] < 1:
         raise ValueError(f"2D-TAN NUM_SCALE_LAYERS must start with >= 1, got {list(counts)}")
