@@ -17,6 +17,7 @@ the sharded abstract state, so each device reads only its own shards.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -29,6 +30,16 @@ from orbax.checkpoint import checkpoint_managers as policies
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 DEFAULT_BEST_METRIC = "R@1,IoU=0.5"
+
+
+class _QuietUnevaluatedSaves(logging.Filter):
+    """Drops orbax's warning for saves without metrics (only evaluated steps carry them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietUnevaluatedSaves())
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -92,6 +103,7 @@ def create_checkpoint_manager(
         enable_async_checkpointing=bool(train_config.get("async_checkpointing", True)),
         create=not read_only,
         read_only=read_only,
+        save_interval_steps=0 if read_only else 1,
     )
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 

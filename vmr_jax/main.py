@@ -53,11 +53,11 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from vmr_jax import sharding, trainer
+    from vmr_jax import checkpoint_eval, sharding
 
     sharding.initialize_distributed()
     step = args.step if args.step in (None, "best") else int(args.step)
-    result = trainer.evaluate_workdir(
+    result = checkpoint_eval.evaluate_workdir(
         args.workdir,
         step=step,
         split=args.split,

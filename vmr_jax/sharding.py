@@ -88,10 +88,16 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
 def make_mesh(mesh_config: Mapping[str, Any], devices: Sequence[Any] | None = None) -> Mesh:
     """Mesh with axes ``('data', 'model')`` from ``config.mesh`` (field ``shape``).
 
-    ``devices`` defaults to all devices of all processes.
+    ``devices`` defaults to all devices of all processes.  In a single process, a shape
+    without ``-1`` that needs fewer devices uses the first ones (e.g. ``[1, 1]`` for a
+    one-device reference run on a multi-device host).
     """
     devices = list(jax.devices() if devices is None else devices)
-    shape = resolve_mesh_shape(mesh_config.get("shape", (-1, 1)), len(devices))
+    requested = [int(s) for s in mesh_config.get("shape", (-1, 1))]
+    needed = int(np.prod(requested))
+    if -1 not in requested and 0 < needed < len(devices) and jax.process_count() == 1:
+        devices = devices[:needed]
+    shape = resolve_mesh_shape(requested, len(devices))
     try:
         grid = mesh_utils.create_device_mesh(shape, devices)
     except (ValueError, NotImplementedError, AssertionError):

@@ -26,11 +26,10 @@ Sections run in a fixed order: mesh -> data -> model/optimizer -> shardings -> j
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
@@ -41,7 +40,8 @@ import optax
 from flax.training import train_state
 
 from data_pipelines import input_pipeline
-from vmr_jax import checkpointing, config_cli, sharding
+from vmr_jax import checkpointing, sharding
+from vmr_jax.evaluation import svmr
 from vmr_jax.metrics_writer import MetricsWriter
 from vmr_jax.models import get_family
 
@@ -257,21 +257,36 @@ def predict(
 
 
 def score_predictions(
-    predicted: Mapping[str, np.ndarray], evals_config: Mapping[str, Any]
-) -> tuple[dict[str, float], list[list[tuple[float, float, float]]]]:
-    """Moments (NMS'd, ranked) per query and R@n,IoU=m / mIoU under ``evals.protocol``."""
-    from vmr_jax.evaluation import svmr
+    predicted: Mapping[str, np.ndarray],
+    evals_config: Mapping[str, Any],
+    gt_spans: np.ndarray | None = None,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Decodes score maps into ranked moments and scores them under ``evals.protocol``.
 
-    return svmr.evaluate_score_maps(
+    Decoding is the official NumPy one (``svmr.decode_predictions``: ranked cells, greedy NMS
+    with ``nms_thresh``, ``max(recalls)`` kept).  ``gt_spans [Q, 2]`` defaults to the first span
+    of the batches (float32); pass the records' float64 spans for official-exact scoring.
+    Returns ``({'R@n,IoU=m': .., 'mIoU': .., 'num_queries': ..}, {'times', 'scores'})``.
+    """
+    recalls = tuple(int(n) for n in evals_config.get("recalls", (1, 5)))
+    times, scores = svmr.decode_predictions(
         predicted["score_map"],
         predicted["duration"],
-        predicted["spans"],
-        predicted["span_mask"],
-        protocol=evals_config.get("protocol", "2dtan"),
-        recalls=tuple(evals_config.get("recalls", (1, 5))),
-        ious=tuple(evals_config.get("ious", (0.3, 0.5, 0.7))),
-        nms_thresh=float(evals_config.get("nms_thresh", 0.5)),
+        float(evals_config.get("nms_thresh", 0.5)),
+        top_k=max(recalls),
+        return_scores=True,
     )
+    gt = predicted["spans"][:, 0] if gt_spans is None else np.asarray(gt_spans)
+    results = svmr.evaluate(
+        times,
+        gt,
+        recalls=recalls,
+        ious=tuple(float(m) for m in evals_config.get("ious", (0.3, 0.5, 0.7))),
+        protocol=evals_config.get("protocol", "2dtan"),
+    )
+    metrics = {k: float(v) for k, v in results.items() if k not in ("protocol", "rule")}
+    metrics["num_queries"] = int(results["num_queries"])
+    return metrics, {"times": times, "scores": scores}
 
 
 def evaluate(
@@ -280,11 +295,18 @@ def evaluate(
     batches: Iterable[Batch],
     mesh,
     evals_config: Mapping[str, Any],
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """Metrics of one pass over a padded eval iterator, and the per-query predictions."""
+    gt_spans_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Metrics of one pass over a padded eval iterator, and the per-query predictions.
+
+    ``gt_spans_fn(query_index) -> [Q, 2]`` supplies exact ground truth (else the batches').
+    Predictions: ``query_index [Q]``, ``times [Q, K, 2]`` and ``scores [Q, K]`` (NaN rows
+    where the NMS kept fewer than K moments).
+    """
     predicted = predict(eval_step_fn, state, batches, mesh)
-    metrics, moments = score_predictions(predicted, evals_config)
-    return metrics, {"query_index": predicted["query_index"], "moments": moments}
+    gt = gt_spans_fn(predicted["query_index"]) if gt_spans_fn else None
+    metrics, moments = score_predictions(predicted, evals_config, gt)
+    return metrics, {"query_index": predicted["query_index"], **moments}
 
 
 # --------------------------------------------------------------------------- data
@@ -335,6 +357,15 @@ class DataSources:
     def query_records(self, split: str, query_index: np.ndarray) -> list[Any]:
         records = self.datasets.splits[split]
         return [records[int(i)] for i in query_index]
+
+    def gt_spans_fn(self, split: str) -> Callable[[np.ndarray], np.ndarray]:
+        """``query_index -> [Q, 2]`` first ground-truth span of each record, float64."""
+
+        def gt_spans(query_index: np.ndarray) -> np.ndarray:
+            records = self.query_records(split, query_index)
+            return np.asarray([np.asarray(r.spans_s, np.float64)[0] for r in records])
+
+        return gt_spans
 
 
 def num_train_steps(config, steps_per_epoch: int) -> int:
@@ -408,7 +439,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Eval.
     def run_eval(step: int) -> dict[str, float]:
         metrics, _ = evaluate(
-            p_eval_step, state, data.eval_iterator(eval_split), mesh, config.evals
+            p_eval_step,
+            state,
+            data.eval_iterator(eval_split),
+            mesh,
+            config.evals,
+            data.gt_spans_fn(eval_split),
         )
         writer.write(step, eval_split, metrics)
         return metrics
@@ -478,87 +514,3 @@ def _progress_bar(start: int, total: int, enabled: bool):
         dynamic_ncols=True,
         desc="train",
     )
-
-
-# --------------------------------------------------------------------------- eval command
-def evaluate_workdir(
-    workdir: str,
-    *,
-    step: int | str | None = None,
-    split: str | None = None,
-    output_dir: str | None = None,
-    overrides: Sequence[tuple[str, str]] = (),
-) -> dict[str, Any]:
-    """Evaluates a checkpoint of a training workdir using only what the workdir holds.
-
-    ``step``: an int, ``'best'`` (by ``train.best_metric``) or None (latest).  Writes
-    ``<output_dir or workdir/eval>/<split>_step<N>.json`` (split, protocol, rule, step, config,
-    metrics, checkpoint) and ``<split>_step<N>_predictions.jsonl`` (one line per query:
-    ``query_id``, ``video_id``, ``duration``, ``gt_spans``, ranked ``[start, end, score]``).
-    ``overrides``: ``(dotted field, value text)`` pairs applied to the saved config (e.g. a
-    larger ``evals.batch_size``).  Returns the results dict plus the two paths.
-    """
-    config = checkpointing.load_config(workdir)
-    for key, value in overrides:
-        config_cli.apply_override(config, key, value)
-    split = split or config.evals.get("split", "val")
-    mesh = sharding.make_mesh(config.mesh)
-    data = DataSources(config)
-    model = create_model(config.model)
-    tx, _ = create_optimizer(config.train, data.steps_per_epoch())
-    init_rng, _ = jax.random.split(jax.random.PRNGKey(int(config.train.seed)))
-    abstract = abstract_train_state(config, model, init_rng, data.sample_batch(), mesh, tx=tx)
-    state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
-    manager = checkpointing.create_checkpoint_manager(workdir, config.train, read_only=True)
-    if step is None:
-        step = manager.latest_step()
-    elif step == "best":
-        step = checkpointing.best_step(
-            manager,
-            config.train.get("best_metric", checkpointing.DEFAULT_BEST_METRIC),
-            config.train.get("best_mode", "max"),
-        )
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {manager.directory}")
-    state = checkpointing.restore(manager, int(step), abstract)
-    manager.close()
-    p_eval_step = make_eval_step(config, state_sharding, mesh)
-    metrics, predictions = evaluate(
-        p_eval_step, state, data.eval_iterator(split), mesh, config.evals
-    )
-    results = {
-        "split": split,
-        "protocol": config.evals.get("protocol", "2dtan"),
-        "rule": _protocol_rule(config.evals),
-        "step": int(step),
-        "checkpoint": os.path.join(str(manager.directory), str(step)),
-        "num_queries": len(predictions["query_index"]),
-        "metrics": metrics,
-        "config": json.loads(config.to_json_best_effort()),
-    }
-    out_dir = output_dir or os.path.join(workdir, "eval")
-    results_path = os.path.join(out_dir, f"{split}_step{step}.json")
-    predictions_path = os.path.join(out_dir, f"{split}_step{step}_predictions.jsonl")
-    if sharding.is_main_process():
-        os.makedirs(out_dir, exist_ok=True)
-        with open(results_path, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2, sort_keys=True)
-            f.write("\n")
-        records = data.query_records(split, predictions["query_index"])
-        with open(predictions_path, "w", encoding="utf-8") as f:
-            for record, moments in zip(records, predictions["moments"]):
-                line = {
-                    "query_id": record.query_id,
-                    "video_id": record.video_id,
-                    "duration": float(record.duration_s),
-                    "gt_spans": np.asarray(record.spans_s, float).tolist(),
-                    "predictions": [[float(x) for x in m] for m in moments],
-                }
-                f.write(json.dumps(line) + "\n")
-    return {**results, "results_path": results_path, "predictions_path": predictions_path}
-
-
-def _protocol_rule(evals_config: Mapping[str, Any]) -> str:
-    from vmr_jax.evaluation import svmr
-
-    return svmr.describe_protocol(evals_config.get("protocol", "2dtan"))

@@ -44,15 +44,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.seed = 0
     config.train.batch_size = 8 if runlocal else 32
     config.train.num_epochs = 0
-    config.train.num_steps = 6 if runlocal else 600
+    config.train.num_steps = 6 if runlocal else 500
     config.train.lr = 1e-3
     config.train.b1 = 0.9
     config.train.b2 = 0.999
-    config.train.milestones = (20,) if runlocal else (25,)  # epochs
+    config.train.milestones = (20,) if runlocal else (5,)  # epochs (80 steps each)
     config.train.gamma = 0.1
     config.train.grad_clip_norm = 10.0
     config.train.log_every = 1 if runlocal else 50
-    config.train.checkpoint_every = 3 if runlocal else 200
+    config.train.checkpoint_every = 3 if runlocal else 250
     config.train.keep = 2
     config.train.best_metric = "R@1,IoU=0.5"
     config.train.best_mode = "max"
@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.evals.ious = (0.3, 0.5, 0.7)
     # The synthetic chance levels are computed with this threshold.
     config.evals.nms_thresh = 0.45
-    config.evals.every = 0 if runlocal else 200
+    config.evals.every = 0 if runlocal else 250
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.shape = (-1, 1)  # ('data', 'model')

@@ -1,0 +1,122 @@
+"""``vmr-jax eval``: evaluate a checkpoint of a training workdir from the workdir alone.
+
+The workdir's ``config.json`` rebuilds the data, model and mesh; the checkpoint is restored
+into the sharded abstract state; the eval split runs through ``trainer.evaluate`` (official
+decoding and metrics of ``evaluation.svmr``).  Outputs, under ``WORKDIR/eval/`` by default:
+
+* ``<split>_step<N>.json``: split, protocol, rule, NMS threshold, step, checkpoint path,
+  number of queries, metrics (fractions in [0, 1]) and the full config;
+* ``<split>_step<N>_predictions.jsonl``: one line per query, in split order:
+  ``{"query_index", "query_id", "video_id", "duration", "gt_spans", "moments"}`` with
+  ``moments = [[start_s, end_s, score], ...]`` best first after NMS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from vmr_jax import checkpointing, config_cli, sharding
+from vmr_jax.evaluation import svmr
+from vmr_jax.trainer import (
+    DataSources,
+    abstract_train_state,
+    create_model,
+    create_optimizer,
+    evaluate,
+    make_eval_step,
+)
+
+
+def evaluate_workdir(
+    workdir: str,
+    *,
+    step: int | str | None = None,
+    split: str | None = None,
+    output_dir: str | None = None,
+    overrides: Sequence[tuple[str, str]] = (),
+) -> dict[str, Any]:
+    """Evaluates a checkpoint of a training workdir using only what the workdir holds.
+
+    ``step``: an int, ``'best'`` (by ``train.best_metric``) or None (latest).  Writes
+    ``<output_dir or workdir/eval>/<split>_step<N>.json`` (split, protocol, rule, step, config,
+    metrics, checkpoint) and ``<split>_step<N>_predictions.jsonl`` (one line per query:
+    ``query_id``, ``video_id``, ``duration``, ``gt_spans``, ranked ``[start, end, score]``).
+    ``overrides``: ``(dotted field, value text)`` pairs applied to the saved config (e.g. a
+    larger ``evals.batch_size``).  Returns the results dict plus the two paths.
+    """
+    config = checkpointing.load_config(workdir)
+    for key, value in overrides:
+        config_cli.apply_override(config, key, value)
+    split = split or config.evals.get("split", "val")
+    mesh = sharding.make_mesh(config.mesh)
+    data = DataSources(config)
+    model = create_model(config.model)
+    tx, _ = create_optimizer(config.train, data.steps_per_epoch())
+    init_rng, _ = jax.random.split(jax.random.PRNGKey(int(config.train.seed)))
+    abstract = abstract_train_state(config, model, init_rng, data.sample_batch(), mesh, tx=tx)
+    state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
+    manager = checkpointing.create_checkpoint_manager(workdir, config.train, read_only=True)
+    if step is None:
+        step = manager.latest_step()
+    elif step == "best":
+        step = checkpointing.best_step(
+            manager,
+            config.train.get("best_metric", checkpointing.DEFAULT_BEST_METRIC),
+            config.train.get("best_mode", "max"),
+        )
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+    state = checkpointing.restore(manager, int(step), abstract)
+    manager.close()
+    p_eval_step = make_eval_step(config, state_sharding, mesh)
+    metrics, predictions = evaluate(
+        p_eval_step, state, data.eval_iterator(split), mesh, config.evals, data.gt_spans_fn(split)
+    )
+    out_dir = output_dir or os.path.join(workdir, "eval")
+    results_path = os.path.join(out_dir, f"{split}_step{step}.json")
+    predictions_path = os.path.join(out_dir, f"{split}_step{step}_predictions.jsonl")
+    results = {
+        "split": split,
+        "protocol": config.evals.get("protocol", "2dtan"),
+        "rule": svmr.get_protocol(config.evals.get("protocol", "2dtan")).rule,
+        "nms_thresh": float(config.evals.get("nms_thresh", 0.5)),
+        "step": int(step),
+        "checkpoint": os.path.join(str(manager.directory), str(step)),
+        "num_queries": len(predictions["query_index"]),
+        "predictions": predictions_path,
+        "metrics": metrics,
+        "config": json.loads(config.to_json_best_effort()),
+    }
+    if sharding.is_main_process():
+        os.makedirs(out_dir, exist_ok=True)
+        with open(results_path, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2, sort_keys=True)
+            f.write("\n")
+        records = data.query_records(split, predictions["query_index"])
+        with open(predictions_path, "w", encoding="utf-8") as f:
+            for q, record in enumerate(records):
+                f.write(json.dumps(_prediction_line(record, predictions, q)) + "\n")
+    return {**results, "results_path": results_path, "predictions_path": predictions_path}
+
+
+def _prediction_line(record, predictions: Mapping[str, np.ndarray], q: int) -> dict[str, Any]:
+    """One query's ranked moments ``[start_s, end_s, score]`` (NaN slots left out)."""
+    moments = [
+        [float(t[0]), float(t[1]), float(sc)]
+        for t, sc in zip(predictions["times"][q], predictions["scores"][q])
+        if not np.isnan(t).any()
+    ]
+    return {
+        "query_index": int(predictions["query_index"][q]),
+        "query_id": record.query_id,
+        "video_id": record.video_id,
+        "duration": float(record.duration_s),
+        "gt_spans": np.asarray(record.spans_s, np.float64).tolist(),
+        "moments": moments,
+    }
