@@ -64,7 +64,7 @@ def lr_schedule(train_config: Mapping[str, Any], steps_per_epoch: int) -> optax.
     for epoch in train_config.get("milestones", ()):
         step = int(epoch) * int(steps_per_epoch)
         boundaries[step] = boundaries.get(step, 1.0) * float(train_config.get("gamma", 0.1))
-    return optax.piecewise_constant_schedule(float(train_config.lr), boundaries or None)
+    return optax.piecewise_constant_schedule(float(train_config["lr"]), boundaries or None)
 
 
 def create_optimizer(
@@ -184,8 +184,8 @@ def train_step(
         grads=grads, batch_stats=updates["batch_stats"] if has_stats else state.batch_stats
     )
     metrics = {"loss": loss, **parts}
-    metrics["grad_norm"] = optax.global_norm(grads)
-    metrics["param_norm"] = optax.global_norm(new_state.params)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["param_norm"] = optax.tree.norm(new_state.params)
     metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
     return new_state, metrics
 
