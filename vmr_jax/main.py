@@ -85,10 +85,26 @@ def _bench(args: argparse.Namespace) -> int:
     return bench.main(args)
 
 
+# --------------------------------------------------------------------------- convert
+def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    from vmr_jax.convert import cli
+
+    cli.add_arguments(parser)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from vmr_jax.convert import cli
+
+    return cli.main(args)
+
+
 COMMANDS: dict[str, Command] = {
     "train": Command("train (and evaluate) a model", _add_train_arguments, _train),
     "eval": Command("evaluate a checkpoint of a workdir", _add_eval_arguments, _eval),
     "bench": Command("measure compile time, throughput, memory", _add_bench_arguments, _bench),
+    "convert": Command(
+        "official checkpoint (+ YAML) -> vmr_jax workdir", _add_convert_arguments, _convert
+    ),
 }
 
 

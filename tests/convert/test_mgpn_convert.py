@@ -170,3 +170,64 @@ def test_yaml_with_unknown_module_or_missing_field_fails(tmp_path):
     path.write_text(OFFICIAL_TACOS_YAML.replace("  TARGET_STRIDE: 2\n", ""))
     with pytest.raises(KeyError, match="bad.yaml: missing field DATASET.TARGET_STRIDE"):
         config_from_yaml(path)
+
+
+OFFICIAL_CHARADES_I3D_YAML = (
+    OFFICIAL_TACOS_YAML.replace("NAME: TACoS", "NAME: Charades")
+    .replace("VIS_INPUT_TYPE: c3d", "VIS_INPUT_TYPE: I3D/finetune")
+    .replace("TARGET_STRIDE: 2", "TARGET_STRIDE: 4")
+    .replace("TIOU: 0.1,0.3,0.5,0.7", "TIOU: 0.3,0.5,0.7")
+    .replace("NMS_THRESH: 0.4", "NMS_THRESH: 0.44")
+    .replace("BATCH_SIZE: 32", "BATCH_SIZE: 64")
+    .replace("MILESTONES: [16, 19]", "MILESTONES: [5, 8]")
+    .replace("{MIN_IOU: 0.3, MAX_IOU: 0.7, BIAS: 0.0}", "{MIN_IOU: 0.5, MAX_IOU: 1.0, BIAS: 0.0}")
+    .replace(
+        "INPUT_SIZE: 4096, HIDDEN_SIZE: 256, KERNEL_SIZE: 2, STRIDE: 2",
+        "INPUT_SIZE: 1024, HIDDEN_SIZE: 256, KERNEL_SIZE: 4, STRIDE: 4",
+    )
+    .replace("NUM_CLIPS: 128", "NUM_CLIPS: 64")
+    .replace("NUM_LAYERS: 3", "NUM_LAYERS: 2")
+    .replace("NUM_SCALE_LAYERS: [15,8,8,8]", "NUM_SCALE_LAYERS: [15,8,8]")
+)
+
+
+def test_convert_command_writes_a_workdir_that_reproduces_the_official_scores(
+    mgpn_golden, tmp_path
+):
+    """``vmr-jax convert`` on the golden weights + the official YAML, then the step-0
+    checkpoint restored from the workdir gives the official score map."""
+    from vmr_jax import checkpointing
+    from vmr_jax.main import main
+
+    yaml_path = tmp_path / "i3d-finetune-mgpn256.yaml"
+    yaml_path.write_text(OFFICIAL_CHARADES_I3D_YAML)
+    workdir = tmp_path / "converted"
+    code = main(
+        [
+            "convert",
+            "--checkpoint",
+            str(mgpn_golden),
+            "--yaml",
+            str(yaml_path),
+            "--workdir",
+            str(workdir),
+        ]
+    )
+    assert code == 0
+    config = checkpointing.load_config(str(workdir))
+    assert config.model.num_clips == 64 and config.evals.nms_thresh == 0.44
+    manager = checkpointing.create_checkpoint_manager(str(workdir), config.train, read_only=True)
+    assert manager.all_steps() == [0]
+    restored = manager.restore(0)
+    variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
+    with np.load(mgpn_golden) as z:
+        batch = {
+            "video_features": z["inputs/visual_input"],
+            "query_features": z["inputs/textual_input"],
+            "query_mask": z["inputs/textual_mask"][..., 0],
+        }
+        want = z["outputs/score_map"][:, 0]
+    if want.shape[-1] != config.model.num_clips:
+        pytest.skip(f"{mgpn_golden.name} is not the charades_i3d config this YAML describes")
+    out = mgpn.create_model(config.model).apply(variables, batch, train=False)
+    np.testing.assert_allclose(np.asarray(out["score_map"]), want, atol=1e-4, rtol=0)

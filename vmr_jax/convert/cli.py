@@ -1,0 +1,99 @@
+"""``vmr-jax convert``: an official checkpoint (+ experiment YAML) -> a vmr_jax workdir.
+
+    vmr-jax convert --checkpoint MGPN.pkl --yaml experiments/charades/i3d-finetune-mgpn256.yaml \
+        --workdir DIR [--config configs/mgpn/charades_i3d.py] [--config.x=y ...]
+
+The config is ``--config`` (a vmr_jax config file) with the model, optimiser and evaluation
+fields of ``--yaml`` written over it; with ``--yaml`` alone the rest of the config (mesh,
+logging, checkpoint policy) comes from ``configs/mgpn/synthetic.py`` and the data fields from
+the YAML.  The converted weights are saved as the step-0 checkpoint of the workdir, next to
+``config.json``, so ``vmr-jax eval --workdir DIR`` evaluates them like a trained run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import jax
+import ml_collections
+
+CONVERTERS = {"mgpn": "vmr_jax.convert.mgpn"}
+_DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(__file__), os.pardir, os.pardir, "configs", "mgpn", "synthetic.py"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="official state_dict (.pkl/.pth/.npz)")
+    parser.add_argument("--yaml", default=None, help="official experiment YAML")
+    parser.add_argument("--config", default=None, help="vmr_jax config file, path.py[:arg]")
+    parser.add_argument("--model", default="mgpn", choices=sorted(CONVERTERS))
+    parser.add_argument("--workdir", required=True, help="output workdir")
+
+
+def build_config(
+    config_spec: str | None, yaml_path: str | None, overrides=()
+) -> ml_collections.ConfigDict:
+    """The run config: config file (or the synthetic default) with the YAML's fields on top."""
+    from vmr_jax import config_cli
+    from vmr_jax.convert.mgpn import config_from_yaml
+
+    if config_spec is None and yaml_path is None:
+        raise ValueError("convert needs --config, --yaml or both")
+    base = config_cli.load_config(config_spec or os.path.normpath(_DEFAULT_CONFIG))
+    config = ml_collections.ConfigDict(base.to_dict())
+    if yaml_path is not None:
+        official = config_from_yaml(yaml_path)
+        for section in ("model", "train", "evals"):
+            for key, value in official[section].items():
+                config[section][key] = value
+        if config_spec is None:
+            for key, value in official.data.items():
+                config.data[key] = value
+            config.data.num_input_clips = official.data.num_input_clips
+    for dotted, text in overrides:
+        config_cli.apply_override(config, dotted, text)
+    return config
+
+
+def convert_to_workdir(
+    checkpoint: str, config: ml_collections.ConfigDict, workdir: str, model_name: str = "mgpn"
+) -> str:
+    """Converts ``checkpoint`` for ``config.model`` and saves it as step 0 of ``workdir``.
+
+    Returns the checkpoint directory.
+    """
+    import importlib
+
+    from vmr_jax import checkpointing, sharding, trainer
+    from vmr_jax.convert.state_dict import load_state_dict
+    from vmr_jax.models import get_family
+
+    converter = importlib.import_module(CONVERTERS[model_name])
+    family = get_family(config.model.name)
+    mesh = sharding.make_mesh(config.mesh)
+    model = trainer.create_model(config.model)
+    tx = trainer.create_optimizer(config.train, 1)[0]
+    sample = family.example_batch(config.model)
+    state = trainer.create_train_state(config, model, jax.random.PRNGKey(0), sample, mesh, tx=tx)
+    reference = {"params": state.params, "batch_stats": state.batch_stats}
+    variables = converter.convert_mgpn(load_state_dict(checkpoint), config.model, reference)
+    shard = lambda new, old: jax.device_put(new, old.sharding)  # noqa: E731
+    state = state.replace(
+        params=jax.tree.map(shard, variables["params"], state.params),
+        batch_stats=jax.tree.map(shard, variables["batch_stats"], state.batch_stats),
+    )
+    os.makedirs(workdir, exist_ok=True)
+    checkpointing.save_config(config, workdir)
+    manager = checkpointing.create_checkpoint_manager(workdir, config.train)
+    checkpointing.save(manager, 0, state)
+    manager.wait_until_finished()
+    return checkpointing.checkpoint_dir(workdir)
+
+
+def main(args: argparse.Namespace) -> int:
+    config = build_config(args.config, args.yaml, getattr(args, "config_overrides", ()))
+    path = convert_to_workdir(args.checkpoint, config, args.workdir, args.model)
+    print(f"converted {args.checkpoint} -> {path} (step 0); config: {args.workdir}/config.json")
+    return 0
