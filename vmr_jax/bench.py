@@ -69,7 +69,7 @@ def random_batch(
 def _flops(compiled) -> float | None:
     try:
         cost = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001 -- some backends do not implement it
+    except Exception:  # some backends do not implement it
         return None
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else None
@@ -81,7 +81,7 @@ def _flops(compiled) -> float | None:
 def _compiled_memory(compiled) -> dict[str, float]:
     try:
         mem = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001
+    except Exception:  # some backends do not implement it
         return {}
     if mem is None:
         return {}
@@ -102,6 +102,8 @@ def _device_peak_mib() -> float | None:
 
 def _timed(fn, steps: int) -> float:
     """Seconds per call of ``fn`` over ``steps`` calls (result blocked on at the end)."""
+    if steps <= 0:
+        return float("nan")
     start = time.perf_counter()
     out = None
     for _ in range(steps):
@@ -203,11 +205,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=None, help="global train batch")
     parser.add_argument("--eval_batch_size", type=int, default=None)
     parser.add_argument("--query_len", type=int, default=None, help="padded query length")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (>= 1)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compile")
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
     sharding.initialize_distributed()
     config = config_cli.load_config_file(args.config)
     config.unlock()

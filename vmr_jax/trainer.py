@@ -437,7 +437,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.write_text(0, "config", config.to_json_best_effort(indent=2))
 
     # Eval.
-    def run_eval(step: int) -> dict[str, float]:
+    def run_eval(state: TrainState, step: int) -> dict[str, float]:
         metrics, _ = evaluate(
             p_eval_step,
             state,
@@ -477,7 +477,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         progress.update(1)
         evaluated = _is_every(step, eval_every) or last
         if evaluated:
-            eval_metrics = run_eval(step)
+            eval_metrics = run_eval(state, step)
         if evaluated or _is_every(step, ckpt_every) or last:
             checkpointing.save(manager, step, state, eval_metrics if evaluated else None)
     progress.close()
