@@ -56,16 +56,16 @@ def trained_workdir(tmp_path_factory):
     return workdir
 
 
-def test_every_command_has_a_parser():
+def test_every_command_has_a_parser(capsys):
     parser = main.build_parser()
-    minimal = {
-        "train": ["--config", "c.py", "--workdir", "w"],
-        "eval": ["--workdir", "w"],
-        "bench": ["--config", "c.py"],
-    }
+    assert {"train", "eval", "bench"} <= set(main.COMMANDS)
     for name in main.COMMANDS:
-        args = parser.parse_args([name, *minimal.get(name, [])])
-        assert args.command == name
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args([name, "--help"])
+        assert exit_info.value.code == 0
+        assert f"vmr-jax {name}" in capsys.readouterr().out
+    args = parser.parse_args(["eval", "--workdir", "w", "--step", "best"])
+    assert (args.command, args.workdir, args.step) == ("eval", "w", "best")
     with pytest.raises(SystemExit):
         parser.parse_args(["no-such-command"])
 
