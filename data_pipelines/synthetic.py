@@ -141,7 +141,7 @@ class SyntheticSpec:
 
 
 def spec_from_config(cfg: Mapping[str, Any] | None = None) -> SyntheticSpec:
-    """``SyntheticSpec`` from ``config.data.synthetic`` (a ConfigDict or dict; unknown keys raise)."""
+    """``SyntheticSpec`` from ``config.data.synthetic`` (ConfigDict or dict; unknown keys raise)."""
     if cfg is None:
         return SyntheticSpec()
     fields = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)

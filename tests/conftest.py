@@ -29,3 +29,7 @@ def pytest_generate_tests(metafunc):
     for fixture, prefix in GOLDEN_FIXTURES.items():
         if fixture in metafunc.fixturenames:
             metafunc.parametrize(fixture, golden_files(prefix))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than 30 s on a 2-core CPU")

@@ -452,7 +452,7 @@ def decode(outputs, batch, model_config) -> dict[str, jnp.ndarray]:
     n = model_config.num_clips
     starts, ends = moment_map.valid_cells(n, tuple(model_config.pooling_counts))
     probs = jax.nn.sigmoid(outputs["cell_logits"])
-    return {"score_map": moment_map.scatter_cells(probs, starts, ends, n)}
+    return {"score_map": moment_map.scatter_cells(probs, starts, ends, n), "num_clips": n}
 
 
 def example_batch(model_config, batch_size: int = 1, query_len: int = 10) -> dict[str, np.ndarray]:
