@@ -159,6 +159,21 @@ def run_bench(
     _timed(lambda: eval_compiled(holder["state"], ebatch), warmup)
     eval_s = _timed(lambda: eval_compiled(holder["state"], ebatch), steps)
 
+    # The 2D-map construction alone, where the family exposes it.
+    map_build = {}
+    family = get_family(config.model.name)
+    if hasattr(family, "map_builders"):
+        feats = (
+            np.random.default_rng(2)
+            .normal(size=(batch_size, int(config.model.num_clips), int(config.model.hidden)))
+            .astype(np.float32)
+        )
+        feats = jax.device_put(feats)
+        for name, fn in family.map_builders(config.model).items():
+            jitted = jax.jit(fn)
+            _timed(lambda jitted=jitted: jitted(feats), warmup)
+            map_build[f"{name}_s"] = _timed(lambda jitted=jitted: jitted(feats), steps)
+
     # ru_maxrss is KiB on Linux, bytes on macOS.
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     rss_mib = rss / 2**20 if sys.platform == "darwin" else rss / 2**10
@@ -185,6 +200,7 @@ def run_bench(
         "peak_rss_mib": rss_mib,
         "device_peak_memory_mib": _device_peak_mib(),
         "timed_steps": steps,
+        **map_build,
     }
     return report
 

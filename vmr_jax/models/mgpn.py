@@ -475,3 +475,23 @@ def example_batch(model_config, batch_size: int = 1, query_len: int = 10) -> dic
             (batch_size, query_len, int(model_config.word_dim)), np.float32
         )
     return batch
+
+
+def map_builders(model_config) -> dict[str, Any]:
+    """The 2D-map construction alone (``[B, N, H]`` clip features -> boundary and content
+    maps), as timed by ``vmr-jax bench``: on the valid cells (what the model uses) and as
+    dense ``[B, N, N, H]`` maps (what the official ``SparseBoundaryContent`` returns)."""
+    n = int(model_config.num_clips)
+    counts = tuple(model_config.pooling_counts)
+    starts, ends = moment_map.valid_cells(n, counts)
+    mask = moment_map.valid_cell_mask(n, counts)
+
+    def cells(x):
+        return moment_map.boundary_cells(x, starts, ends), moment_map.span_max_cells(
+            x, starts, ends
+        )
+
+    def dense(x):
+        return moment_map.boundary_map(x, mask), moment_map.span_max_map(x, mask)
+
+    return {"map_build_cells": cells, "map_build_dense": dense}
