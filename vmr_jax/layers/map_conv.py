@@ -130,27 +130,46 @@ def _im2col_matmul(x: jnp.ndarray, nbr: np.ndarray, w: jnp.ndarray, chunk: int) 
     return out.reshape(b, n_chunks * chunk, g, o)[:, :c_out]
 
 
-def _weight_grad(x: jnp.ndarray, nbr: np.ndarray, g_out: jnp.ndarray, chunk: int) -> jnp.ndarray:
-    """``dW[t, g, i, o] = sum_{b, c} x[b, nbr[c, t], g, i] * g_out[b, c, g, o]``."""
+def _input_grads(
+    x: jnp.ndarray, g_out: jnp.ndarray, bwd: np.ndarray, w: jnp.ndarray, chunk: int
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Both gradients of the sparse conv from one im2col of ``g_out`` per tile of input cells.
+
+    With ``cols[c', t] = g_out[c' - off_t]`` (the mirrored table ``bwd``):
+    ``dx[c'] = sum_t cols[c', t] @ W_t^T`` and ``dW_t = sum_{b, c'} x[c']^T cols[c', t]`` --
+    the weight gradient runs over the input cells (fewer than the output cells when the conv
+    is evaluated on the reachable cells) and reuses the gather of ``dx``.
+
+    Args:
+      x: ``[B, C_in, G, I]``; g_out: ``[B, C_out, G, O]``; bwd: ``[C_in, T]`` in ``[0, C_out]``;
+      w: ``[T, G, I, O]``.
+    Returns: ``(dx [B, C_in, G, I], dw [T, G, I, O])``.
+    """
     b, c_in, g, i = x.shape
-    c_out, taps = nbr.shape
-    o = g_out.shape[-1]
-    chunk = min(chunk, c_out)
-    table = jnp.asarray(_chunk_table(nbr, c_in, chunk))
+    c_out, o = g_out.shape[1], g_out.shape[-1]
+    taps = bwd.shape[1]
+    chunk = min(chunk, c_in)
+    table = jnp.asarray(_chunk_table(bwd, c_out, chunk))
     n_chunks = table.shape[0]
-    xg = _group_major(x)
-    g_pad = jnp.pad(g_out, ((0, 0), (0, n_chunks * chunk - c_out), (0, 0), (0, 0)))
-    g_tiles = g_pad.reshape(b * n_chunks, chunk, g, o).transpose(0, 2, 1, 3)  # [tiles,G,chunk,O]
+    gg = _group_major(g_out)  # [G, B * (C_out + 1), O]
+    x_pad = jnp.pad(x, ((0, 0), (0, n_chunks * chunk - c_in), (0, 0), (0, 0)))
+    x_tiles = x_pad.reshape(b * n_chunks, chunk, g, i).transpose(0, 2, 1, 3)  # [tiles,G,chunk,I]
+    w_t = jnp.transpose(w, (1, 0, 3, 2)).reshape(g, taps * o, i)  # [G, T*O, I]
     ex, ch = _tiles(b, n_chunks)
 
     def one_tile(acc, tile):
-        ex, ch, gc = tile
-        idx = table[ch].reshape(-1) + ex * (c_in + 1)
-        cols = jnp.take(xg, idx, axis=1).reshape(g, chunk, taps * i)
-        return acc + jax.lax.dot_general(cols, gc, (((1,), (1,)), ((0,), (0,)))), None
+        ex, ch, xt = tile
+        idx = table[ch].reshape(-1) + ex * (c_out + 1)
+        cols = jnp.take(gg, idx, axis=1).reshape(g, chunk, taps * o)
+        dx = jax.lax.dot_general(cols, w_t, (((2,), (1,)), ((0,), (0,))))  # [G, chunk, I]
+        acc = acc + jax.lax.dot_general(xt, cols, (((1,), (1,)), ((0,), (0,))))  # [G, I, T*O]
+        return acc, dx
 
-    acc, _ = jax.lax.scan(one_tile, jnp.zeros((g, taps * i, o), x.dtype), (ex, ch, g_tiles))
-    return jnp.transpose(acc.reshape(g, taps, i, o), (1, 0, 2, 3))
+    acc, dx = jax.lax.scan(one_tile, jnp.zeros((g, i, taps * o), x.dtype), (ex, ch, x_tiles))
+    dx = dx.reshape(b, n_chunks, g, chunk, i).transpose(0, 1, 3, 2, 4)
+    dx = dx.reshape(b, n_chunks * chunk, g, i)[:, :c_in]
+    dw = jnp.transpose(acc.reshape(g, i, taps, o), (2, 0, 1, 3))
+    return dx, dw
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -165,12 +184,8 @@ def _sparse_conv_fwd(x, w, fwd_key, bwd_key, chunk):
 
 def _sparse_conv_bwd(fwd_key, bwd_key, chunk, res, g_out):
     x, w = res
-    # dx[c] = sum_t g[c - off_t] @ W_t^T: the transposed conv reads the output cells through
-    # the mirrored table, with the kernel taps and the per-group matrices transposed.
-    w_t = jnp.swapaxes(w, 2, 3)  # [T, G, O, I]
-    dx = _im2col_matmul(g_out, bwd_key.array, w_t, chunk)
-    dw = _weight_grad(x, fwd_key.array, g_out, chunk)
-    return dx, dw
+    # The transposed conv reads the output cells through the mirrored table.
+    return _input_grads(x, g_out, bwd_key.array, w, chunk)
 
 
 _sparse_conv.defvjp(_sparse_conv_fwd, _sparse_conv_bwd)
