@@ -75,7 +75,7 @@ def test_dense_bn_statistics_cover_every_map_cell():
     variables = model.init(jax.random.PRNGKey(2), batch, train=False)
     _, st = model.apply(variables, batch, train=True, mutable=["batch_stats", "intermediates"])
     n = config.num_clips
-    starts, ends = mgpn.model_cells(config)
+    starts, ends = moment_map.valid_cells(n, tuple(config.pooling_counts))
     # Recompute block-1 input exactly like the model (fuse conv) from intermediates.
     fused = st["intermediates"]["fused_cells"][0]
     boundary = st["intermediates"]["boundary_cells"][0]

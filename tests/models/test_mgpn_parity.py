@@ -58,7 +58,7 @@ def _run(path, map_conv):
 def _ours(name, config, inter, outputs):
     """Our value for a golden key, in the golden (PyTorch) layout; None if unknown."""
     n = config.num_clips
-    starts, ends = mgpn.model_cells(config)
+    starts, ends = moment_map.valid_cells(n, tuple(config.pooling_counts))
 
     def dense_map(cells):  # [B, C, ch] -> [B, ch, N, N]
         return np.asarray(moment_map.scatter_cells(cells, starts, ends, n)).transpose(0, 3, 1, 2)
@@ -117,7 +117,7 @@ def test_mgpn_matches_official(mgpn_golden, map_conv):
             # cells the mask lets through.
             block = key.split(".")[-1].split("/")[0]
             cells = inter[block]["output"]
-            starts, ends = mgpn.model_cells(config)
+            starts, ends = np.nonzero(mask)
             want = want.transpose(0, 2, 3, 1)[:, starts, ends]
             got = cells[: want.shape[0]]
         if key == "intermediate/pred_layer":
@@ -143,7 +143,7 @@ def test_loss_targets_match_official_map_gt(mgpn_golden):
     config = model_config_from_golden(meta["config_values"])
     batch = _batch(arrays)
     n = config.num_clips
-    starts, ends = mgpn.model_cells(config)
+    starts, ends = moment_map.valid_cells(n, tuple(config.pooling_counts))
     targets = np.asarray(mgpn.cell_targets(config, batch))
     gt = arrays["inputs/map_gt"][:, 0][:, starts, ends]
     want = np.clip((gt - config.min_iou) / (config.max_iou - config.min_iou), 0, 1)

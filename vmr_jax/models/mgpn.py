@@ -33,8 +33,7 @@ Pipeline (paper section 3, official module names in brackets), channels-last:
 8. Loss [bce_rescale_loss]: BCE with logits on the masked cells only (mean over them) against
    ``clamp((IoU - min_iou) / (max_iou - min_iou), 0, 1)``.  Decoding ranks ``sigmoid(score)``.
 
-Computation on valid cells (offset-major order, so the boundary and content maps are strided
-slices): every map op above is per cell except the 7x7 convs, and all maps
+Computation on valid cells: every map op above is per cell except the 7x7 convs, and all maps
 are zero outside the mask, so the model works on the ``C`` valid cells (``[B, C, ch]``) and the
 7x7 convs read only valid neighbours (``layers.map_conv``).  ``map_conv='dense'`` runs the same
 convs on the full ``N x N`` map (the reference the sparse form is tested against).
@@ -287,7 +286,7 @@ class MGPN(nn.Module):
     bn_stats: str = "dense"
 
     def cells(self) -> tuple[np.ndarray, np.ndarray]:
-        return moment_map.offset_major_cells(self.num_clips, tuple(self.pooling_counts))
+        return moment_map.valid_cells(self.num_clips, tuple(self.pooling_counts))
 
     @nn.compact
     def __call__(self, batch: dict[str, jnp.ndarray], *, train: bool) -> dict[str, jnp.ndarray]:
@@ -428,17 +427,10 @@ def create_model(model_config) -> MGPN:
     return MGPN(**fields)
 
 
-def model_cells(model_config) -> tuple[np.ndarray, np.ndarray]:
-    """The valid cells in the order of the model's ``[B, C, ...]`` tensors (offset-major)."""
-    return moment_map.offset_major_cells(
-        int(model_config.num_clips), tuple(model_config.pooling_counts)
-    )
-
-
 def cell_targets(model_config, batch: dict[str, jnp.ndarray]) -> jnp.ndarray:
     """Scaled-IoU targets of the valid cells: ``[B, C]`` (first ground-truth span)."""
     n = model_config.num_clips
-    starts, ends = model_cells(model_config)
+    starts, ends = moment_map.valid_cells(n, tuple(model_config.pooling_counts))
     iou = moment_map.iou_target_map(n, batch["spans"][:, 0], batch["duration"])  # [B, N, N]
     iou = iou.reshape(iou.shape[0], n * n)[:, starts * n + ends]
     return moment_map.scaled_iou(iou, model_config.min_iou, model_config.max_iou)
@@ -458,7 +450,7 @@ def loss_fn(outputs, batch, model_config) -> tuple[jnp.ndarray, dict[str, jnp.nd
 def decode(outputs, batch, model_config) -> dict[str, jnp.ndarray]:
     """Ranking scores ``sigmoid(logit)`` on the dense map (0 outside the valid cells)."""
     n = model_config.num_clips
-    starts, ends = model_cells(model_config)
+    starts, ends = moment_map.valid_cells(n, tuple(model_config.pooling_counts))
     probs = jax.nn.sigmoid(outputs["cell_logits"])
     return {"score_map": moment_map.scatter_cells(probs, starts, ends, n), "num_clips": n}
 
@@ -491,7 +483,7 @@ def map_builders(model_config) -> dict[str, Any]:
     dense ``[B, N, N, H]`` maps (what the official ``SparseBoundaryContent`` returns)."""
     n = int(model_config.num_clips)
     counts = tuple(model_config.pooling_counts)
-    starts, ends = model_cells(model_config)
+    starts, ends = moment_map.valid_cells(n, counts)
     mask = moment_map.valid_cell_mask(n, counts)
 
     def cells(x):

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -81,62 +80,6 @@ def valid_cells(num_clips: int, pooling_counts: Sequence[int]) -> tuple[np.ndarr
     """
     starts, ends = np.nonzero(valid_cell_mask(num_clips, pooling_counts))
     return starts.astype(np.int32), ends.astype(np.int32)
-
-
-def offset_major_cells(
-    num_clips: int, pooling_counts: Sequence[int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """The valid cells ordered by offset ``j - i``, then start: ``(starts [C], ends [C])``.
-
-    In this order each offset's cells are one strided run of starts, so the boundary and
-    content maps are built from strided slices (no gather, and a cheap transpose for
-    autodiff); the models use it.
-    """
-    starts, ends = valid_cells(num_clips, pooling_counts)
-    order = np.lexsort((starts, ends - starts))
-    return starts[order], ends[order]
-
-
-def strided_runs(starts: np.ndarray, ends: np.ndarray) -> list[tuple[int, int, int, int]] | None:
-    """Split a static cell list into runs ``(offset, first_start, stride, count)`` of equal
-    offset and evenly spaced starts; None when that takes more than ``sqrt(C) + 8`` runs
-    (then a gather is cheaper to compile)."""
-    starts = np.asarray(starts)
-    ends = np.asarray(ends)
-    runs, k, c = [], 0, len(starts)
-    limit = int(np.sqrt(max(c, 1))) + 8
-    while k < c:
-        offset = int(ends[k] - starts[k])
-        stride = int(starts[k + 1] - starts[k]) if k + 1 < c else 1
-        if k + 1 >= c or stride <= 0 or int(ends[k + 1] - starts[k + 1]) != offset:
-            runs.append((offset, int(starts[k]), 1, 1))
-            k += 1
-        else:
-            m = k + 1
-            while (
-                m + 1 < c
-                and int(ends[m + 1] - starts[m + 1]) == offset
-                and int(starts[m + 1] - starts[m]) == stride
-            ):
-                m += 1
-            runs.append((offset, int(starts[k]), stride, m - k + 1))
-            k = m + 1
-        if len(runs) > limit:
-            return None
-    return runs
-
-
-def _take_runs(x: jnp.ndarray, runs, shift) -> jnp.ndarray:
-    """Concatenate strided slices of ``x [..., N, D]`` along the clip axis: for each run,
-    rows ``first + shift(run) + stride * t``, ``t < count``."""
-    parts = []
-    for run in runs:
-        offset, first, stride, count = run
-        begin = first + shift(run)
-        parts.append(
-            jax.lax.slice_in_dim(x, begin, begin + stride * (count - 1) + 1, stride, axis=-2)
-        )
-    return jnp.concatenate(parts, axis=-2)
 
 
 def upper_triangle_mask(num_clips: int) -> np.ndarray:
@@ -218,22 +161,8 @@ def span_max_cells(x: jnp.ndarray, starts: np.ndarray, ends: np.ndarray) -> jnp.
     ends = np.asarray(ends)
     length = ends - starts + 1
     level = np.floor(np.log2(length)).astype(np.int32)
-    table = window_max_table(x)  # [K, ..., N, D]
-    runs = strided_runs(starts, ends)
-    if runs is not None:
-        # Offset-major cells: per run, two strided slices of one table level.
-        parts = []
-        for offset, first, stride, count in runs:
-            k = int(np.floor(np.log2(offset + 1)))
-            right = offset + 1 - (1 << k)
-            stop = first + stride * (count - 1) + 1
-            left_rows = jax.lax.slice_in_dim(table[k], first, stop, stride, axis=-2)
-            right_rows = jax.lax.slice_in_dim(
-                table[k], first + right, stop + right, stride, axis=-2
-            )
-            parts.append(jnp.maximum(left_rows, right_rows))
-        return jnp.concatenate(parts, axis=-2)
     right = (ends - (1 << level) + 1).astype(np.int32)
+    table = window_max_table(x)  # [K, ..., N, D]
     table = jnp.moveaxis(table, 0, -3)  # [..., K, N, D]
     k = table.shape[-3]
     n = table.shape[-2]
@@ -250,11 +179,6 @@ def boundary_cells(x: jnp.ndarray, starts: np.ndarray, ends: np.ndarray) -> jnp.
       x: ``[..., N, D]``.
     Returns: ``[..., C, D]``.
     """
-    runs = strided_runs(starts, ends)
-    if runs is not None:
-        first = _take_runs(x, runs, lambda run: 0)
-        last = _take_runs(x, runs, lambda run: run[0])
-        return (first + last) / 2
     return (jnp.take(x, np.asarray(starts), axis=-2) + jnp.take(x, np.asarray(ends), axis=-2)) / 2
 
 
