@@ -149,6 +149,20 @@ def window_max_table(x: jnp.ndarray) -> jnp.ndarray:
     return jnp.stack(levels, axis=0)
 
 
+def _window_max_levels(x: jnp.ndarray) -> jnp.ndarray:
+    """:func:`window_max_table` stacked next to the clip axis: ``[..., K, N, D]`` (so a cell's
+    (level, clip) row is one flat index, with no transpose of the table)."""
+    n = x.shape[-2]
+    levels = [x]
+    width = 1
+    while 2 * width <= n:
+        prev = levels[-1]
+        shifted = jnp.concatenate([prev[..., width:, :], prev[..., -width:, :]], axis=-2)
+        levels.append(jnp.maximum(prev, shifted))
+        width *= 2
+    return jnp.stack(levels, axis=-3)
+
+
 def span_max_cells(x: jnp.ndarray, starts: np.ndarray, ends: np.ndarray) -> jnp.ndarray:
     """Max of the clip features over each cell's span (the content map, sparse form).
 
@@ -162,8 +176,7 @@ def span_max_cells(x: jnp.ndarray, starts: np.ndarray, ends: np.ndarray) -> jnp.
     length = ends - starts + 1
     level = np.floor(np.log2(length)).astype(np.int32)
     right = (ends - (1 << level) + 1).astype(np.int32)
-    table = window_max_table(x)  # [K, ..., N, D]
-    table = jnp.moveaxis(table, 0, -3)  # [..., K, N, D]
+    table = _window_max_levels(x)  # [..., K, N, D]
     k = table.shape[-3]
     n = table.shape[-2]
     flat = table.reshape(table.shape[:-3] + (k * n, table.shape[-1]))
