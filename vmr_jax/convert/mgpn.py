@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from vmr_jax.convert.state_dict import Rule, conv1d, conv1x1, conv2d, convert, linear
+from vmr_jax.models import mgpn
 
 UNUSED_KEYS = ("generator_layer.conv1d.weight", "generator_layer.conv1d.bias")
 
@@ -43,6 +44,14 @@ def _dense_rules(torch_prefix: str, flax_module: str, transform=linear) -> list[
         Rule(f"{torch_prefix}.weight", ("params", flax_module, "kernel"), transform),
         Rule(f"{torch_prefix}.bias", ("params", flax_module, "bias")),
     ]
+
+
+def _model_fields(**official) -> ml_collections.ConfigDict:
+    """``config.model`` for MGPN: ``mgpn.DEFAULTS`` (the fixed parts of the official
+    architecture and vmr_jax's execution options) with the official values given."""
+    fields = dict(mgpn.DEFAULTS, name="mgpn", vocab_size=0)
+    fields.update(official)
+    return ml_collections.ConfigDict(fields)
 
 
 def mgpn_rules(model_config) -> list[Rule]:
@@ -148,29 +157,19 @@ def config_from_yaml(path: str | os.PathLike) -> ml_collections.ConfigDict:
         )
     loss = need("LOSS1", "PARAMS")
     config = ml_collections.ConfigDict()
-    config.model = ml_collections.ConfigDict(
-        dict(
-            name="mgpn",
-            feature_dim=int(frame["INPUT_SIZE"]),
-            hidden=hidden,
-            num_clips=num_clips,
-            frame_stride=stride,
-            pooling_counts=tuple(
-                int(c) for c in need("MGPN", "CHOICE_GENERATOR", "PARAMS", "NUM_SCALE_LAYERS")
-            ),
-            gru_layers=int(gru["NUM_LAYERS"]),
-            word_dim=int(gru["TXT_INPUT_SIZE"]),
-            vocab_size=0,
-            use_position=bool(frame["USE_POSITION"]),
-            groups=32,
-            conv_kernel=7,
-            dropout=0.1,
-            min_iou=float(loss["MIN_IOU"]),
-            max_iou=float(loss["MAX_IOU"]),
-            map_conv="sparse",
-            conv_chunk=128,
-            bn_stats="dense",
-        )
+    config.model = _model_fields(
+        feature_dim=int(frame["INPUT_SIZE"]),
+        hidden=hidden,
+        num_clips=num_clips,
+        frame_stride=stride,
+        pooling_counts=tuple(
+            int(c) for c in need("MGPN", "CHOICE_GENERATOR", "PARAMS", "NUM_SCALE_LAYERS")
+        ),
+        gru_layers=int(gru["NUM_LAYERS"]),
+        word_dim=int(gru["TXT_INPUT_SIZE"]),
+        use_position=bool(frame["USE_POSITION"]),
+        min_iou=float(loss["MIN_IOU"]),
+        max_iou=float(loss["MAX_IOU"]),
     )
     dataset = str(need("DATASET", "NAME"))
     config.data = ml_collections.ConfigDict(
@@ -213,25 +212,15 @@ def model_config_from_golden(config_values: Mapping) -> ml_collections.ConfigDic
     """``config.model`` from the ``config_values`` of a golden sidecar JSON (shared/golden)."""
     gru = config_values["gru"]
     loss = config_values["loss"]["PARAMS"]
-    return ml_collections.ConfigDict(
-        dict(
-            name="mgpn",
-            feature_dim=int(config_values["feature_dim"]),
-            hidden=int(config_values["hidden"]),
-            num_clips=int(config_values["N_clips_map"]),
-            frame_stride=int(config_values["TARGET_STRIDE"]),
-            pooling_counts=tuple(int(c) for c in config_values["NUM_SCALE_LAYERS"]),
-            gru_layers=int(gru["layers"]),
-            word_dim=int(gru["txt_input"]),
-            vocab_size=0,
-            use_position=bool(config_values["use_learned_position"]),
-            groups=32,
-            conv_kernel=7,
-            dropout=0.1,
-            min_iou=float(loss["MIN_IOU"]),
-            max_iou=float(loss["MAX_IOU"]),
-            map_conv="sparse",
-            conv_chunk=128,
-            bn_stats="dense",
-        )
+    return _model_fields(
+        feature_dim=int(config_values["feature_dim"]),
+        hidden=int(config_values["hidden"]),
+        num_clips=int(config_values["N_clips_map"]),
+        frame_stride=int(config_values["TARGET_STRIDE"]),
+        pooling_counts=tuple(int(c) for c in config_values["NUM_SCALE_LAYERS"]),
+        gru_layers=int(gru["layers"]),
+        word_dim=int(gru["txt_input"]),
+        use_position=bool(config_values["use_learned_position"]),
+        min_iou=float(loss["MIN_IOU"]),
+        max_iou=float(loss["MAX_IOU"]),
     )

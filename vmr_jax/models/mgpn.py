@@ -57,7 +57,7 @@ from vmr_jax.layers.map_conv import dense_masked_conv, reachable_cells, sparse_g
 from vmr_jax.layers.recurrent import StackedRNN
 from vmr_jax.ops import moment_map
 
-_BASE = dict(
+DEFAULTS = dict(
     feature_dim=1024,
     hidden=256,
     num_clips=64,
@@ -79,14 +79,14 @@ _BASE = dict(
 
 VARIANTS: dict[str, dict[str, Any]] = {
     # experiments/charades/i3d-finetune-mgpn256.yaml
-    "charades_i3d": dict(_BASE),
+    "charades_i3d": dict(DEFAULTS),
     # experiments/charades/vgg-mgpn256.yaml
     "charades_vgg": dict(
-        _BASE, feature_dim=4096, num_clips=16, frame_stride=16, pooling_counts=(15,)
+        DEFAULTS, feature_dim=4096, num_clips=16, frame_stride=16, pooling_counts=(15,)
     ),
     # experiments/tacos/mgpn256.yaml
     "tacos": dict(
-        _BASE,
+        DEFAULTS,
         feature_dim=4096,
         num_clips=128,
         frame_stride=2,
@@ -96,10 +96,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
         max_iou=0.7,
     ),
     # experiments/activitynet/mgpn256.yaml
-    "activitynet": dict(_BASE, feature_dim=500, use_position=True),
+    "activitynet": dict(DEFAULTS, feature_dim=500, use_position=True),
     # Small and fast, for tests and the synthetic benchmark.
     "tiny": dict(
-        _BASE,
+        DEFAULTS,
         feature_dim=32,
         hidden=64,
         num_clips=16,

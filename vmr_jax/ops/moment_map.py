@@ -130,13 +130,16 @@ def scaled_iou(iou: jnp.ndarray, min_iou: float, max_iou: float, bias: float = 0
     return jnp.clip(target, 0.0, 1.0)
 
 
-def window_max_table(x: jnp.ndarray) -> jnp.ndarray:
+def window_max_table(x: jnp.ndarray, level_axis: int = 0) -> jnp.ndarray:
     """Doubling window maxima over the clip axis.
 
     Args:
       x: ``[..., N, D]``.
-    Returns: ``[K, ..., N, D]`` with ``K = floor(log2 N) + 1``; level ``k`` at ``t`` is the max of
-      ``x[t : t + 2**k]`` (positions past the end hold partial windows and are never read).
+      level_axis: where the level axis goes in the result (``-3``: next to the clip axis, so a
+        cell's (level, clip) row is one flat index with no transpose of the table).
+    Returns: ``[K, ..., N, D]`` (``level_axis=0``) with ``K = floor(log2 N) + 1``; level ``k``
+      at ``t`` is the max of ``x[t : t + 2**k]`` (positions past the end hold partial windows
+      and are never read).
     """
     n = x.shape[-2]
     levels = [x]
@@ -146,21 +149,7 @@ def window_max_table(x: jnp.ndarray) -> jnp.ndarray:
         shifted = jnp.concatenate([prev[..., width:, :], prev[..., -width:, :]], axis=-2)
         levels.append(jnp.maximum(prev, shifted))
         width *= 2
-    return jnp.stack(levels, axis=0)
-
-
-def _window_max_levels(x: jnp.ndarray) -> jnp.ndarray:
-    """:func:`window_max_table` stacked next to the clip axis: ``[..., K, N, D]`` (so a cell's
-    (level, clip) row is one flat index, with no transpose of the table)."""
-    n = x.shape[-2]
-    levels = [x]
-    width = 1
-    while 2 * width <= n:
-        prev = levels[-1]
-        shifted = jnp.concatenate([prev[..., width:, :], prev[..., -width:, :]], axis=-2)
-        levels.append(jnp.maximum(prev, shifted))
-        width *= 2
-    return jnp.stack(levels, axis=-3)
+    return jnp.stack(levels, axis=level_axis)
 
 
 def span_max_cells(x: jnp.ndarray, starts: np.ndarray, ends: np.ndarray) -> jnp.ndarray:
@@ -176,7 +165,7 @@ def span_max_cells(x: jnp.ndarray, starts: np.ndarray, ends: np.ndarray) -> jnp.
     length = ends - starts + 1
     level = np.floor(np.log2(length)).astype(np.int32)
     right = (ends - (1 << level) + 1).astype(np.int32)
-    table = _window_max_levels(x)  # [..., K, N, D]
+    table = window_max_table(x, level_axis=-3)  # [..., K, N, D]
     k = table.shape[-3]
     n = table.shape[-2]
     flat = table.reshape(table.shape[:-3] + (k * n, table.shape[-1]))
