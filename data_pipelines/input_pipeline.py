@@ -369,13 +369,19 @@ def make_train_iterator(
     text: TextInputs | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
+    start_step: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Endless shuffled host batches of ``global_batch / process_count`` rows."""
+    """Endless shuffled host batches of ``global_batch / process_count`` rows.
+
+    ``start_step``: skip that many batches first (a resumed run) -- on the stream of record
+    indices, so no features are gathered for the skipped batches.
+    """
     split = _as_prepared(records, config_data, text, "train")
     start, size = _host_slice(global_batch, process_index, process_count)
     n = len(split)
     ds = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.batch(global_batch, drop_remainder=True).map(lambda b: b[start : start + size])
+    ds = ds.batch(global_batch, drop_remainder=True).skip(start_step)
+    ds = ds.map(lambda b: b[start : start + size])
     return _batches(split, ds, size, config_data)
 
 

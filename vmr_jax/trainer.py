@@ -338,9 +338,8 @@ class DataSources:
             int(self.config.train.batch_size),
             int(self.config.train.seed),
             text=self.datasets.text,
+            start_step=start_step,
         )
-        for _ in range(start_step):
-            next(it)
         return it
 
     def eval_iterator(self, split: str):
