@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jax
 import pytest
 
 GOLDEN_DIR = Path(
@@ -33,3 +34,27 @@ def pytest_generate_tests(metafunc):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than 30 s on a 2-core CPU")
+
+
+@pytest.fixture(scope="module")
+def jax_compilation_cache(request, tmp_path_factory):
+    """Persistent XLA cache in pytest's cache folder (kept between sessions, shared by xdist
+    workers): runs of the same tiny model compile once.  Speed only."""
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
+    saved = {name: getattr(jax.config, name) for name in names}
+    cache = getattr(request.config, "cache", None)
+    path = (
+        cache.mkdir("jax_compilation_cache")
+        if cache is not None
+        else tmp_path_factory.getbasetemp() / "jax_compilation_cache"
+    )
+    jax.config.update(names[0], str(path))
+    jax.config.update(names[1], 0)
+    jax.config.update(names[2], 0)
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)

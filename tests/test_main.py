@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
@@ -25,27 +24,7 @@ def train_argv(workdir) -> list[str]:
     return ["train", "--config", f"{CONFIG}:runlocal", "--workdir", str(workdir), *TRAIN_FLAGS]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(request, tmp_path_factory):
-    """Persistent XLA cache (pytest's cache folder): train and eval reuse compiled steps."""
-    names = (
-        "jax_compilation_cache_dir",
-        "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes",
-    )
-    saved = {name: getattr(jax.config, name) for name in names}
-    cache = getattr(request.config, "cache", None)
-    path = (
-        cache.mkdir("jax_compilation_cache")
-        if cache is not None
-        else tmp_path_factory.getbasetemp() / "jax_compilation_cache"
-    )
-    jax.config.update(names[0], str(path))
-    jax.config.update(names[1], 0)
-    jax.config.update(names[2], 0)
-    yield
-    for name, value in saved.items():
-        jax.config.update(name, value)
+pytestmark = pytest.mark.usefixtures("jax_compilation_cache")
 
 
 @pytest.fixture(scope="module")

@@ -31,29 +31,7 @@ def runlocal_config(**overrides):
     return config_cli.load_config(f"{CONFIG}:runlocal", [(k, str(v)) for k, v in base.items()])
 
 
-def compilation_cache_dir(pytest_config, tmp_path_factory) -> Path:
-    """pytest's cache folder (kept between sessions, shared by xdist workers) or a temp dir."""
-    cache = getattr(pytest_config, "cache", None)
-    if cache is not None:
-        return Path(cache.mkdir("jax_compilation_cache"))
-    return tmp_path_factory.getbasetemp() / "jax_compilation_cache"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(request, tmp_path_factory):
-    """Persistent XLA cache: the runs here share their programs, so only the first compiles."""
-    names = (
-        "jax_compilation_cache_dir",
-        "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes",
-    )
-    saved = {name: getattr(jax.config, name) for name in names}
-    jax.config.update(names[0], str(compilation_cache_dir(request.config, tmp_path_factory)))
-    jax.config.update(names[1], 0)
-    jax.config.update(names[2], 0)
-    yield
-    for name, value in saved.items():
-        jax.config.update(name, value)
+pytestmark = pytest.mark.usefixtures("jax_compilation_cache")
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "model")
 
@@ -98,12 +97,11 @@ def make_mesh(mesh_config: Mapping[str, Any], devices: Sequence[Any] | None = No
     if -1 not in requested and 0 < needed < len(devices) and jax.process_count() == 1:
         devices = devices[:needed]
     shape = resolve_mesh_shape(requested, len(devices))
-    try:
-        grid = mesh_utils.create_device_mesh(shape, devices)
-    except (ValueError, NotImplementedError, AssertionError):
-        # Topology-aware placement is unavailable for some device kinds (e.g. odd CPU counts).
-        grid = np.asarray(devices).reshape(shape)
-    return Mesh(grid, MESH_AXES)
+    # jax.make_mesh places devices topology-aware where the platform supports it; Auto axes
+    # keep the jit-with-shardings (pjit) semantics the train step is written for.
+    return jax.make_mesh(
+        shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
+    )
 
 
 def logical_axis_rules(mesh_config: Mapping[str, Any] | None = None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import jax
@@ -154,6 +155,11 @@ def test_yaml_translation_matches_the_tacos_variant(tmp_path):
     path = tmp_path / "mgpn256.yaml"
     path.write_text(OFFICIAL_TACOS_YAML)
     config = config_from_yaml(path)
+    # By hand from the YAML above: 256 sampled clips / stride 2 = 128 map clips.
+    model = config.model
+    assert (model.feature_dim, model.num_clips, model.frame_stride) == (4096, 128, 2)
+    assert tuple(model.pooling_counts) == (15, 8, 8, 8) and model.gru_layers == 3
+    assert (model.min_iou, model.max_iou, model.use_position) == (0.3, 0.7, False)
     want = mgpn.VARIANTS["tacos"]
     for key, value in want.items():
         assert config.model[key] == value, key
@@ -172,23 +178,56 @@ def test_yaml_with_unknown_module_or_missing_field_fails(tmp_path):
         config_from_yaml(path)
 
 
-OFFICIAL_CHARADES_I3D_YAML = (
-    OFFICIAL_TACOS_YAML.replace("NAME: TACoS", "NAME: Charades")
-    .replace("VIS_INPUT_TYPE: c3d", "VIS_INPUT_TYPE: I3D/finetune")
-    .replace("TARGET_STRIDE: 2", "TARGET_STRIDE: 4")
-    .replace("TIOU: 0.1,0.3,0.5,0.7", "TIOU: 0.3,0.5,0.7")
-    .replace("NMS_THRESH: 0.4", "NMS_THRESH: 0.44")
-    .replace("BATCH_SIZE: 32", "BATCH_SIZE: 64")
-    .replace("MILESTONES: [16, 19]", "MILESTONES: [5, 8]")
-    .replace("{MIN_IOU: 0.3, MAX_IOU: 0.7, BIAS: 0.0}", "{MIN_IOU: 0.5, MAX_IOU: 1.0, BIAS: 0.0}")
-    .replace(
-        "INPUT_SIZE: 4096, HIDDEN_SIZE: 256, KERNEL_SIZE: 2, STRIDE: 2",
-        "INPUT_SIZE: 1024, HIDDEN_SIZE: 256, KERNEL_SIZE: 4, STRIDE: 4",
-    )
-    .replace("NUM_CLIPS: 128", "NUM_CLIPS: 64")
-    .replace("NUM_LAYERS: 3", "NUM_LAYERS: 2")
-    .replace("NUM_SCALE_LAYERS: [15,8,8,8]", "NUM_SCALE_LAYERS: [15,8,8]")
-)
+def _official_yaml(config_values) -> str:
+    """The official experiment YAML of a golden case, from its sidecar ``config_values``."""
+    import yaml
+
+    stride = int(config_values["TARGET_STRIDE"])
+    hidden = int(config_values["hidden"])
+    gru = config_values["gru"]
+    test = config_values["test"]
+    n = int(config_values["N_clips_map"])
+    official = {
+        "DATASET": {
+            "NAME": "Charades",
+            "NUM_SAMPLE_CLIPS": int(config_values["NUM_SAMPLE_CLIPS"]),
+            "TARGET_STRIDE": stride,
+            "NORMALIZE": True,
+        },
+        "TEST": {"BATCH_SIZE": 64, **test},
+        "TRAIN": {"BATCH_SIZE": 64, "LR": 0.001, "MAX_EPOCH": 15, "MILESTONES": [5, 8]},
+        "LOSS1": config_values["loss"],
+        "MGPN": {
+            "COARSE_GRAINED_ENCODER": {
+                "NAME": "FeatureEncoder",
+                "PARAMS": {
+                    "FRAME": {
+                        "INPUT_SIZE": int(config_values["feature_dim"]),
+                        "HIDDEN_SIZE": hidden,
+                        "KERNEL_SIZE": stride,
+                        "STRIDE": stride,
+                        "USE_POSITION": bool(config_values["use_learned_position"]),
+                        "NUM_CLIPS": n,
+                    },
+                    "GRU": {
+                        "TXT_INPUT_SIZE": int(gru["txt_input"]),
+                        "TXT_HIDDEN_SIZE": hidden,
+                        "NUM_LAYERS": int(gru["layers"]),
+                        "BIDIRECTIONAL": True,
+                    },
+                },
+            },
+            "COATTENTION_MODULE": {"NAME": "FirstFuse"},
+            "CHOICE_GENERATOR": {
+                "NAME": "SparseBoundaryContent",
+                "PARAMS": {"NUM_CLIPS": n, "NUM_SCALE_LAYERS": config_values["NUM_SCALE_LAYERS"]},
+            },
+            "FINE_GRAINED_ENCODER": {"NAME": "FineGrainedFeature"},
+            "CONDITIONED_INTERACTION_MODULE": {"NAME": "SecondFuse"},
+            "CHOICE_COMPARISON_MODULE": {"NAME": "ConvModule"},
+        },
+    }
+    return yaml.safe_dump(official)
 
 
 def test_convert_command_writes_a_workdir_that_reproduces_the_official_scores(
@@ -199,8 +238,9 @@ def test_convert_command_writes_a_workdir_that_reproduces_the_official_scores(
     from vmr_jax import checkpointing
     from vmr_jax.main import main
 
-    yaml_path = tmp_path / "i3d-finetune-mgpn256.yaml"
-    yaml_path.write_text(OFFICIAL_CHARADES_I3D_YAML)
+    meta = json.loads(mgpn_golden.with_suffix(".json").read_text())
+    yaml_path = tmp_path / "experiment.yaml"
+    yaml_path.write_text(_official_yaml(meta["config_values"]))
     workdir = tmp_path / "converted"
     code = main(
         [
@@ -215,7 +255,8 @@ def test_convert_command_writes_a_workdir_that_reproduces_the_official_scores(
     )
     assert code == 0
     config = checkpointing.load_config(str(workdir))
-    assert config.model.num_clips == 64 and config.evals.nms_thresh == 0.44
+    assert config.model.num_clips == meta["config_values"]["N_clips_map"]
+    assert config.evals.nms_thresh == meta["config_values"]["test"]["NMS_THRESH"]
     manager = checkpointing.create_checkpoint_manager(str(workdir), config.train, read_only=True)
     assert manager.all_steps() == [0]
     restored = manager.restore(0)
@@ -227,7 +268,5 @@ def test_convert_command_writes_a_workdir_that_reproduces_the_official_scores(
             "query_mask": z["inputs/textual_mask"][..., 0],
         }
         want = z["outputs/score_map"][:, 0]
-    if want.shape[-1] != config.model.num_clips:
-        pytest.skip(f"{mgpn_golden.name} is not the charades_i3d config this YAML describes")
     out = mgpn.create_model(config.model).apply(variables, batch, train=False)
     np.testing.assert_allclose(np.asarray(out["score_map"]), want, atol=1e-4, rtol=0)

@@ -345,34 +345,22 @@ class MGPN(nn.Module):
         self.sow("intermediates", "content_cells", content)
 
         # 4. Fine-grained encoder.
-        conv_init = _torch_uniform
-        uni = nn.Conv(
-            h,
-            (1,),
-            padding=[(0, 0)],
-            name="unigram_conv",
-            kernel_init=conv_init(h),
-            bias_init=conv_init(h),
-        )(txt_fused)
-        bi = nn.Conv(
-            h,
-            (2,),
-            padding=[(1, 1)],
-            kernel_dilation=(2,),
-            name="bigram_conv",
-            kernel_init=conv_init(2 * h),
-            bias_init=conv_init(2 * h),
-        )(txt_fused)
-        tri = nn.Conv(
-            h,
-            (3,),
-            padding=[(2, 2)],
-            kernel_dilation=(2,),
-            name="trigram_conv",
-            kernel_init=conv_init(3 * h),
-            bias_init=conv_init(3 * h),
-        )(txt_fused)
-        phrase = jnp.concatenate([uni, bi, tri], axis=-1)  # [B, L, 3H]
+        # (name, kernel, dilation): padding (kernel - 1) * dilation / 2 keeps the length L.
+        grams = []
+        for name, kernel, dilation in (("unigram", 1, 1), ("bigram", 2, 2), ("trigram", 3, 2)):
+            pad = (kernel - 1) * dilation // 2
+            init = _torch_uniform(kernel * h)
+            conv = nn.Conv(
+                h,
+                (kernel,),
+                padding=[(pad, pad)],
+                kernel_dilation=(dilation,),
+                name=f"{name}_conv",
+                kernel_init=init,
+                bias_init=init,
+            )
+            grams.append(conv(txt_fused))
+        phrase = jnp.concatenate(grams, axis=-1)  # [B, L, 3H]
         self.sow("intermediates", "phrase_encode", phrase)
         txt_fine = _dense(h, 3 * h, "phrase_linear")(phrase)
         normed = UnbiasedLayerNorm(name="clip_norm")(vis_fused)

@@ -82,11 +82,6 @@ def valid_cells(num_clips: int, pooling_counts: Sequence[int]) -> tuple[np.ndarr
     return starts.astype(np.int32), ends.astype(np.int32)
 
 
-def upper_triangle_mask(num_clips: int) -> np.ndarray:
-    """Dense rule (every i <= j), bool ``[N, N]``."""
-    return np.triu(np.ones((num_clips, num_clips), dtype=bool))
-
-
 def cell_times(num_clips: int, duration: jnp.ndarray) -> jnp.ndarray:
     """Seconds of every cell: ``[..., N, N, 2]`` with ``[i * dur / N, (j + 1) * dur / N]``.
 
