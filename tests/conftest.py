@@ -15,7 +15,7 @@ GOLDEN_DIR = Path(
 )
 
 # fixture name -> golden file prefix; each test taking the fixture runs once per file.
-GOLDEN_FIXTURES = {"mgpn_golden": "mgpn"}
+GOLDEN_FIXTURES = {"mgpn_golden": "mgpn", "didemo_eval_golden": "eval_didemo"}
 
 
 def golden_files(prefix: str) -> list:
