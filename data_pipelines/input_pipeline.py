@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,16 @@ import tensorflow as tf
 
 from data_pipelines import synthetic
 from data_pipelines.records import Record
+from data_pipelines.stored import StoredDataset, StoredSplit
+from data_pipelines.video_tables import (  # noqa: F401  (resampling helpers re-exported)
+    CLIP_SAMPLING,
+    InMemoryVideos,
+    StoredVideos,
+    bin_edges,
+    fit_clips,
+    l2_normalize_clips,
+    resample_clips,
+)
 from vmr_jax.text.glove import glove_embeddings
 from vmr_jax.text.tokenizer import (
     SentencePieceTokenizer,
@@ -91,6 +101,9 @@ DATA_DEFAULTS: dict[str, Any] = {
     "glove_path": "",
     "glove_missing": "zero",
     "max_spans": 0,
+    "clip_sampling": "resample",
+    "subtitles": False,
+    "dir": "",
     "prefetch": 2,
     "seed": 0,
 }
@@ -103,34 +116,6 @@ def _field(config_data: Any, name: str) -> Any:
     if name in DATA_DEFAULTS:
         return DATA_DEFAULTS[name]
     raise KeyError(f"config.data.{name} is required")
-
-
-# --------------------------------------------------------------------------- resampling
-def bin_edges(num_native: int, num_bins: int) -> np.ndarray:
-    """The official ``idxs``: ``min(round(float32(k) / N * T), T - 1)``, ``int [N + 1]``."""
-    k = np.arange(num_bins + 1, dtype=np.float32)
-    edges = np.round(k / np.float32(num_bins) * np.float32(num_native)).astype(np.int64)
-    return np.minimum(edges, num_native - 1)
-
-
-def l2_normalize_clips(features: np.ndarray) -> np.ndarray:
-    """``F.normalize(x, dim=1)``: each row over ``max(||row||, 1e-12)``.  ``[T, D]``."""
-    norm = np.sqrt(np.sum(np.square(features, dtype=np.float32), axis=1, keepdims=True))
-    return features / np.maximum(norm, np.float32(1e-12))
-
-
-def resample_clips(features: np.ndarray, num_bins: int, normalize: bool = False) -> np.ndarray:
-    """2D-TAN ``average_to_fixed_length`` (see module docstring).  ``[T, D] -> [N, D]`` f32."""
-    x = np.asarray(features, np.float32)
-    if normalize:
-        x = l2_normalize_clips(x)
-    edges = bin_edges(x.shape[0], num_bins)
-    lo, hi = edges[:-1], edges[1:]
-    # Bin sums from a float64 prefix sum: one pass, no loop over bins.
-    prefix = np.concatenate([np.zeros((1, x.shape[1])), np.cumsum(x, axis=0, dtype=np.float64)])
-    count = hi - lo
-    mean = (prefix[hi] - prefix[lo]) / np.maximum(count, 1)[:, None]
-    return np.where((count > 0)[:, None], mean, x[lo]).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- text
@@ -194,13 +179,19 @@ def build_text_inputs(config_data: Any, splits: Mapping[str, Sequence[Record]]) 
 # --------------------------------------------------------------------------- prepared split
 @dataclasses.dataclass
 class PreparedSplit:
-    """A split as padded arrays: per-video resampled features and per-query rows."""
+    """A split as padded arrays: a table of fitted videos and per-query rows.
 
-    video_features: np.ndarray  # f32 [V, N, D]
-    video_row: np.ndarray  # i32 [Q] row of video_features of each query
+    ``videos.take(rows)`` gives ``video_features``/``video_mask`` (and ``subtitle_features``)
+    of video rows; ``query_features`` (text mode 'features' on a built dataset) gives the
+    padded token features of query indices, read on demand.
+    """
+
+    videos: InMemoryVideos | StoredVideos
+    video_row: np.ndarray  # i32 [Q] row of each query's video
     query: dict[str, np.ndarray]  # per-query arrays, leading axis Q
     query_ids: list[str]
     num_truncated: int
+    query_features: Callable[[np.ndarray], np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.query_ids)
@@ -248,28 +239,33 @@ def _encode_queries(records: Sequence[Record], text: TextInputs, max_len: int):
 
 
 def prepare_split(
-    records: Sequence[Record], config_data: Any, text: TextInputs | None = None, name: str = ""
+    records: Sequence[Record] | StoredSplit,
+    config_data: Any,
+    text: TextInputs | None = None,
+    name: str = "",
 ) -> PreparedSplit:
-    """Resamples every video once and encodes / pads every query of ``records``."""
-    if not records:
+    """Fits every video's clips once (in memory) or on demand (a built dataset) and encodes /
+    pads every query of ``records``."""
+    if not len(records):
         raise ValueError(f"split {name!r} has no record")
     text = text or TextInputs(_field(config_data, "text_mode"))
     if text.mode != "features" and text.encoder is None:
         raise ValueError(f"text_mode={text.mode!r} needs TextInputs from build_text_inputs")
-    num_bins = _field(config_data, "num_input_clips")
+    num_clips = _field(config_data, "num_input_clips")
     normalize = bool(_field(config_data, "normalize"))
+    sampling = _field(config_data, "clip_sampling")
+    subtitles = bool(_field(config_data, "subtitles"))
 
-    rows: dict[str, int] = {}
-    videos = []
-    video_row = np.empty(len(records), np.int32)
-    for q, r in enumerate(records):
-        if r.video_id not in rows:
-            rows[r.video_id] = len(videos)
-            videos.append(resample_clips(r.video_features, num_bins, normalize))
-        video_row[q] = rows[r.video_id]
-    dims = {v.shape[1] for v in videos}
-    if len(dims) != 1:
-        raise ValueError(f"split {name!r}: video_features of differing widths {sorted(dims)}")
+    lazy_tokens = None
+    if isinstance(records, StoredSplit):
+        if subtitles and "subtitle" not in records.feature_dims:
+            raise ValueError(f"split {name!r}: config.data.subtitles but no subtitle features")
+        videos = StoredVideos(records, num_clips, sampling, normalize, subtitles)
+        video_row = records.video_row.astype(np.int32)
+        if text.mode == "features":
+            lazy_tokens = _stored_token_reader(records, _field(config_data, "max_query_len"))
+    else:
+        videos, video_row = _fit_in_memory(records, num_clips, sampling, normalize, subtitles, name)
 
     max_spans = _field(config_data, "max_spans") or max(len(r.spans_s) for r in records)
     spans = np.zeros((len(records), max_spans, 2), np.float32)
@@ -283,14 +279,23 @@ def prepare_split(
         spans[q, : len(r.spans_s)] = r.spans_s
         span_mask[q, : len(r.spans_s)] = 1.0
 
-    query, truncated = _encode_queries(records, text, _field(config_data, "max_query_len"))
+    max_len = _field(config_data, "max_query_len")
+    if lazy_tokens is not None:
+        lengths = np.minimum(records.num_query_tokens, max_len)
+        if (lengths < 1).any():
+            q = int(np.argmin(lengths))
+            raise ValueError(f"record {records[q].query_id!r}: no query token features")
+        query = {"query_mask": (np.arange(max_len)[None] < lengths[:, None]).astype(np.float32)}
+        truncated = int((records.num_query_tokens > max_len).sum())
+    else:
+        query, truncated = _encode_queries(records, text, max_len)
     if truncated:
         logger.warning(
             "split %r: %d of %d queries cut to max_query_len=%d",
             name,
             truncated,
             len(records),
-            _field(config_data, "max_query_len"),
+            max_len,
         )
     query.update(
         duration=np.asarray([r.duration_s for r in records], np.float32),
@@ -298,12 +303,55 @@ def prepare_split(
         span_mask=span_mask,
     )
     return PreparedSplit(
-        video_features=np.stack(videos),
+        videos=videos,
         video_row=video_row,
         query=query,
         query_ids=[r.query_id for r in records],
         num_truncated=int(truncated),
+        query_features=lazy_tokens,
     )
+
+
+def _fit_in_memory(records, num_clips, sampling, normalize, subtitles, name):
+    rows: dict[str, int] = {}
+    feats, masks, subs = [], [], []
+    video_row = np.empty(len(records), np.int32)
+    for q, r in enumerate(records):
+        if r.video_id not in rows:
+            rows[r.video_id] = len(feats)
+            f, m = fit_clips(r.video_features, num_clips, sampling, normalize)
+            feats.append(f)
+            masks.append(m)
+            if subtitles:
+                if r.subtitle_features is None:
+                    raise ValueError(
+                        f"record {r.query_id!r}: field 'subtitle_features' is missing "
+                        "(config.data.subtitles)"
+                    )
+                subs.append(fit_clips(r.subtitle_features, num_clips, sampling)[0])
+        video_row[q] = rows[r.video_id]
+    dims = {v.shape[1] for v in feats}
+    if len(dims) != 1:
+        raise ValueError(f"split {name!r}: video_features of differing widths {sorted(dims)}")
+    table = InMemoryVideos(np.stack(feats), np.stack(masks), np.stack(subs) if subs else None)
+    return table, video_row
+
+
+def _stored_token_reader(split: StoredSplit, max_len: int) -> Callable[[np.ndarray], np.ndarray]:
+    width = split.feature_dims.get("query")
+    if width is None:
+        raise ValueError(
+            f"text_mode='features' but the built dataset {split.directory} has no query "
+            "token features"
+        )
+
+    def read(index: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(index), max_len, width), np.float32)
+        for k, tokens in enumerate(split.query_features(index)):
+            out[k, : min(len(tokens), max_len)] = tokens[:max_len]
+        return out
+
+    return read
 
 
 def gather_batch(split: PreparedSplit, index: np.ndarray) -> dict[str, np.ndarray]:
@@ -312,9 +360,9 @@ def gather_batch(split: PreparedSplit, index: np.ndarray) -> dict[str, np.ndarra
     real = index >= 0
     rows = np.where(real, index, 0)
     batch = {k: v[rows] for k, v in split.query.items()}
-    video = split.video_features[split.video_row[rows]]
-    batch["video_features"] = video
-    batch["video_mask"] = np.ones(video.shape[:2], np.float32)
+    if split.query_features is not None:
+        batch["query_features"] = split.query_features(rows)
+    batch.update(split.videos.take(split.video_row[rows]))
     batch["query_index"] = np.where(real, index, -1).astype(np.int32)
     batch["valid"] = real.astype(np.float32)
     return batch
@@ -415,7 +463,7 @@ def num_eval_batches(num_records: int, global_batch: int) -> int:
 class Datasets:
     """The splits of ``config.data.name`` and how their text is encoded."""
 
-    splits: dict[str, list[Record]]
+    splits: dict[str, list[Record] | StoredSplit]
     text: TextInputs
     video_feature_dim: int
     query_feature_dim: int  # width of query_features (0 in mode 'tokens')
@@ -426,10 +474,13 @@ class Datasets:
 
 
 def get_datasets(config: Any) -> Datasets:
-    """Records of every split of ``config.data.name`` plus the fitted text encoding.
+    """Splits of ``config.data.name`` plus the fitted text encoding.
 
-    Known names: ``'synthetic'`` (``data_pipelines.synthetic`` with ``config.data.synthetic``
-    sizes and ``config.data.seed``).
+    ``'synthetic'``: records of ``data_pipelines.synthetic`` (``config.data.synthetic`` sizes,
+    ``config.data.seed``), in memory.  A benchmark name (``charades_sta``, ``tacos``,
+    ``activitynet``, ``didemo``, ``tvr``): the dataset built by ``vmr-jax data build`` in
+    ``config.data.dir``, whose features are read on demand; ``config.data.features``, when
+    set, must name the feature set it was built from.
     """
     data = config.data
     name = _field(data, "name")
@@ -437,15 +488,47 @@ def get_datasets(config: Any) -> Datasets:
         spec = synthetic.spec_from_config(data.get("synthetic") if "synthetic" in data else None)
         splits = synthetic.make_splits(spec, int(_field(data, "seed")))
     else:
-        raise ValueError(f"unknown config.data.name {name!r}; known: ['synthetic']")
+        splits = _stored_splits(data, name)
     text = build_text_inputs(data, splits)
-    first = splits["train"][0]
-    if text.mode == "features":
-        query_dim = (
+    first = splits["train"][0] if "train" in splits else next(iter(splits.values()))[0]
+    if isinstance(first, Record):
+        video_dim = int(first.video_features.shape[1])
+        token_dim = (
             first.query_token_features.shape[1] if first.query_token_features is not None else 0
         )
+    else:
+        dims = next(iter(splits.values())).feature_dims
+        video_dim, token_dim = dims["video"], dims.get("query", 0)
+    if text.mode == "features":
+        query_dim = token_dim
     elif text.mode == "glove":
         query_dim = text.embeddings.shape[1]
     else:
         query_dim = 0
-    return Datasets(splits, text, int(first.video_features.shape[1]), int(query_dim))
+    return Datasets(splits, text, int(video_dim), int(query_dim))
+
+
+def _stored_splits(data: Any, name: str) -> dict[str, StoredSplit]:
+    from data_pipelines.benchmarks import benchmark_names
+
+    known = ["synthetic", *benchmark_names()]
+    if name not in known:
+        raise ValueError(f"unknown config.data.name {name!r}; known: {known}")
+    directory = _field(data, "dir")
+    if not directory:
+        raise ValueError(
+            f"config.data.dir must name the dataset built by `vmr-jax data build --dataset "
+            f"{name} ...` (its --output_dir)"
+        )
+    built = StoredDataset(directory)
+    if built.info["dataset"] != name:
+        raise ValueError(
+            f"{directory} holds {built.info['dataset']!r}, config.data.name is {name!r}"
+        )
+    wanted = data.get("features") if "features" in data else None
+    if wanted and built.info["features"] != wanted:
+        raise ValueError(
+            f"{directory} was built from features {built.info['features']!r}, "
+            f"config.data.features is {wanted!r}"
+        )
+    return {s: built.split(s) for s in built.split_names}

@@ -3,6 +3,7 @@
     vmr-jax train --config configs/mgpn/synthetic.py[:arg] --workdir DIR [--config.a.b=v ...]
     vmr-jax eval  --workdir DIR [--step N|best] [--split test] [--config.a.b=v ...]
     vmr-jax bench --config configs/mgpn/synthetic.py [--variant charades_i3d] [--batch_size 64]
+    vmr-jax data  build|validate|stats --dataset charades_sta --features i3d --data_dir DIR
 
 Each subcommand is a :class:`Command` in ``COMMANDS``: a help line, a function adding its
 arguments to its sub-parser and a function running it (returns the exit code).  A new
@@ -98,10 +99,24 @@ def _convert(args: argparse.Namespace) -> int:
     return cli.main(args)
 
 
+# --------------------------------------------------------------------------- data
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    from vmr_jax import data_cli
+
+    data_cli.add_arguments(parser)
+
+
+def _data(args: argparse.Namespace) -> int:
+    from vmr_jax import data_cli
+
+    return data_cli.main(args)
+
+
 COMMANDS: dict[str, Command] = {
     "train": Command("train (and evaluate) a model", _add_train_arguments, _train),
     "eval": Command("evaluate a checkpoint of a workdir", _add_eval_arguments, _eval),
     "bench": Command("measure compile time, throughput, memory", _add_bench_arguments, _bench),
+    "data": Command("official benchmark files: stats, validate, build", _add_data_arguments, _data),
     "convert": Command(
         "official checkpoint (+ YAML) -> vmr_jax workdir", _add_convert_arguments, _convert
     ),
