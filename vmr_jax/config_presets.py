@@ -1,0 +1,101 @@
+"""Shared builders of the configs in ``configs/``: one function per model family and setting.
+
+The config files stay the place where a run's values are written down (each file lists the
+official YAML values it reproduces); these builders only assemble the sections the files
+share, so the four MGPN benchmark configs cannot drift apart in structure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import ml_collections
+
+from vmr_jax.models import mgpn
+
+
+def mgpn_benchmark(
+    *,
+    variant: str,
+    dataset: str,
+    features: str,
+    batch_size: int,
+    milestones: Sequence[int],
+    nms_thresh: float,
+    ious: Sequence[float],
+    steps_per_epoch: int,
+    eval_split: str = "test",
+    num_epochs: int = 15,
+    runlocal: bool = False,
+) -> ml_collections.ConfigDict:
+    """MGPN on a built benchmark with the official training schedule (Huntersxsx/MGPN YAML).
+
+    Args:
+      variant: key of ``mgpn.VARIANTS`` (model sizes of the YAML).
+      dataset, features: the built dataset (``vmr-jax data build --dataset D --features F``),
+        expected in ``data/vmr_jax/<D>-<F>`` unless ``--config.data.dir`` says otherwise.
+      batch_size, milestones (epochs), nms_thresh, ious: ``TRAIN.BATCH_SIZE``,
+        ``TRAIN.MILESTONES``, ``TEST.NMS_THRESH``, ``TEST.TIOU``.
+      steps_per_epoch: training queries // batch size (from the split counts), so that
+        evaluation runs once per epoch as the official loop does.
+      eval_split: ``NO_VAL: True`` in every MGPN YAML: the test split is the one evaluated.
+      runlocal: a few steps with a small batch, to check the set-up on a CPU.
+    """
+    config = ml_collections.ConfigDict()
+
+    config.model = ml_collections.ConfigDict(dict(mgpn.VARIANTS[variant]))
+    config.model.name = "mgpn"
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = dataset
+    config.data.features = features
+    config.data.dir = f"data/vmr_jax/{dataset}-{features}"
+    config.data.seed = 0
+    # DATASET.NUM_SAMPLE_CLIPS = clips x TARGET_STRIDE, averaged with the 2D-TAN rule.
+    config.data.num_input_clips = config.model.num_clips * config.model.frame_stride
+    config.data.clip_sampling = "resample"
+    config.data.normalize = True  # DATASET.NORMALIZE: F.normalize of every native clip
+    # GloVe 840B 300-d vectors (the datasets' torchtext vocab).  Words are lower-cased runs of
+    # letters and digits (text.tokenizer.split_words); the official code splits on whitespace,
+    # so a word glued to punctuation ("door.") misses GloVe there and hits it here.
+    config.data.text_mode = "glove"
+    config.data.glove_path = "data/glove.840B.300d.txt"
+    config.data.glove_missing = "zero"
+    config.data.max_query_len = 64
+    config.data.max_spans = 1
+    config.data.prefetch = 2
+
+    config.train = ml_collections.ConfigDict()
+    config.train.seed = 0
+    config.train.batch_size = 4 if runlocal else batch_size
+    config.train.num_epochs = 0 if runlocal else num_epochs
+    config.train.num_steps = 4 if runlocal else 0
+    config.train.lr = 1e-3  # TRAIN.LR; WEIGHT_DECAY 0
+    config.train.b1 = 0.9
+    config.train.b2 = 0.999
+    config.train.milestones = tuple(milestones)
+    config.train.gamma = 0.1  # TRAIN.GAMMA
+    config.train.grad_clip_norm = 10.0  # clip_grad_norm_(..., 10) of moment_localization/train.py
+    config.train.log_every = 1 if runlocal else 50
+    config.train.checkpoint_every = 2 if runlocal else steps_per_epoch
+    config.train.keep = 3
+    config.train.best_metric = "R@1,IoU=0.5"
+    config.train.best_mode = "max"
+    config.train.async_checkpointing = True
+    config.train.progress_bar = True
+
+    config.evals = ml_collections.ConfigDict()
+    config.evals.split = eval_split
+    config.evals.batch_size = 4 if runlocal else batch_size
+    config.evals.protocol = "2dtan"
+    config.evals.recalls = (1, 5)
+    config.evals.ious = tuple(ious)
+    config.evals.nms_thresh = nms_thresh
+    config.evals.every = 0 if runlocal else steps_per_epoch
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.shape = (-1, 1)  # ('data', 'model')
+    config.mesh.fsdp = False
+
+    config.lock()
+    return config
