@@ -14,6 +14,12 @@ compile), ``train_steps_per_s`` and ``train_examples_per_s`` (steady state, afte
 ``eval_step_flops`` (XLA ``cost_analysis``), ``peak_rss_mib`` (``resource.getrusage``) and,
 where the backend reports it, ``device_peak_memory_mib`` plus the compiled temp sizes.
 Speed is measured here, never asserted by tests.
+
+``--data-only`` times the config's input pipeline instead (:func:`run_data_bench`): host
+batches per second at the config's (or ``--batch_size``) batch, from the synthetic benchmark
+or the built dataset in ``config.data.dir``::
+
+    vmr-jax bench --config configs/mgpn/charades_i3d.py --data-only
 """
 
 from __future__ import annotations
@@ -205,6 +211,49 @@ def run_bench(
     return report
 
 
+def run_data_bench(
+    config: ml_collections.ConfigDict,
+    *,
+    batch_size: int | None = None,
+    steps: int = 50,
+    warmup: int = 5,
+) -> dict[str, Any]:
+    """Host batches per second of ``config``'s training input pipeline (no model).
+
+    Builds the data sources of ``config`` (``config.data``: the synthetic benchmark or a built
+    dataset read from ``config.data.dir``), then times ``steps`` batches of the endless train
+    iterator after ``warmup`` batches; ``setup_s`` is the time to the first batch (parsing,
+    text vocabulary, opening files).
+    """
+    batch_size = int(batch_size or config.train.batch_size)
+    config.unlock()
+    config.train.batch_size = batch_size
+    config.lock()
+    start = time.perf_counter()
+    data = trainer.DataSources(config)
+    iterator = data.train_iterator()
+    first = next(iterator)
+    setup_s = time.perf_counter() - start
+    for _ in range(warmup):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(iterator)
+    per_batch = (time.perf_counter() - start) / steps
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "data": config.data.name,
+        "data_dir": config.data.get("dir", ""),
+        "batch_size": batch_size,
+        "batch_shapes": {k: list(v.shape) for k, v in first.items()},
+        "setup_s": setup_s,
+        "data_batches_per_s": 1.0 / per_batch,
+        "data_examples_per_s": batch_size / per_batch,
+        "timed_batches": steps,
+        "peak_rss_mib": rss / 2**20 if sys.platform == "darwin" else rss / 2**10,
+    }
+
+
 def apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     """Replaces ``config.model``'s fields by the family's ``VARIANTS[variant]``."""
     family = get_family(config.model.name)
@@ -223,6 +272,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--query_len", type=int, default=None, help="padded query length")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (>= 1)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compile")
+    parser.add_argument(
+        "--data-only",
+        "--data_only",
+        dest="data_only",
+        action="store_true",
+        help="time the config's input pipeline only (batches/s), no model",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -236,6 +292,13 @@ def main(args: argparse.Namespace) -> int:
     for key, value in getattr(args, "config_overrides", ()):
         config_cli.apply_override(config, key, value)
     config.lock()
+    if args.data_only:
+        report = run_data_bench(
+            config, batch_size=args.batch_size, steps=max(args.steps, 1) * 5, warmup=args.warmup
+        )
+        if sharding.is_main_process():
+            print(json.dumps(report, indent=2, sort_keys=True))
+        return 0
     report = run_bench(
         config,
         batch_size=args.batch_size,

@@ -11,6 +11,12 @@ manifest printed by ``data stats``); ``--annotation_dir``, ``--video_features``,
 ``--subtitle_features`` and ``--query_features`` point elsewhere.  ``build`` writes to
 ``--output_dir`` (default ``DIR/vmr_jax/<dataset>-<features>``); a config reads it with
 ``config.data.dir``.
+
+    vmr-jax data fake --dataset tvr --features resnet_i3d --annotation_dir A --data_dir OUT
+
+writes random features in the official layouts under ``OUT`` for every annotated video
+(:mod:`data_pipelines.fake_features`): a dry run of ``build`` and training before the real
+feature files are at hand.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import json
 import os
 import sys
 
-ACTIONS = ("build", "validate", "stats")
+ACTIONS = ("build", "validate", "stats", "fake")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="stats: read at most this many videos per split for feature statistics (0: all)",
     )
+    parser.add_argument(
+        "--clips_per_second",
+        type=float,
+        default=1.0,
+        help="fake: clip rate of features without a fixed clip length",
+    )
     parser.add_argument("--json", default=None, help="also write the report to this file")
 
 
@@ -69,6 +81,11 @@ def main(args: argparse.Namespace) -> int:
         splits = args.splits.split(",") if args.splits else None
         if args.action == "stats":
             result = data_report.stats(sources, splits, max_videos=args.max_videos)
+            code = 0
+        elif args.action == "fake":
+            from data_pipelines.fake_features import write_fake_features
+
+            result = {"written": write_fake_features(sources, splits, args.clips_per_second)}
             code = 0
         elif args.action == "validate":
             result = data_report.validate(sources, splits)
