@@ -32,11 +32,15 @@ def resample_clips(features: np.ndarray, num_bins: int, normalize: bool = False)
         x = l2_normalize_clips(x)
     edges = bin_edges(x.shape[0], num_bins)
     lo, hi = edges[:-1], edges[1:]
-    # Bin sums from a float64 prefix sum: one pass, no loop over bins.
-    prefix = np.concatenate([np.zeros((1, x.shape[1])), np.cumsum(x, axis=0, dtype=np.float64)])
     count = hi - lo
-    mean = (prefix[hi] - prefix[lo]) / np.maximum(count, 1)[:, None]
-    return np.where((count > 0)[:, None], mean, x[lo]).astype(np.float32)
+    out = x[lo]  # empty and one-clip bins: clip idx[k] itself
+    multi = count > 1
+    if multi.any():
+        # Non-empty bins tile [0, idx[N]) without gaps, so one reduceat sums them all.
+        full = count > 0
+        sums = np.add.reduceat(x[: edges[-1]], lo[full], axis=0)
+        out[multi] = sums[multi[full]] / count[multi][:, None].astype(np.float32)
+    return out
 
 
 CLIP_SAMPLING = ("resample", "truncate")
@@ -90,18 +94,19 @@ class StoredVideos:
 
     def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         unique, inverse = np.unique(rows, return_inverse=True)
-        feats, masks, subs = [], [], []
-        for record in self.split.videos(unique):
-            f, m = fit_clips(
+        out: dict[str, np.ndarray] = {}
+        for j, record in enumerate(self.split.videos(unique)):
+            fitted = {}
+            fitted["video_features"], fitted["video_mask"] = fit_clips(
                 record["video_features"], self.num_clips, self.sampling, self.normalize
             )
-            feats.append(f)
-            masks.append(m)
             if self.subtitles:
-                subs.append(
-                    fit_clips(record["subtitle_features"], self.num_clips, self.sampling)[0]
-                )
-        out = {"video_features": np.stack(feats)[inverse], "video_mask": np.stack(masks)[inverse]}
-        if self.subtitles:
-            out["subtitle_features"] = np.stack(subs)[inverse]
+                fitted["subtitle_features"] = fit_clips(
+                    record["subtitle_features"], self.num_clips, self.sampling
+                )[0]
+            at = inverse == j
+            for key, value in fitted.items():
+                if key not in out:  # filled row by row: no stack-then-gather double copy
+                    out[key] = np.empty((len(rows), *value.shape), value.dtype)
+                out[key][at] = value
         return out
