@@ -14,6 +14,8 @@ Layouts (``STORES``):
   query h5 files; LocalizingMoments' ``average_fc7.h5``), or a group ``f[key][dataset]``
   (``sub_activitynet_v1-3.c3d.hdf5``: ``f["v_<id>"]["c3d_features"]``).
 * ``npy``: a directory of ``<key>.npy`` files (MGPN/2D-TAN I3D Charades features).
+* ``lmdb``: HERO's LMDB video databases (:class:`~data_pipelines.lmdb_store.LmdbStore`; needs
+  ``pip install lmdb``, imported only when such a store is read).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines.annotations import DataError
+from data_pipelines.lmdb_store import LmdbStore
 
 
 def check_feature_array(
@@ -192,13 +195,16 @@ class NpyDirStore:
         pass
 
 
-STORES: dict[str, Callable[..., Hdf5Store | NpyDirStore]] = {
+STORES: dict[str, Callable[..., Hdf5Store | NpyDirStore | LmdbStore]] = {
     "hdf5": Hdf5Store,
     "npy": NpyDirStore,
+    "lmdb": LmdbStore,
 }
 
 
-def open_store(layout: str, path: str | os.PathLike, **kwargs) -> Hdf5Store | NpyDirStore:
+def open_store(
+    layout: str, path: str | os.PathLike, **kwargs
+) -> Hdf5Store | NpyDirStore | LmdbStore:
     """A store of ``layout`` (a key of :data:`STORES`) over ``path``."""
     if layout not in STORES:
         raise ValueError(f"unknown feature layout {layout!r}; known: {sorted(STORES)}")
