@@ -50,6 +50,14 @@ class FeatureSpec:
     key_format: str = "{video_id}"
     hdf5_dataset: str | None = None
     clip_seconds: float | None = None
+    aliases: tuple[str, ...] = ()  # other official names of the same file, tried in order
+
+    def locate(self, data_dir: str) -> str:
+        """``data_dir/file``, or the first alias present there (default: ``file``)."""
+        for name in (self.file, *self.aliases):
+            if os.path.exists(os.path.join(data_dir, name)):
+                return os.path.join(data_dir, name)
+        return os.path.join(data_dir, self.file)
 
     def key(self, annotation: Annotation) -> str:
         fields = {"video_id": annotation.video_id, "query_id": annotation.query_id}

@@ -75,7 +75,7 @@ def resolve_sources(
             if given.get(role):
                 raise ValueError(f"feature set {dataset}/{features} has no {role} features")
             continue
-        paths[role] = given.get(role) or os.path.join(data_dir, spec.file)
+        paths[role] = given.get(role) or spec.locate(data_dir)
     return Sources(module, features, feature_set, annotation_dir or data_dir, paths)
 
 

@@ -41,7 +41,7 @@ Charades config), stored raw:
 =========  =============================  =====  ===========================================
 set        file (layout, key)             dim    extractor, clips, source
 =========  =============================  =====  ===========================================
-vgg        ``vgg_rgb_features.hdf5``      4096   VGG16 fc7 of the RGB stream of the Charades
+vgg        ``charades_vgg_rgb.hdf5``      4096   VGG16 fc7 of the RGB stream of the Charades
            (HDF5, ``f[vid]``)                    two-stream baseline
                                                  (``Charades_v1_features_rgb.tar.gz``), one
                                                  vector every 4th frame of the 24 fps video;
@@ -54,7 +54,8 @@ vgg        ``vgg_rgb_features.hdf5``      4096   VGG16 fc7 of the RGB stream of 
                                                  2D-TAN's loader reads
                                                  ``{VIS_INPUT_TYPE}_features.hdf5`` =
                                                  ``vgg_rgb_features.hdf5``
-                                                 (``2D-TAN-16x16-K5L8-{pool,conv}.yaml``).
+                                                 (``2D-TAN-16x16-K5L8-{pool,conv}.yaml``):
+                                                 either name is found in ``--data_dir``.
 i3d        ``I3D/finetune/<vid>.npy``     1024   I3D (RGB) fine-tuned on Charades; MGPN
            (directory of ``.npy``)               README's Box folder of the 2D-TAN authors,
                                                  ``i3d-finetune-mgpn{256,512}.yaml``
@@ -90,7 +91,8 @@ _L2 = "L2 per clip at load (F.normalize(dim=1), DATASET.NORMALIZE: True)"
 FEATURES: dict[str, FeatureSet] = {
     "vgg": FeatureSet(
         video=FeatureSpec(
-            file="vgg_rgb_features.hdf5",
+            file="charades_vgg_rgb.hdf5",
+            aliases=("vgg_rgb_features.hdf5",),
             layout="hdf5",
             dim=4096,
             extractor="VGG16 fc7, RGB stream of the Charades two-stream baseline",

@@ -233,7 +233,9 @@ def test_stats_counts_and_distributions(toy_dir):
     assert out["parse_report"]["train"]["dropped"] == {"start >= end": 1}
     assert out["video_features"]["train"]["clips_per_video"]["max"] == 6
     # 6 clips / 9 s and 4 clips / 6 s.
-    assert out["video_features"]["train"]["clips_per_second"]["mean"] == pytest.approx(2 / 3, abs=1e-4)
+    assert out["video_features"]["train"]["clips_per_second"]["mean"] == pytest.approx(
+        2 / 3, abs=1e-4
+    )
     assert out["feature_ids"]["video"]["unused_keys"] == 0
     assert out["manifest"]["video"]["file"] == "video.h5"
 
@@ -247,3 +249,21 @@ def test_damaged_stored_dataset(toy_dir, tmp_path):
         StoredDataset(out).split("train")
     with pytest.raises(DataError, match="not a built dataset"):
         StoredDataset(tmp_path)
+
+
+def test_feature_file_found_under_an_official_alias(tmp_path):
+    spec = FeatureSpec(
+        file="charades_vgg_rgb.hdf5",
+        aliases=("vgg_rgb_features.hdf5",),
+        layout="hdf5",
+        dim=3,
+        extractor="",
+        clip="",
+        normalisation="",
+        source="",
+    )
+    assert spec.locate(str(tmp_path)) == str(tmp_path / "charades_vgg_rgb.hdf5")  # neither
+    (tmp_path / "vgg_rgb_features.hdf5").touch()
+    assert spec.locate(str(tmp_path)) == str(tmp_path / "vgg_rgb_features.hdf5")
+    (tmp_path / "charades_vgg_rgb.hdf5").touch()
+    assert spec.locate(str(tmp_path)) == str(tmp_path / "charades_vgg_rgb.hdf5")

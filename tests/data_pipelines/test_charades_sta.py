@@ -205,7 +205,7 @@ def test_missing_file_and_unknown_split(tmp_path):
         charades_sta.parse_split(tmp_path, "val", ParseReport())
 
 
-# --- features: vgg_rgb_features.hdf5 f[vid] [T, 4096]; I3D/finetune/<vid>.npy [T, 1024] -----
+# --- features: charades_vgg_rgb.hdf5 f[vid] [T, 4096]; I3D/finetune/<vid>.npy [T, 1024] -----
 
 
 def test_vgg_hdf5_found_by_annotation_key(parsed, tmp_path):
