@@ -79,6 +79,7 @@ class ParseReport:
     def __init__(self) -> None:
         self.events: dict[str, list[Skip]] = collections.defaultdict(list)
         self.num_kept: dict[str, int] = collections.defaultdict(int)
+        self.skipped_splits: dict[str, str] = {}  # split -> why it was left out whole
 
     def drop(
         self, split: str, reason: str, source: str, where: str, query_id: str | None = None
@@ -100,9 +101,10 @@ class ParseReport:
         )
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        """``{split: {"kept": n, "dropped": {reason: n}, "clipped": {reason: n}}}``."""
+        """``{split: {"kept": n, "dropped": {reason: n}, "clipped": {reason: n}}}``, plus
+        ``{split: {"skipped": reason}}`` for splits left out whole."""
         splits = sorted(set(self.num_kept) | set(self.events))
-        return {
+        out: dict[str, dict[str, Any]] = {
             s: {
                 "kept": self.num_kept.get(s, 0),
                 "dropped": self.counts(s, "dropped"),
@@ -110,6 +112,9 @@ class ParseReport:
             }
             for s in splits
         }
+        for split, why in self.skipped_splits.items():
+            out.setdefault(split, {})["skipped"] = why
+        return out
 
     def examples(self, split: str, kind: str, reason: str, limit: int = 3) -> list[str]:
         """Up to ``limit`` locations (``file:where``) of one kind of event, for messages."""

@@ -104,7 +104,15 @@ def parse_splits(
     for split in names:
         if split not in sources.module.SPLITS:
             raise ValueError(f"{sources.module.NAME} has no split {split!r}")
-        out[split] = sources.module.parse_split(sources.annotation_dir, split, report)
+        annotations = sources.module.parse_split(sources.annotation_dir, split, report)
+        if annotations and all(not a.video_id and len(a.spans_s) == 0 for a in annotations):
+            why = "query-only split (no video, no ground truth, e.g. TVR test_public)"
+            if splits:
+                raise ValueError(f"split {split!r}: {why}: there is nothing to build or check")
+            report.skipped_splits[split] = why
+            logger.info("%s: skipped: %s", split, why)
+            continue
+        out[split] = annotations
     return out, report
 
 
