@@ -21,11 +21,14 @@ setup(
         "ml-collections",
         "sentencepiece",
         "h5py",
+        "array-record",  # built datasets (data_pipelines/stored.py)
         "tensorboardX",
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "ruff"],
+        "test": ["pytest", "pytest-xdist", "ruff", "lmdb", "msgpack"],
+        # HERO-style LMDB feature stores (data_pipelines/lmdb_store.py).
+        "lmdb": ["lmdb", "msgpack"],
         # The converter reads official PyTorch checkpoints; 2.13.0 is the CPU build the
         # golden files were made with.
         "torch": ["torch==2.13.0"],
