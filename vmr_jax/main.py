@@ -3,6 +3,7 @@
     vmr-jax train --config configs/mgpn/synthetic.py[:arg] --workdir DIR [--config.a.b=v ...]
     vmr-jax eval  --workdir DIR [--step N|best] [--split test] [--config.a.b=v ...]
     vmr-jax bench --config configs/mgpn/synthetic.py [--variant charades_i3d] [--batch_size 64]
+    vmr-jax score --protocol tvr|didemo|2dtan|mmn --ground-truth GT --predictions FILE
     vmr-jax data  build|validate|stats --dataset charades_sta --features i3d --data_dir DIR
 
 Each subcommand is a :class:`Command` in ``COMMANDS``: a help line, a function adding its
@@ -99,6 +100,60 @@ def _convert(args: argparse.Namespace) -> int:
     return cli.main(args)
 
 
+# --------------------------------------------------------------------------- score
+def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
+    from vmr_jax.evaluation.scoring import PROTOCOLS
+
+    parser.add_argument("--protocol", required=True, choices=PROTOCOLS)
+    parser.add_argument("--ground-truth", "--ground_truth", dest="ground_truth", required=True)
+    parser.add_argument("--predictions", required=True, help="file in the protocol's format")
+    parser.add_argument("--split", default=None, help="tvr: split of video2idx; with --dataset")
+    parser.add_argument("--dataset", default=None, help="2dtan/mmn: GT from official files")
+    parser.add_argument("--video2dur_idx", default=None, help="tvr: tvr_video2dur_idx.json")
+    parser.add_argument("--recalls", default="1,5", help="2dtan/mmn: R@n values")
+    parser.add_argument("--ious", default="0.3,0.5,0.7", help="2dtan/mmn: IoU thresholds")
+    parser.add_argument(
+        "--truncate",
+        action="store_true",
+        help="tvr: use the first 100 predictions of longer lists (as the official script)",
+    )
+    parser.add_argument("--output", default=None, help="results json (default: beside preds)")
+
+
+def _score(args: argparse.Namespace) -> int:
+    import os
+
+    from vmr_jax.evaluation import scoring
+
+    try:
+        result = scoring.score(
+            args.protocol,
+            args.ground_truth,
+            args.predictions,
+            split=args.split,
+            dataset=args.dataset,
+            video2dur_idx=args.video2dur_idx,
+            recalls=tuple(int(x) for x in args.recalls.split(",")),
+            ious=tuple(float(x) for x in args.ious.split(",")),
+            truncate=args.truncate,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    output = args.output or os.path.splitext(args.predictions)[0] + f".{args.protocol}.json"
+    with open(output, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    print(
+        json.dumps(
+            {k: result[k] for k in ("protocol", "split", "num_queries", "metrics")}, indent=2
+        )
+    )
+    print(f"rule: {result['rule']}")
+    print(f"results: {output}")
+    return 0
+
+
 # --------------------------------------------------------------------------- data
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     from vmr_jax import data_cli
@@ -116,6 +171,9 @@ COMMANDS: dict[str, Command] = {
     "train": Command("train (and evaluate) a model", _add_train_arguments, _train),
     "eval": Command("evaluate a checkpoint of a workdir", _add_eval_arguments, _eval),
     "bench": Command("measure compile time, throughput, memory", _add_bench_arguments, _bench),
+    "score": Command(
+        "score a predictions file under an official protocol", _add_score_arguments, _score
+    ),
     "data": Command("official benchmark files: stats, validate, build", _add_data_arguments, _data),
     "convert": Command(
         "official checkpoint (+ YAML) -> vmr_jax workdir", _add_convert_arguments, _convert
