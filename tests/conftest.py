@@ -15,7 +15,12 @@ GOLDEN_DIR = Path(
 )
 
 # fixture name -> golden file prefix; each test taking the fixture runs once per file.
-GOLDEN_FIXTURES = {"mgpn_golden": "mgpn", "didemo_eval_golden": "eval_didemo"}
+GOLDEN_FIXTURES = {
+    "mgpn_golden": "mgpn",
+    "didemo_eval_golden": "eval_didemo",
+    "tvr_eval_golden": "eval_tvr",
+    "xml_golden": "xml",
+}
 
 
 def golden_files(prefix: str) -> list:

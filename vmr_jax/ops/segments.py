@@ -257,3 +257,50 @@ def decode_topk(
     kept_times = jnp.where(kept[..., None], kept_times, 0.0)
     kept_scores = jnp.where(kept, kept_scores, 0.0)
     return kept_times, kept_scores, kept
+
+
+def grouped_nms_keep(
+    times: np.ndarray,
+    groups: np.ndarray,
+    valid: np.ndarray,
+    thresh: float,
+    max_per_group: int | None = None,
+) -> np.ndarray:
+    """Greedy NMS of many ranked lists at once, separately inside groups (NumPy).
+
+    The rule of jayleicn/TVRetrieval ``utils/temporal_nms.py``: walking a list best first, a kept
+    candidate drops every later candidate of its group whose IoU with it is ``> thresh``, with
+    ``IoU = max(0, min(e) - max(s)) / (max(e) - min(s))`` in the dtype of ``times`` and 0 where
+    that hull is 0; once ``max_per_group`` are kept in a group the rest of the group is dropped.
+    One step per list position, each a vector op over all lists.
+
+    Args:
+      times: ``[Q, K, 2]`` candidates, each list ranked best first.
+      groups: ``[Q, K]`` int group of each candidate (e.g. its video); valid: ``[Q, K]`` bool.
+    Returns: ``[Q, K]`` bool, True for the kept candidates.
+    """
+    times = np.asarray(times)
+    starts, ends = times[..., 0], times[..., 1]
+    groups = np.asarray(groups)
+    alive = np.array(valid, bool)
+    for i in range(times.shape[1] - 1):
+        lists = np.flatnonzero(alive[:, i])  # lists whose i-th candidate is kept
+        if lists.size == 0:
+            continue
+        s_i, e_i = starts[lists, i, None], ends[lists, i, None]
+        s_j, e_j = starts[lists, i + 1 :], ends[lists, i + 1 :]
+        inter = np.maximum(0, np.minimum(e_i, e_j) - np.maximum(s_i, s_j))
+        hull = np.maximum(e_i, e_j) - np.minimum(s_i, s_j)
+        iou = np.divide(inter, hull, out=np.zeros_like(inter), where=hull != 0)
+        drop = (iou > thresh) & (groups[lists, i + 1 :] == groups[lists, i, None])
+        alive[lists, i + 1 :] &= ~drop
+    if max_per_group is not None:
+        lists, pos = np.nonzero(alive)
+        order = np.lexsort((pos, groups[lists, pos], lists))  # by list, group, rank
+        key = np.stack([lists[order], groups[lists, pos][order]])
+        new_run = np.ones(order.size, bool)
+        new_run[1:] = (key[:, 1:] != key[:, :-1]).any(axis=0)
+        run_start = np.maximum.accumulate(np.where(new_run, np.arange(order.size), 0))
+        over = order[np.arange(order.size) - run_start >= max_per_group]
+        alive[lists[over], pos[over]] = False
+    return alive
