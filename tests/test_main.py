@@ -108,6 +108,27 @@ def test_eval_writes_results_and_predictions(trained_workdir, capsys):
     for line in lines:
         scores = [x[2] for x in line["moments"]]
         assert scores == sorted(scores, reverse=True)
+    assert len(results["ground_truth_sha256"]) == 64
+
+    # `vmr-jax score` on the predictions file (which carries query_id and gt_spans) gives
+    # the same numbers without the model.
+    scored_path = trained_workdir / "eval" / "rescored.json"
+    argv = [
+        "score",
+        "--protocol",
+        "2dtan",
+        "--ground-truth",
+        str(predictions_path),
+        "--predictions",
+        str(predictions_path),
+        "--output",
+        str(scored_path),
+    ]
+    assert main.main(argv) == 0
+    scored = json.loads(scored_path.read_text())
+    for key, value in results["metrics"].items():
+        if key.startswith(("R@", "mIoU")):
+            assert scored["metrics"][key] == value, key
 
 
 def test_eval_earlier_step(trained_workdir):

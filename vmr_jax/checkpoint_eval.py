@@ -5,14 +5,18 @@ into the sharded abstract state; the eval split runs through ``trainer.evaluate`
 decoding and metrics of ``evaluation.svmr``).  Outputs, under ``WORKDIR/eval/`` by default:
 
 * ``<split>_step<N>.json``: split, protocol, rule, NMS threshold, step, checkpoint path,
-  number of queries, metrics (fractions in [0, 1]) and the full config;
+  number of queries, the ground truth scored (file and SHA-256), metrics (fractions in
+  [0, 1]) and the full config;
 * ``<split>_step<N>_predictions.jsonl``: one line per query, in split order:
   ``{"query_index", "query_id", "video_id", "duration", "gt_spans", "moments"}`` with
-  ``moments = [[start_s, end_s, score], ...]`` best first after NMS.
+  ``moments = [[start_s, end_s, score], ...]`` best first after NMS -- the 2D-TAN-style
+  format that ``vmr-jax score --protocol 2dtan --ground-truth <dir>/<split>.queries.jsonl``
+  re-scores without the model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -89,6 +93,7 @@ def evaluate_workdir(
         "step": int(step),
         "checkpoint": os.path.join(str(manager.directory), str(step)),
         "num_queries": len(predictions["query_index"]),
+        **_ground_truth_identity(data, split),
         "predictions": predictions_path,
         "metrics": metrics,
         "config": json.loads(config.to_json_best_effort()),
@@ -103,6 +108,24 @@ def evaluate_workdir(
             for q, record in enumerate(records):
                 f.write(json.dumps(_prediction_line(record, predictions, q)) + "\n")
     return {**results, "results_path": results_path, "predictions_path": predictions_path}
+
+
+def _ground_truth_identity(data: DataSources, split: str) -> dict[str, Any]:
+    """Which ground truth was scored: the built split's queries file and its SHA-256 (the
+    file ``vmr-jax score --ground-truth`` takes), or, for in-memory data (synthetic), the
+    SHA-256 of its query ids and spans as JSON."""
+    from data_pipelines.stored import StoredSplit, queries_file
+    from vmr_jax.evaluation.scoring import sha256
+
+    records = data.datasets.splits[split]
+    if isinstance(records, StoredSplit):
+        path = os.path.join(records.directory, queries_file(split))
+        return {"ground_truth": path, "ground_truth_sha256": sha256(path)}
+    text = json.dumps([[r.query_id, np.asarray(r.spans_s, np.float64).tolist()] for r in records])
+    return {
+        "ground_truth": f"{data.config.data.name} (in memory)",
+        "ground_truth_sha256": hashlib.sha256(text.encode()).hexdigest(),
+    }
 
 
 def _prediction_line(record, predictions: Mapping[str, np.ndarray], q: int) -> dict[str, Any]:
