@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -126,14 +125,6 @@ def open_stores(sources: Sources) -> dict[str, Any]:
         role: getattr(sources.features, role).open(path, field[role])
         for role, path in sources.feature_paths.items()
     }
-
-
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- id matching
@@ -251,7 +242,7 @@ def build(
     }
     for split, anns in annotations.items():
         info["annotation_files"][split] = {
-            os.path.basename(p): sha256(p) for p in sources.annotation_files(split)
+            os.path.basename(p): stored.sha256(p) for p in sources.annotation_files(split)
         }
         anns = _apply_missing(sources, split, anns, matches, report, allow_missing)
         if not anns:

@@ -22,6 +22,7 @@ reading one record touches only that record.  Readers are per thread (tf.data ca
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -48,6 +49,15 @@ def videos_file(split: str) -> str:
 
 def query_features_file(split: str) -> str:
     return f"{split}.query_features.array_record"
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file (annotation and ground-truth files are identified by it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- record codec

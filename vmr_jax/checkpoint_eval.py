@@ -114,8 +114,7 @@ def _ground_truth_identity(data: DataSources, split: str) -> dict[str, Any]:
     """Which ground truth was scored: the built split's queries file and its SHA-256 (the
     file ``vmr-jax score --ground-truth`` takes), or, for in-memory data (synthetic), the
     SHA-256 of its query ids and spans as JSON."""
-    from data_pipelines.stored import StoredSplit, queries_file
-    from vmr_jax.evaluation.scoring import sha256
+    from data_pipelines.stored import StoredSplit, queries_file, sha256
 
     records = data.datasets.splits[split]
     if isinstance(records, StoredSplit):

@@ -25,7 +25,6 @@ predictions files, and (``vmr-jax eval``) the checkpoint step and config.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from data_pipelines.stored import sha256
 from vmr_jax.evaluation import didemo, svmr, vcmr
 
 PROTOCOLS = ("2dtan", "mmn", "tvr", "didemo")
@@ -42,14 +42,6 @@ PROTOCOLS = ("2dtan", "mmn", "tvr", "didemo")
 
 class PredictionsError(ValueError):
     """A predictions file that cannot be scored; the message names the query and field."""
-
-
-def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- 2dtan / mmn
