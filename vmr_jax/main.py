@@ -181,14 +181,19 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``vmr-jax`` parser; with ``only``, just that command gets its arguments (the
+    others' argument functions import their modules, e.g. ``bench`` imports the trainer and
+    TensorFlow: seconds that ``vmr-jax score`` should not pay)."""
     parser = argparse.ArgumentParser(
         prog="vmr-jax", description="Video moment retrieval in JAX/Flax."
     )
     parser.add_argument("--log_level", default="INFO", help="python logging level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
-        command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
+        sub_parser = sub.add_parser(name, help=command.help, description=command.help)
+        if only is None or name == only:
+            command.add_arguments(sub_parser)
     return parser
 
 
@@ -197,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, overrides = config_cli.split_overrides(argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(next((a for a in argv if a in COMMANDS), None)).parse_args(argv)
     args.config_overrides = overrides
     # Library loggers at --log_level; third-party ones (orbax, absl) only warn.
     logging.basicConfig(

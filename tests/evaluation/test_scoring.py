@@ -199,3 +199,31 @@ def test_didemo_rankings(tmp_path):
     # Query 12: ranks 2,2,2,2 -> average 2 (R@5 only); top-1 (0,0) vs (2,3): IoU 0.
     assert (m["R@1"], m["R@5"], m["mIoU"]) == (0.5, 1.0, 0.5)
     assert result["protocol"] == "didemo"
+
+
+def test_tvr_bulk_reader_matches_json(tmp_path):
+    from vmr_jax.evaluation import vcmr
+
+    sub = {
+        "video2idx": {"v1": 7, "v2": 8},
+        "VR": [
+            {"desc_id": 1, "predictions": [[8, 0, 0, 1.0], [7, 0, 0, 5e-1]]},
+            {"desc_id": 2, "predictions": []},
+        ],
+        "SVMR": [{"predictions": [[7, 3.25, 9, -1e-3]], "desc_id": 1}],
+    }
+    path = tmp_path / "sub.json"
+    path.write_text(json.dumps(sub, indent=1))
+    bulk = vcmr.read_submission(path, as_arrays=True)
+    assert bulk["VR"][0]["predictions"].tolist() == [[8, 0, 0, 1.0], [7, 0, 0, 0.5]]
+    assert bulk["VR"][1]["predictions"].shape == (0, 4)
+    assert bulk["SVMR"][0]["predictions"].tolist() == [[7, 3.25, 9, -0.001]]
+    assert vcmr.read_submission(path) == sub  # the plain reader returns the decoded JSON
+    # Rows that are not 4 plain numbers fall back to the decoded lists (and their checks).
+    sub["SVMR"][0]["predictions"] = [[7, 3.25, 9]]
+    path.write_text(json.dumps(sub))
+    assert vcmr.read_submission(path, as_arrays=True)["SVMR"][0]["predictions"] == [[7, 3.25, 9]]
+    sub["SVMR"][0]["predictions"] = [[7, float("nan"), 9, 1]]
+    path.write_text(json.dumps(sub))
+    rows = vcmr.read_submission(path, as_arrays=True)["SVMR"][0]["predictions"]
+    assert isinstance(rows, list) and rows[0][0] == 7

@@ -185,7 +185,9 @@ def score(
             raise ValueError(f"cannot tell the TVR split of {ground_truth}: pass --split")
         table = video2dur_idx or str(Path(ground_truth).parent / "tvr_video2dur_idx.json")
         gt = vcmr.load_tvr_ground_truth(ground_truth, table, split)
-        metrics = vcmr.evaluate_submission(vcmr.read_submission(predictions), gt, truncate=truncate)
+        metrics = vcmr.evaluate_submission(
+            vcmr.read_submission(predictions, as_arrays=True), gt, truncate=truncate
+        )
     else:
         gt = didemo.load_didemo_ground_truth(ground_truth)
         rankings = didemo.read_predictions_json(predictions, gt.annotation_ids)

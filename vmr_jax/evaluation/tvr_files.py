@@ -24,6 +24,8 @@ import dataclasses
 import itertools
 import json
 import numbers
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -261,9 +263,71 @@ def _tasks_of(submission: Any, where: str) -> list[str]:
     return tasks
 
 
-def read_submission(path: str | Path) -> dict:
-    """Load an official submission JSON; its layout is checked, the rows when scored."""
-    submission = _read_json(Path(path), SubmissionError)
+_PREDICTIONS = re.compile(r'("predictions"\s*:\s*)(\[[-+0-9.eE,\s\[\]]*\])')
+_ROW4 = re.compile(r"\[[^,\[\]]*,[^,\[\]]*,[^,\[\]]*,[^,\[\]]*\]")
+_BRACKETS = str.maketrans("[]", "  ")
+
+
+def _bulk_load(text: str) -> dict | None:
+    """The submission with every ``predictions`` list as a float64 ``[n, 4]`` array.
+
+    A full val submission holds 13 million numbers, which ``json.loads`` turns into Python
+    objects in about 9 s; here the rows are cut out by one regex, checked to be 4 fields each,
+    and parsed in one NumPy call, and only the small rest goes through ``json``.  Returns None
+    for anything outside that plain layout (NaN, other row shapes, ...): the caller then
+    decodes the text normally and the row checks name the culprit.
+    """
+    blobs: list[str] = []
+
+    def stash(match: re.Match) -> str:
+        blobs.append(match.group(2))
+        return f'{match.group(1)}{{"__rows__": {len(blobs) - 1}}}'
+
+    try:
+        submission = json.loads(_PREDICTIONS.sub(stash, text))
+    except json.JSONDecodeError:
+        return None
+    rows = np.array([b.count("[") - 1 for b in blobs], np.int64)
+    if sum(len(_ROW4.findall(b)) for b in blobs) != rows.sum():
+        return None
+    joined = ",".join(b for b, n in zip(blobs, rows) if n).translate(_BRACKETS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # fromstring warns (and stops) on a bad number
+        try:
+            numbers = np.fromstring(joined, sep=",") if joined else np.zeros(0)
+        except (ValueError, DeprecationWarning):
+            return None
+    if numbers.size != 4 * rows.sum():
+        return None
+    tables = np.split(numbers.reshape(-1, 4), np.cumsum(rows)[:-1])
+    if not isinstance(submission, dict):
+        return None
+    for task in TASKS:
+        for entry in submission.get(task, ()) if isinstance(submission.get(task), list) else ():
+            ref = entry.get("predictions") if isinstance(entry, dict) else None
+            if isinstance(ref, dict) and set(ref) == {"__rows__"}:
+                entry["predictions"] = tables[ref["__rows__"]]
+    return submission
+
+
+def read_submission(path: str | Path, as_arrays: bool = False) -> dict:
+    """Load an official submission JSON; its layout is checked, the rows when scored.
+
+    ``as_arrays``: ``predictions`` lists come back as ``[n, 4]`` float64 arrays when the file
+    is plain numbers (:func:`_bulk_load`, about 4x faster on a full val submission), else as
+    the decoded lists; both score the same.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise SubmissionError(f"{path}: unreadable ({err})") from None
+    submission = _bulk_load(text) if as_arrays else None
+    if submission is None:
+        try:
+            submission = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise SubmissionError(f"{path}: not JSON ({err})") from None
     _tasks_of(submission, str(path))
     return submission
 
@@ -304,9 +368,12 @@ def submission_from_predictions(
 def _rows_to_arrays(task: str, desc_ids: list, lists: list) -> RankedPredictions:
     """Per-query row lists -> padded arrays, with one ``np.array`` call for all rows."""
     lengths = np.array([len(rows) for rows in lists], np.int64)
-    flat = list(itertools.chain.from_iterable(lists))
+    if all(isinstance(rows, np.ndarray) for rows in lists):  # read_submission's bulk path
+        flat = np.concatenate(lists) if lists else np.zeros((0, 4))
+    else:
+        flat = list(itertools.chain.from_iterable(lists))
     try:
-        table = np.array(flat) if flat else np.zeros((0, 4))
+        table = np.array(flat) if len(flat) else np.zeros((0, 4))
         ok = table.ndim == 2 and table.shape[1] == 4 and table.dtype.kind in "biuf"
     except (ValueError, TypeError):
         ok = False
@@ -411,7 +478,7 @@ def parse_submission(
                     f"{task}[{i}]: an entry is {{'desc_id', 'desc', "
                     f"'predictions'}}, got {entry!r:.80}"
                 )
-            if not isinstance(entry["predictions"], list):
+            if not isinstance(entry["predictions"], (list, np.ndarray)):
                 raise SubmissionError(
                     f"{task} desc_id={entry['desc_id']!r}: 'predictions' must "
                     "be a list of [video_idx, st, ed, score] rows"
