@@ -228,33 +228,35 @@ def build(
     """Writes the built dataset (:mod:`data_pipelines.stored`) and returns its info dict."""
     annotations, report = parse_splits(sources, splits)
     stores = open_stores(sources)
-    matches = match_ids(sources, stores, annotations)
-    os.makedirs(output_dir, exist_ok=True)
-    info: dict[str, Any] = {
-        "format_version": stored.FORMAT_VERSION,
-        "dataset": sources.module.NAME,
-        "features": sources.feature_name,
-        "manifest": sources.features.describe(),
-        "feature_files": dict(sources.feature_paths),
-        "annotation_files": {},
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "splits": {},
-    }
-    for split, anns in annotations.items():
-        info["annotation_files"][split] = {
-            os.path.basename(p): stored.sha256(p) for p in sources.annotation_files(split)
+    try:
+        matches = match_ids(sources, stores, annotations)
+        os.makedirs(output_dir, exist_ok=True)
+        info: dict[str, Any] = {
+            "format_version": stored.FORMAT_VERSION,
+            "dataset": sources.module.NAME,
+            "features": sources.feature_name,
+            "manifest": sources.features.describe(),
+            "feature_files": dict(sources.feature_paths),
+            "annotation_files": {},
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "splits": {},
         }
-        anns = _apply_missing(sources, split, anns, matches, report, allow_missing)
-        if not anns:
-            raise DataError(sources.annotation_dir, f"split {split!r}", None, "no query left")
-        info["splits"][split] = _write_split(sources, stores, split, anns, report, output_dir)
-        logger.info("%s/%s: %s", sources.module.NAME, split, info["splits"][split])
-    info["report"] = report.summary()
-    info["unused_feature_keys"] = {r: len(m["unused"]) for r, m in matches.items()}
-    with open(os.path.join(output_dir, stored.INFO_FILE), "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=1, sort_keys=True)
-    for store in stores.values():
-        store.close()
+        for split, anns in annotations.items():
+            info["annotation_files"][split] = {
+                os.path.basename(p): stored.sha256(p) for p in sources.annotation_files(split)
+            }
+            anns = _apply_missing(sources, split, anns, matches, report, allow_missing)
+            if not anns:
+                raise DataError(sources.annotation_dir, f"split {split!r}", None, "no query left")
+            info["splits"][split] = _write_split(sources, stores, split, anns, report, output_dir)
+            logger.info("%s/%s: %s", sources.module.NAME, split, info["splits"][split])
+        info["report"] = report.summary()
+        info["unused_feature_keys"] = {r: len(m["unused"]) for r, m in matches.items()}
+        with open(os.path.join(output_dir, stored.INFO_FILE), "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=1, sort_keys=True)
+    finally:
+        for store in stores.values():
+            store.close()
     return info
 
 

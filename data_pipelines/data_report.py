@@ -102,6 +102,14 @@ def stats(
         "features": sources.feature_name,
         "manifest": sources.features.describe(),
         "parse_report": report.summary(),
+        # Where the first few records of each drop / clip reason are (file:line or key).
+        "parse_examples": {
+            s: {
+                kind: {r: report.examples(s, kind, r, 5) for r in report.counts(s, kind)}
+                for kind in ("dropped", "clipped")
+            }
+            for s in annotations
+        },
         "splits": {s: annotation_stats(a) for s, a in annotations.items()},
     }
     present = {r: p for r, p in sources.feature_paths.items() if os.path.exists(p)}
@@ -148,33 +156,46 @@ def validate(
     Parse errors (malformed annotation files) are returned as the single error they are: the
     rest of a malformed file cannot be trusted.
     """
-    errors: list[str] = []
     try:
         annotations, report = parse_splits(sources, splits)
     except DataError as err:
         return {"errors": [str(err)], "checked": {}, "parse_report": {}}
-    checked: dict[str, dict[str, int]] = {}
+    errors: list[str] = []
+    stores: dict[str, Any] = {}
     try:
-        stores = open_stores(sources)
-        matches = match_ids(sources, stores, annotations)
-    except DataError as err:
-        return {"errors": [str(err)], "checked": {}, "parse_report": report.summary()}
-    for role, m in matches.items():
-        for split, missing in m["missing"].items():
-            if missing:
-                errors.append(
-                    f"{m['file']}: {len(missing)} {role} keys of split {split!r} missing "
-                    f"(e.g. {missing[:5]})"
-                )
+        try:
+            stores = open_stores(sources)
+            matches = match_ids(sources, stores, annotations)
+        except DataError as err:
+            return {"errors": [str(err)], "checked": {}, "parse_report": report.summary()}
+        for role, m in matches.items():
+            for split, missing in m["missing"].items():
+                if missing:
+                    errors.append(
+                        f"{m['file']}: {len(missing)} {role} keys of split {split!r} missing "
+                        f"(e.g. {missing[:5]})"
+                    )
+        checked = _read_every_feature(sources, stores, annotations, errors, max_errors)
+    finally:
+        for store in stores.values():
+            store.close()
+    return {"errors": errors, "checked": checked, "parse_report": report.summary()}
+
+
+def _read_every_feature(sources, stores, annotations, errors, max_errors):
+    """Reads each needed key once, appending problems to ``errors`` (stops at
+    ``max_errors``); returns ``{split: {"videos": n, "queries": n}}`` checked cleanly."""
+    checked: dict[str, dict[str, int]] = {}
     for split, anns in annotations.items():
         count = {"videos": 0, "queries": 0}
+        checked[split] = count
         lengths: dict[str, int] = {}
         done: dict[str, set[str]] = {role: set() for role in stores}
         for a in anns:
             for role, store in stores.items():
                 key = getattr(sources.features, role).key(a)
                 if key in done[role] or key not in store:
-                    continue  # missing keys are reported above
+                    continue  # missing keys are reported by the caller
                 done[role].add(key)
                 try:
                     feats = store.get(key)
@@ -193,8 +214,5 @@ def validate(
                     errors.append(str(err))
             if len(errors) >= max_errors:
                 errors.append(f"... stopped after {max_errors} errors")
-                return {"errors": errors, "checked": checked, "parse_report": report.summary()}
-        checked[split] = count
-    for store in stores.values():
-        store.close()
-    return {"errors": errors, "checked": checked, "parse_report": report.summary()}
+                return checked
+    return checked

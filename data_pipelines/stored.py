@@ -207,10 +207,6 @@ class StoredSplit:
     def num_videos(self) -> int:
         return self._videos.num_records
 
-    @property
-    def has_query_features(self) -> bool:
-        return self._query_features is not None
-
     def videos(self, rows: Sequence[int]) -> list[dict[str, np.ndarray]]:
         """Video records (``video_features``, ``clip_times``[, ``subtitle_features``])."""
         return self._videos.read(rows)

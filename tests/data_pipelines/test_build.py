@@ -231,6 +231,10 @@ def test_stats_counts_and_distributions(toy_dir):
     assert train["moment_length_s"]["max"] == 6.0
     assert train["moment_share_of_video"]["min"] == pytest.approx(3 / 9, abs=1e-4)
     assert out["parse_report"]["train"]["dropped"] == {"start >= end": 1}
+    # The toy parser reports its drops at "<file>:line" (desc_id 4 is the dropped query).
+    assert out["parse_examples"]["train"]["dropped"] == {
+        "start >= end": [f"{toy_dir}/train.jsonl:line"]
+    }
     assert out["video_features"]["train"]["clips_per_video"]["max"] == 6
     # 6 clips / 9 s and 4 clips / 6 s.
     assert out["video_features"]["train"]["clips_per_second"]["mean"] == pytest.approx(

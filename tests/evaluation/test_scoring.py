@@ -63,6 +63,7 @@ def test_2dtan_strict_and_mmn_inclusive(moment_files):
         ([{"query_id": "a", "moments": [[0, float("nan")]]}], r"query 'a': field 'moments\[0\]'"),
         ([{"query_id": "a", "moments": []}] * 2, r"line 2: query 'a' appears twice"),
         ([{"query": "a"}], r"line 1: needs 'query_id' and 'moments'"),
+        ([{"query_id": "a", "moments": [["0", 1]]}], r"query 'a': field 'moments\[0\]'"),
     ],
 )
 def test_bad_moment_predictions(moment_files, tmp_path, rows, match):

@@ -103,6 +103,9 @@ def read_moment_predictions(
             seen[q] = True
             for k, m in enumerate(moments[:top_k]):
                 ok = isinstance(m, (list, tuple)) and len(m) in (2, 3)
+                ok = ok and all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in m[:2]
+                )
                 st, ed = (float(m[0]), float(m[1])) if ok else (np.nan, np.nan)
                 if not ok or not np.isfinite([st, ed]).all() or st > ed:
                     raise PredictionsError(
