@@ -188,6 +188,7 @@ class PreparedSplit:
 
     videos: InMemoryVideos | StoredVideos
     video_row: np.ndarray  # i32 [Q] row of each query's video
+    video_ids: list[str]  # [V] video id of each row of ``videos``
     query: dict[str, np.ndarray]  # per-query arrays, leading axis Q
     query_ids: list[str]
     num_truncated: int
@@ -195,6 +196,22 @@ class PreparedSplit:
 
     def __len__(self) -> int:
         return len(self.query_ids)
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.video_ids)
+
+    def query_batch(self, index: np.ndarray) -> dict[str, np.ndarray]:
+        """The query-side arrays of record indices ``index [B]`` (``-1``: padding, record 0),
+        without any video: what a corpus search needs."""
+        index = np.asarray(index, np.int64)
+        rows = np.where(index >= 0, index, 0)
+        batch = {k: v[rows] for k, v in self.query.items()}
+        if self.query_features is not None:
+            batch["query_features"] = self.query_features(rows)
+        batch["query_index"] = np.where(index >= 0, index, -1).astype(np.int32)
+        batch["valid"] = (index >= 0).astype(np.float32)
+        return batch
 
 
 def _encode_queries(records: Sequence[Record], text: TextInputs, max_len: int):
@@ -262,10 +279,15 @@ def prepare_split(
             raise ValueError(f"split {name!r}: config.data.subtitles but no subtitle features")
         videos = StoredVideos(records, num_clips, sampling, normalize, subtitles)
         video_row = records.video_row.astype(np.int32)
+        video_ids = [""] * records.num_videos
+        for q, row in enumerate(records.video_row):
+            video_ids[row] = records[q].video_id
         if text.mode == "features":
             lazy_tokens = _stored_token_reader(records, _field(config_data, "max_query_len"))
     else:
-        videos, video_row = _fit_in_memory(records, num_clips, sampling, normalize, subtitles, name)
+        videos, video_row, video_ids = _fit_in_memory(
+            records, num_clips, sampling, normalize, subtitles, name
+        )
 
     max_spans = _field(config_data, "max_spans") or max(len(r.spans_s) for r in records)
     spans = np.zeros((len(records), max_spans, 2), np.float32)
@@ -305,6 +327,7 @@ def prepare_split(
     return PreparedSplit(
         videos=videos,
         video_row=video_row,
+        video_ids=video_ids,
         query=query,
         query_ids=[r.query_id for r in records],
         num_truncated=int(truncated),
@@ -334,7 +357,7 @@ def _fit_in_memory(records, num_clips, sampling, normalize, subtitles, name):
     if len(dims) != 1:
         raise ValueError(f"split {name!r}: video_features of differing widths {sorted(dims)}")
     table = InMemoryVideos(np.stack(feats), np.stack(masks), np.stack(subs) if subs else None)
-    return table, video_row
+    return table, video_row, list(rows)
 
 
 def _stored_token_reader(split: StoredSplit, max_len: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -356,15 +379,9 @@ def _stored_token_reader(split: StoredSplit, max_len: int) -> Callable[[np.ndarr
 
 def gather_batch(split: PreparedSplit, index: np.ndarray) -> dict[str, np.ndarray]:
     """The batch of record indices ``index [B]``; ``-1`` marks a padding row (record 0 copy)."""
-    index = np.asarray(index, np.int64)
-    real = index >= 0
-    rows = np.where(real, index, 0)
-    batch = {k: v[rows] for k, v in split.query.items()}
-    if split.query_features is not None:
-        batch["query_features"] = split.query_features(rows)
+    batch = split.query_batch(index)
+    rows = np.maximum(np.asarray(index, np.int64), 0)
     batch.update(split.videos.take(split.video_row[rows]))
-    batch["query_index"] = np.where(real, index, -1).astype(np.int32)
-    batch["valid"] = real.astype(np.float32)
     return batch
 
 

@@ -26,6 +26,15 @@ string ``query_text`` (for the 'tokens' mode and GloVe-style lookups) and
 'features' mode).  With ``subtitles=True``, ``subtitle_features [T, word_dim]`` carry, during
 half of the events, the mean vector of the event's verb and noun, plus noise.
 
+Corpus mode (``num_scenes > 0``, for video corpus moment retrieval): every video also has a
+*scene* (``scene<i>`` words, drawn uniformly from ``num_scenes``) whose random unit direction is
+added to all of its clips with weight ``scene_strength`` (and, with subtitles, the scene word's
+vector to every subtitle clip, as character names recur in TVR subtitles); every query names its
+video's scene as a fourth word, so the query picks its video out of a corpus (the events alone
+recur across videos).  Scene draws use their own random streams, so ``num_scenes = 0`` (the
+default) gives exactly the single-video benchmark above.  :func:`vcmr_chance_level` gives the
+VCMR recall of random retrieval.
+
 Splits: videos are shuffled by the seed and cut by ``split_fractions`` into train / val / test
 (disjoint videos); a video's content depends only on (seed, video index), never on the split.
 
@@ -108,6 +117,8 @@ class SyntheticSpec:
     max_query_words: int = 10
     token_noise_std: float = 0.1
     subtitles: bool = False
+    num_scenes: int = 0
+    scene_strength: float = 1.0
 
     def __post_init__(self):
         checks = [
@@ -122,6 +133,8 @@ class SyntheticSpec:
             (self.num_event_types >= 2, "num_event_types >= 2"),
             (self.num_attributes >= 1, "num_attributes >= 1"),
             (3 <= self.min_query_words <= self.max_query_words, "3 <= min/max_query_words"),
+            (self.num_scenes >= 0, "num_scenes >= 0"),
+            (not self.num_scenes or self.min_query_words >= 4, "min_query_words >= 4 with scenes"),
             (self.vocab_size >= self.num_content_words + 1, "vocab_size > content words"),
         ]
         failed = [rule for ok, rule in checks if not ok]
@@ -137,7 +150,7 @@ class SyntheticSpec:
     @property
     def num_content_words(self) -> int:
         verbs, nouns = self.grid
-        return verbs + nouns + self.num_attributes
+        return verbs + nouns + self.num_attributes + self.num_scenes
 
 
 def spec_from_config(cfg: Mapping[str, Any] | None = None) -> SyntheticSpec:
@@ -165,6 +178,8 @@ class World:
     type_directions: np.ndarray  # f32 [E, D] unit rows
     attribute_directions: np.ndarray  # f32 [M, D] unit rows
     word_table: np.ndarray  # f32 [vocab_size, word_dim]
+    scene_words: np.ndarray  # int [S]: word id of every scene (empty without scenes)
+    scene_directions: np.ndarray  # f32 [S, D] unit rows
 
     def describe(self, query_text: str) -> tuple[int, int]:
         """(event type, attribute) named by a synthetic query."""
@@ -190,11 +205,15 @@ def make_world(spec: SyntheticSpec, seed: int) -> World:
         + [f"noun{i}" for i in range(nouns)]
         + [f"adj{i}" for i in range(spec.num_attributes)]
     )
+    words += [f"scene{i}" for i in range(spec.num_scenes)]
     words += [f"w{i}" for i in range(spec.vocab_size - len(words))]
     cells = rng.choice(verbs * nouns, size=spec.num_event_types, replace=False)
     type_words = np.stack([cells // nouns, verbs + cells % nouns], axis=1).astype(np.int32)
-    attribute_words = np.arange(verbs + nouns, spec.num_content_words, dtype=np.int32)
+    first_scene = verbs + nouns + spec.num_attributes
+    attribute_words = np.arange(verbs + nouns, first_scene, dtype=np.int32)
+    scene_words = np.arange(first_scene, spec.num_content_words, dtype=np.int32)
     filler_words = np.arange(spec.num_content_words, spec.vocab_size, dtype=np.int32)
+    scene_rng = np.random.default_rng([seed, 3])
     return World(
         words=words,
         type_words=type_words,
@@ -203,6 +222,8 @@ def make_world(spec: SyntheticSpec, seed: int) -> World:
         type_directions=_unit_rows(rng, spec.num_event_types, spec.feature_dim),
         attribute_directions=_unit_rows(rng, spec.num_attributes, spec.feature_dim),
         word_table=rng.normal(size=(spec.vocab_size, spec.word_dim)).astype(np.float32),
+        scene_words=scene_words,
+        scene_directions=_unit_rows(scene_rng, spec.num_scenes, spec.feature_dim),
     )
 
 
@@ -264,6 +285,14 @@ def make_video(spec: SyntheticSpec, world: World, seed: int, video_index: int) -
                 subtitles[start:stop] += world.word_table[world.type_words[etype]].mean(0)
         subtitles = subtitles.astype(np.float32)
 
+    # Scenes draw from their own stream: without them every other draw is unchanged.
+    scene_rng = np.random.default_rng([seed, 4, video_index])
+    scene = int(scene_rng.integers(spec.num_scenes)) if spec.num_scenes else -1
+    if scene >= 0:
+        features += spec.scene_strength * world.scene_directions[scene]
+        if subtitles is not None:
+            subtitles += world.word_table[world.scene_words[scene]]
+
     features = features.astype(np.float32)  # one array shared by the video's records
     step = spec.clip_seconds
     clip_times = np.stack([np.arange(num_clips), np.arange(1, num_clips + 1)], 1) * step
@@ -280,6 +309,9 @@ def make_video(spec: SyntheticSpec, world: World, seed: int, video_index: int) -
         ids = rng.choice(world.filler_words, size=length)
         slots = np.sort(rng.choice(length, size=3, replace=False))
         ids[slots] = [verb, world.attribute_words[attr], noun]
+        if scene >= 0:
+            free = np.setdiff1d(np.arange(length), slots)
+            ids[free[scene_rng.integers(len(free))]] = world.scene_words[scene]
         token_features = world.word_table[ids] + spec.token_noise_std * rng.normal(
             size=(length, spec.word_dim)
         )
@@ -388,4 +420,65 @@ def chance_level(
                 hits = np.where(top[None] >= 0, hit[:, np.maximum(top, 0)], False)
                 value = hits.any(axis=2).mean()
             out[f"R@{n},IoU={m}"] = float(value)
+    return out
+
+
+def vcmr_chance_level(
+    spans_s: np.ndarray,
+    query_video: np.ndarray,
+    video_clips: np.ndarray,
+    clip_seconds: float,
+    min_pred_l: int = 2,
+    max_pred_l: int = 16,
+    iou_thresholds: Sequence[float] = (0.5, 0.7),
+    recalls: Sequence[int] = (1, 5, 10, 100),
+) -> dict[str, dict[str, float]]:
+    """TVR-protocol recall (percent) of a model that ranks XML's candidates at random (no NMS).
+
+    Candidates of a video with ``T`` clips are XML's: clip pairs ``(i, j)``, ``0 <= i``,
+    ``j < T``, ``min_pred_l <= j - i < max_pred_l``, spanning ``[i c, (j + 1) c]`` seconds.
+    A random ranking of all ``N`` candidates of the corpus (``n`` of them in the query's video,
+    ``h`` of those with IoU ``>= m``) puts a hit among its first ``K`` with probability
+    ``1 - C(N - h, K) / C(N, K)`` (exact, sampling without replacement); SVMR uses ``n`` in place
+    of ``N``; VR ranks the ``V`` videos: ``K / V``.
+
+    Args:
+      spans_s: ``[Q, 2]`` ground-truth spans; ``query_video``: ``[Q]`` row of each query's
+        video in ``video_clips [V]`` (clips per video, after any truncation).
+    Returns: ``{"VCMR": {"0.5-r1": percent, ...}, "SVMR": {...}, "VR": {"r1": ...}}``.
+    """
+    spans = np.asarray(spans_s, np.float64)
+    clips = np.asarray(video_clips, np.int64)
+    widths = np.arange(min_pred_l, max_pred_l)
+
+    def candidates(num_clips: int) -> np.ndarray:  # [C, 2] seconds
+        i, w = np.meshgrid(np.arange(num_clips), widths, indexing="ij")
+        keep = i + w < num_clips
+        return np.stack([i[keep], i[keep] + w[keep] + 1], 1) * float(clip_seconds)
+
+    def miss_prob(pool: int, hits: np.ndarray, k: int) -> np.ndarray:
+        # C(pool - h, k) / C(pool, k) = prod_{r<k} (pool - h - r) / (pool - r)
+        r = np.arange(min(k, pool))
+        ratio = np.clip(pool - hits[:, None] - r[None], 0, None) / (pool - r[None])
+        return ratio.prod(axis=1)
+
+    out: dict[str, dict[str, float]] = {"VCMR": {}, "SVMR": {}, "VR": {}}
+    per_video = {int(t): candidates(int(t)) for t in np.unique(clips)}
+    total = sum(len(per_video[int(t)]) for t in clips)
+    for m in iou_thresholds:
+        hits, pools = np.zeros(len(spans)), np.zeros(len(spans), np.int64)
+        for q, (span, row) in enumerate(zip(spans, query_video)):
+            cand = per_video[int(clips[row])]
+            inter = np.clip(
+                np.minimum(cand[:, 1], span[1]) - np.maximum(cand[:, 0], span[0]), 0, None
+            )
+            union = np.maximum(cand[:, 1], span[1]) - np.minimum(cand[:, 0], span[0])
+            hits[q] = (inter / union >= m).sum()
+            pools[q] = len(cand)
+        for k in recalls:
+            out["VCMR"][f"{m}-r{k}"] = float(100 * (1 - miss_prob(total, hits, k)).mean())
+            svmr = [1 - miss_prob(int(n), hits[q : q + 1], k)[0] for q, n in enumerate(pools)]
+            out["SVMR"][f"{m}-r{k}"] = float(100 * np.mean(svmr))
+    for k in recalls:
+        out["VR"][f"r{k}"] = float(100 * min(k, len(clips)) / len(clips))
     return out

@@ -136,14 +136,14 @@ def run_bench(
     eval_batch = random_batch(config.model, eval_batch_size, query_len, seed=1)
 
     model = trainer.create_model(config.model)
-    tx, schedule = trainer.create_optimizer(config.train, steps_per_epoch=1000)
+    tx, schedule = trainer.family_optimizer(config, steps_per_epoch=1000)
     rng = jax.random.PRNGKey(0)
     state = trainer.create_train_state(config, model, rng, train_batch, mesh, tx=tx)
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
 
     # Train step: compile, then steady state (state is donated: thread it through).
-    train_step = trainer.make_train_step(config, state_sharding, mesh, schedule)
+    train_step = trainer.make_train_step(config, state_sharding, mesh, schedule, 1000)
     batch = sharding.put_batch(train_batch, mesh)
     start = time.perf_counter()
     train_compiled = train_step.lower(state, batch, rng).compile()

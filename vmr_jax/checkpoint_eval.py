@@ -31,8 +31,8 @@ from vmr_jax.trainer import (
     DataSources,
     abstract_train_state,
     create_model,
-    create_optimizer,
     evaluate,
+    family_optimizer,
     make_eval_step,
 )
 
@@ -61,7 +61,7 @@ def evaluate_workdir(
     mesh = sharding.make_mesh(config.mesh)
     data = DataSources(config)
     model = create_model(config.model)
-    tx, _ = create_optimizer(config.train, data.steps_per_epoch())
+    tx, _ = family_optimizer(config, data.steps_per_epoch())
     init_rng, _ = jax.random.split(jax.random.PRNGKey(int(config.train.seed)))
     abstract = abstract_train_state(config, model, init_rng, data.sample_batch(), mesh, tx=tx)
     state_sharding = jax.tree.map(lambda x: x.sharding, abstract)

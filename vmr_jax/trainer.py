@@ -26,6 +26,7 @@ Sections run in a fixed order: mesh -> data -> model/optimizer -> shardings -> j
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import time
@@ -58,6 +59,9 @@ class TrainState(train_state.TrainState):
 
 
 # --------------------------------------------------------------------------- optimizer
+OPTIMIZERS = ("adam", "bert_adam")
+
+
 def lr_schedule(train_config: Mapping[str, Any], steps_per_epoch: int) -> optax.Schedule:
     """``lr * gamma ** (number of milestones <= epoch)``, as a function of the step."""
     boundaries: dict[int, float] = {}
@@ -67,21 +71,115 @@ def lr_schedule(train_config: Mapping[str, Any], steps_per_epoch: int) -> optax.
     return optax.piecewise_constant_schedule(float(train_config["lr"]), boundaries or None)
 
 
+def warmup_linear_schedule(lr: float, warmup: float, total_steps: int) -> optax.Schedule:
+    """BertAdam's ``warmup_linear`` (TVRetrieval ``optimization.py``): with progress
+    ``p = step / total_steps``, ``lr * p / warmup`` while ``p < warmup``, then
+    ``lr * max((p - 1) / (warmup - 1), 0)`` (linear decay to 0 at ``total_steps``)."""
+    total = max(int(total_steps), 1)
+
+    def schedule(step):
+        p = jnp.asarray(step, jnp.float32) / total
+        up = p / warmup if warmup > 0 else jnp.ones_like(p)
+        down = jnp.maximum((p - 1.0) / (warmup - 1.0), 0.0)
+        return lr * jnp.where(p < warmup, up, down)
+
+    return schedule
+
+
+def default_decay_mask(params: PyTree) -> PyTree:
+    """Weight decay on every parameter except biases and norm scales (``bias``/``scale``)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], "key", None) not in ("bias", "scale"), params
+    )
+
+
+def clip_each_by_norm(max_norm: float) -> optax.GradientTransformation:
+    """``torch.nn.utils.clip_grad_norm_(p, max_norm)`` applied to every tensor on its own (as
+    BertAdam does): ``g * min(1, max_norm / (||g|| + 1e-6))``."""
+
+    def update(updates, state, params=None):
+        del params
+
+        def clip(g):
+            coef = max_norm / (jnp.sqrt(jnp.sum(jnp.square(g))) + 1e-6)
+            return g * jnp.minimum(coef, 1.0)
+
+        return jax.tree.map(clip, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def scale_by_adam_no_bias_correction(
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6
+) -> optax.GradientTransformation:
+    """BertAdam's moments: ``m / (sqrt(v) + eps)`` with no bias correction."""
+
+    def init(params):
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=zeros, nu=zeros)
+
+    def update(updates, state, params=None):
+        del params
+        mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
+        nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, updates)
+        out = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu, nu)
+        return out, optax.ScaleByAdamState(count=state.count + 1, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init, update)
+
+
 def create_optimizer(
-    train_config: Mapping[str, Any], steps_per_epoch: int
+    train_config: Mapping[str, Any],
+    steps_per_epoch: int,
+    decay_mask: Callable[[PyTree], PyTree] | None = None,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Clip by global norm, then Adam with the multi-step schedule (MGPN's optimiser)."""
+    """The optimiser of ``train.optimizer`` and its learning-rate schedule.
+
+    * ``'adam'`` (default; MGPN): clip by global norm ``grad_clip_norm``, then Adam with the
+      multi-step schedule of :func:`lr_schedule`.
+    * ``'bert_adam'`` (TVRetrieval's ``BertAdam``, XML): every tensor's gradient clipped to norm
+      ``max_grad_norm`` (1.0) on its own, Adam moments without bias correction
+      (``eps`` 1e-6 outside the root), decoupled weight decay ``weight_decay`` on the leaves of
+      ``decay_mask(params)`` (the family's ``weight_decay_mask``, else
+      :func:`default_decay_mask`), ``warmup_linear`` schedule over the run's total steps.
+    """
+    kind = train_config.get("optimizer", "adam")
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"config.train.optimizer must be one of {OPTIMIZERS}, got {kind!r}")
+    b1, b2 = float(train_config.get("b1", 0.9)), float(train_config.get("b2", 0.999))
+    if kind == "bert_adam":
+        steps = int(train_config.get("num_steps", 0) or 0)
+        total = steps or int(train_config.get("num_epochs", 1)) * int(steps_per_epoch)
+        schedule = warmup_linear_schedule(
+            float(train_config["lr"]), float(train_config.get("warmup", 0.01)), total
+        )
+        parts = []
+        clip = float(train_config.get("max_grad_norm", 1.0))
+        if clip > 0:
+            parts.append(clip_each_by_norm(clip))
+        parts += [
+            scale_by_adam_no_bias_correction(b1, b2, float(train_config.get("eps", 1e-6))),
+            optax.add_decayed_weights(
+                float(train_config.get("weight_decay", 0.01)), mask=decay_mask or default_decay_mask
+            ),
+            optax.scale_by_schedule(lambda step: -schedule(step)),
+        ]
+        return optax.chain(*parts), schedule
     schedule = lr_schedule(train_config, steps_per_epoch)
     parts = []
     clip = float(train_config.get("grad_clip_norm", 0.0) or 0.0)
     if clip > 0:
         parts.append(optax.clip_by_global_norm(clip))
-    parts.append(
-        optax.adam(
-            schedule, b1=float(train_config.get("b1", 0.9)), b2=float(train_config.get("b2", 0.999))
-        )
-    )
+    parts.append(optax.adam(schedule, b1=b1, b2=b2))
     return optax.chain(*parts), schedule
+
+
+def family_optimizer(
+    config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """:func:`create_optimizer` with the model family's ``weight_decay_mask`` if it has one."""
+    mask = getattr(get_family(config.model.name), "weight_decay_mask", None)
+    return create_optimizer(config.train, steps_per_epoch, mask)
 
 
 # --------------------------------------------------------------------------- model / state
@@ -108,10 +206,10 @@ def create_train_state(
 
     ``jax.eval_shape`` gives the abstract state; ``state_shardings`` places it; ``init`` runs
     under ``jax.jit(..., out_shardings=...)`` so no device ever holds an unsharded copy.
-    ``tx`` defaults to ``create_optimizer(config.train, steps_per_epoch=1)``; pass the one the
+    ``tx`` defaults to ``family_optimizer(config, steps_per_epoch=1)``; pass the one the
     step functions were built with (a state's static fields must be the same objects).
     """
-    tx = tx or create_optimizer(config.train, 1)[0]
+    tx = tx or family_optimizer(config, 1)[0]
     init_fn = _state_init_fn(model, tx, sample_batch)
     shardings = state_shardings(jax.eval_shape(init_fn, rng), mesh, config.mesh)
     return jax.jit(init_fn, out_shardings=shardings)(rng)
@@ -159,14 +257,21 @@ def train_step(
     loss_fn: Callable,
     model_config: Any,
     schedule: optax.Schedule,
+    steps_per_epoch: int | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser step; returns the new state and flat scalar metrics.
+
+    ``steps_per_epoch``: when set, ``loss_fn`` also gets ``step`` (this step's index) and
+    ``steps_per_epoch`` as keywords, for losses with epoch schedules.
 
     Metrics: ``loss``, the model's loss parts, ``grad_norm`` (before clipping),
     ``param_norm`` (after the update) and ``lr`` (used by this step).
     """
     rng = jax.random.fold_in(rng, state.step)
     has_stats = bool(state.batch_stats)
+    loss_kwargs = {}
+    if steps_per_epoch is not None:  # families with epoch schedules in their loss (XML)
+        loss_kwargs = {"step": state.step, "steps_per_epoch": steps_per_epoch}
 
     def compute_loss(params):
         outputs, updates = state.apply_fn(
@@ -176,7 +281,7 @@ def train_step(
             rngs={"dropout": rng},
             mutable=["batch_stats"] if has_stats else [],
         )
-        loss, parts = loss_fn(outputs, batch, model_config)
+        loss, parts = loss_fn(outputs, batch, model_config, **loss_kwargs)
         return loss, (parts, updates)
 
     (loss, (parts, updates)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
@@ -205,11 +310,21 @@ def eval_step(
     return out
 
 
-def make_train_step(config, state_sharding: PyTree, mesh, schedule: optax.Schedule):
-    """``train_step`` bound to the model family and jitted with shardings, state donated."""
+def make_train_step(
+    config, state_sharding: PyTree, mesh, schedule: optax.Schedule, steps_per_epoch: int = 1
+):
+    """``train_step`` bound to the model family and jitted with shardings, state donated.
+
+    A family whose ``loss_fn`` takes ``steps_per_epoch`` gets it and the step (epoch schedules).
+    """
     family = get_family(config.model.name)
+    takes_steps = "steps_per_epoch" in inspect.signature(family.loss_fn).parameters
     step = functools.partial(
-        train_step, loss_fn=family.loss_fn, model_config=config.model, schedule=schedule
+        train_step,
+        loss_fn=family.loss_fn,
+        model_config=config.model,
+        schedule=schedule,
+        steps_per_epoch=int(steps_per_epoch) if takes_steps else None,
     )
     rep = sharding.replicated(mesh)
     return jax.jit(
@@ -411,7 +526,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # Model and optimizer.
     model = create_model(config.model)
-    tx, schedule = create_optimizer(config.train, steps_per_epoch)
+    tx, schedule = family_optimizer(config, steps_per_epoch)
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(int(config.train.seed)))
 
     # Shardings.
@@ -419,7 +534,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
 
     # Jitted steps.
-    p_train_step = make_train_step(config, state_sharding, mesh, schedule)
+    p_train_step = make_train_step(config, state_sharding, mesh, schedule, steps_per_epoch)
     p_eval_step = make_eval_step(config, state_sharding, mesh)
 
     # Restore or initialise.

@@ -74,7 +74,7 @@ def convert_to_workdir(
     family = get_family(config.model.name)
     mesh = sharding.make_mesh(config.mesh)
     model = trainer.create_model(config.model)
-    tx = trainer.create_optimizer(config.train, 1)[0]
+    tx = trainer.family_optimizer(config, 1)[0]
     sample = family.example_batch(config.model)
     state = trainer.create_train_state(config, model, jax.random.PRNGKey(0), sample, mesh, tx=tx)
     reference = {"params": state.params, "batch_stats": state.batch_stats}
