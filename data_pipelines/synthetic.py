@@ -150,7 +150,7 @@ class SyntheticSpec:
     @property
     def num_content_words(self) -> int:
         verbs, nouns = self.grid
-        return verbs + nouns + self.num_attributes + self.num_scenes
+        return verbs + nouns + self.num_attributes
 
 
 def spec_from_config(cfg: Mapping[str, Any] | None = None) -> SyntheticSpec:
@@ -177,7 +177,7 @@ class World:
     filler_words: np.ndarray  # int [F]
     type_directions: np.ndarray  # f32 [E, D] unit rows
     attribute_directions: np.ndarray  # f32 [M, D] unit rows
-    word_table: np.ndarray  # f32 [vocab_size, word_dim]
+    word_table: np.ndarray  # f32 [vocab_size + num_scenes, word_dim]
     scene_words: np.ndarray  # int [S]: word id of every scene (empty without scenes)
     scene_directions: np.ndarray  # f32 [S, D] unit rows
 
@@ -205,14 +205,15 @@ def make_world(spec: SyntheticSpec, seed: int) -> World:
         + [f"noun{i}" for i in range(nouns)]
         + [f"adj{i}" for i in range(spec.num_attributes)]
     )
-    words += [f"scene{i}" for i in range(spec.num_scenes)]
     words += [f"w{i}" for i in range(spec.vocab_size - len(words))]
+    # Scene words come after the vocabulary and draw from their own stream, so the rest of
+    # the world does not depend on num_scenes.
+    words += [f"scene{i}" for i in range(spec.num_scenes)]
     cells = rng.choice(verbs * nouns, size=spec.num_event_types, replace=False)
     type_words = np.stack([cells // nouns, verbs + cells % nouns], axis=1).astype(np.int32)
-    first_scene = verbs + nouns + spec.num_attributes
-    attribute_words = np.arange(verbs + nouns, first_scene, dtype=np.int32)
-    scene_words = np.arange(first_scene, spec.num_content_words, dtype=np.int32)
+    attribute_words = np.arange(verbs + nouns, spec.num_content_words, dtype=np.int32)
     filler_words = np.arange(spec.num_content_words, spec.vocab_size, dtype=np.int32)
+    scene_words = np.arange(spec.vocab_size, len(words), dtype=np.int32)
     scene_rng = np.random.default_rng([seed, 3])
     return World(
         words=words,
@@ -221,7 +222,12 @@ def make_world(spec: SyntheticSpec, seed: int) -> World:
         filler_words=filler_words,
         type_directions=_unit_rows(rng, spec.num_event_types, spec.feature_dim),
         attribute_directions=_unit_rows(rng, spec.num_attributes, spec.feature_dim),
-        word_table=rng.normal(size=(spec.vocab_size, spec.word_dim)).astype(np.float32),
+        word_table=np.concatenate(
+            [
+                rng.normal(size=(spec.vocab_size, spec.word_dim)),
+                scene_rng.normal(size=(spec.num_scenes, spec.word_dim)),
+            ]
+        ).astype(np.float32),
         scene_words=scene_words,
         scene_directions=_unit_rows(scene_rng, spec.num_scenes, spec.feature_dim),
     )

@@ -75,6 +75,73 @@ def test_optimizer_clips_global_norm_before_adam():
     np.testing.assert_allclose(mu, expected, rtol=1e-6)
 
 
+def test_bert_adam_matches_a_numpy_replay_of_tvretrieval_bertadam():
+    # NumPy replay of BertAdam's step (per-tensor clip to norm 1, moments without bias
+    # correction, eps outside the root, decoupled decay on non-bias leaves, warmup_linear
+    # over 10 steps with warmup 0.2), written from the algorithm, not from the code.
+    cfg = {
+        "optimizer": "bert_adam",
+        "lr": 0.1,
+        "warmup": 0.2,
+        "num_steps": 10,
+        "weight_decay": 0.01,
+        "max_grad_norm": 1.0,
+    }
+    tx, schedule = trainer.create_optimizer(cfg, steps_per_epoch=5)
+    params = {
+        "dense": {"kernel": np.array([1.0, -2.0], np.float32), "bias": np.ones(2, np.float32)}
+    }
+    grads = [
+        {
+            "dense": {
+                "kernel": np.array([3.0, 4.0], np.float32),
+                "bias": np.array([0.1, 0.2], np.float32),
+            }
+        },
+        {
+            "dense": {
+                "kernel": np.array([0.5, -0.5], np.float32),
+                "bias": np.array([-0.3, 0.0], np.float32),
+            }
+        },
+        {
+            "dense": {
+                "kernel": np.array([0.2, 0.1], np.float32),
+                "bias": np.array([0.0, 1.0], np.float32),
+            }
+        },
+    ]
+    state = tx.init(params)
+    ref = {k: v.astype(np.float64) for k, v in params["dense"].items()}
+    m = {k: np.zeros(2) for k in ref}
+    v = {k: np.zeros(2) for k in ref}
+    current = params
+    for t, g in enumerate(grads):
+        update, state = tx.update(g, state, current)
+        current = optax.apply_updates(current, update)
+        progress = t / 10
+        lr = 0.1 * (progress / 0.2 if progress < 0.2 else max((progress - 1) / (0.2 - 1), 0))
+        assert float(schedule(t)) == pytest.approx(lr, rel=1e-6)
+        for k in ref:
+            gk = g["dense"][k].astype(np.float64)
+            gk = gk * min(1.0, 1.0 / (np.linalg.norm(gk) + 1e-6))
+            m[k] = 0.9 * m[k] + 0.1 * gk
+            v[k] = 0.999 * v[k] + 0.001 * gk * gk
+            step = m[k] / (np.sqrt(v[k]) + 1e-6)
+            if k != "bias":
+                step = step + 0.01 * ref[k]
+            ref[k] = ref[k] - lr * step
+        for k in ref:
+            np.testing.assert_allclose(current["dense"][k], ref[k], rtol=1e-5, atol=1e-7)
+    # Step 0 has learning rate 0 (progress 0): the first update left the bias as it was.
+    assert float(schedule(0)) == 0.0
+
+
+def test_unknown_optimizer_is_named():
+    with pytest.raises(ValueError, match="config.train.optimizer"):
+        trainer.create_optimizer({"optimizer": "sgd", "lr": 1.0}, 1)
+
+
 def test_smoke_train_and_evaluate(reference_run):
     result, workdir = reference_run
     assert result["step"] == STEPS

@@ -229,3 +229,80 @@ def test_docstring_chance_levels_are_what_chance_level_computes():
     got = chance_level(spans, durations, **setting)
     for key, value in documented.items():
         assert got[key] == pytest.approx(value, abs=5e-5), key
+
+
+# --------------------------------------------------------------------------- corpus mode
+def test_scenes_name_the_video_and_leave_the_single_video_benchmark_unchanged():
+    plain = synthetic.SyntheticSpec(num_videos=12, min_clips=20, max_clips=30)
+    scenes = dataclasses.replace(plain, num_scenes=5)
+    a = synthetic.make_splits(plain, seed=3)["train"]
+    b = synthetic.make_splits(scenes, seed=3)["train"]
+    world = synthetic.make_world(scenes, seed=3)
+    scene_names = {world.words[i] for i in world.scene_words}
+    assert len(scene_names) == 5
+    video_scene = {}
+    for ra, rb in zip(a, b, strict=True):
+        # Same events and spans; the scene word replaces one filler word.
+        np.testing.assert_array_equal(ra.spans_s, rb.spans_s)
+        wa, wb = ra.query_text.split(), rb.query_text.split()
+        changed = [k for k in range(len(wa)) if wa[k] != wb[k]]
+        assert len(changed) <= 1 and len(wa) == len(wb)
+        named = [w for w in wb if w in scene_names]
+        assert len(named) == 1
+        assert video_scene.setdefault(rb.video_id, named[0]) == named[0]
+        # Scene offset: a constant vector added to every clip of the video.
+        diff = rb.video_features - ra.video_features
+        np.testing.assert_allclose(diff, np.broadcast_to(diff[0], diff.shape), atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(diff[0]), 1.0, rtol=1e-5)
+
+
+def test_vcmr_chance_level_by_hand():
+    # Two videos of 4 one-second clips; XML candidates with 2 <= j - i < 3: [0, 3] and [1, 4]
+    # in each video, N = 4.  GT [0, 3] in video 0: IoU 1 with [0, 3], 2/4 with [1, 4].
+    chance = synthetic.vcmr_chance_level(
+        np.array([[0.0, 3.0]]),
+        np.array([0]),
+        np.array([4, 4]),
+        clip_seconds=1.0,
+        min_pred_l=2,
+        max_pred_l=3,
+        recalls=(1, 2),
+    )
+    assert chance["VCMR"]["0.5-r1"] == pytest.approx(50.0)  # 2 hits of 4
+    assert chance["VCMR"]["0.7-r1"] == pytest.approx(25.0)  # 1 hit of 4
+    assert chance["VCMR"]["0.7-r2"] == pytest.approx(50.0)  # 1 - C(3,2)/C(4,2)
+    assert chance["VCMR"]["0.5-r2"] == pytest.approx(100 * (1 - 1 / 6))  # 1 - C(2,2)/C(4,2)
+    assert chance["SVMR"]["0.7-r1"] == pytest.approx(50.0)
+    assert chance["SVMR"]["0.7-r2"] == pytest.approx(100.0)
+    assert chance["VR"] == {"r1": 50.0, "r2": 100.0}
+
+
+def test_vcmr_chance_level_matches_random_rankings():
+    # Independent check: shuffle the whole candidate list many times.
+    rng = np.random.default_rng(0)
+    clips = np.array([6, 9, 7])
+    spans = np.array([[1.5, 6.0], [0.0, 3.0], [4.5, 9.0]])
+    owner = np.array([0, 1, 2])
+    chance = synthetic.vcmr_chance_level(spans, owner, clips, 1.5, 2, 5, (0.5,), (1, 3))
+    cands = [
+        (v, i * 1.5, (j + 1) * 1.5)
+        for v, t in enumerate(clips)
+        for i in range(t)
+        for j in range(t)
+        if 2 <= j - i < 5
+    ]
+    cands = np.array(cands)
+    hits = np.zeros((3, 2))
+    draws = 4000
+    for _ in range(draws):
+        order = cands[rng.permutation(len(cands))]
+        for q, (span, v) in enumerate(zip(spans, owner)):
+            inter = np.clip(
+                np.minimum(order[:3, 2], span[1]) - np.maximum(order[:3, 1], span[0]), 0, None
+            )
+            union = np.maximum(order[:3, 2], span[1]) - np.minimum(order[:3, 1], span[0])
+            hit = (order[:3, 0] == v) & (inter / union >= 0.5)
+            hits[q] += [hit[0], hit.any()]
+    expected = 100 * hits.mean(0) / draws
+    assert chance["VCMR"]["0.5-r1"] == pytest.approx(expected[0], abs=1.0)
+    assert chance["VCMR"]["0.5-r3"] == pytest.approx(expected[1], abs=2.0)
