@@ -227,15 +227,17 @@ def candidate_predictions(
 ) -> RankedPredictions:
     """Ranked lists of one task in seconds, with the official dtype rules (module docstring).
 
-    ``videos``: ``[Q, K]`` video value (e.g. video2idx) of every slot, or None for the slot
-    itself.  SVMR lists take ``videos [Q, 1]`` (or ``[Q]``).
+    ``videos``: the video value (e.g. video2idx) of every slot, ``[K]`` for all queries or
+    ``[Q, K]`` per query (SVMR: ``[Q, 1]``); None: the slot itself.
     """
     c = RankedCandidates(*(np.asarray(x) for x in candidates))
+    slot = c.slot.astype(np.int64)
     if videos is None:
-        video = c.slot.astype(np.int64)
+        video = slot
+    elif np.ndim(videos) == 1:
+        video = np.asarray(videos)[slot]
     else:
-        videos = np.asarray(videos).reshape(len(c.slot), -1)
-        video = np.take_along_axis(videos, c.slot.astype(np.int64), axis=1)
+        video = np.take_along_axis(np.asarray(videos), slot, axis=1)
     if task == "VCMR":
         length = np.float32(clip_length)
         st = c.start.astype(np.float32) * length
@@ -286,9 +288,8 @@ def rank_predictions(
     ``videos``: ``[K]`` or ``[Q, K]`` video values of the ``K`` axis (None: the slot numbers).
     Returns: ``{"VR", "VCMR"[, "SVMR"]: RankedPredictions}``.
     """
-    num_q, num_k = np.shape(video_scores)
     if videos is not None:
-        videos = np.broadcast_to(np.asarray(videos), (num_q, num_k))
+        videos = np.broadcast_to(np.asarray(videos), np.shape(video_scores))
     own = None if own_slot is None else jnp.asarray(own_slot, jnp.int32)
     ranked = rank_xml(video_scores, st_logits, ed_logits, clip_mask, own, config)
     lists = {}

@@ -1,0 +1,454 @@
+"""Corpus index and two-stage video corpus moment retrieval, sharded over the mesh.
+
+Stage 1 ranks every video of the corpus for each query by the family's video score; stage 2
+localises the query in its ``top_videos`` best videos and ranks moments with XML's inference
+rules (:mod:`vmr_jax.retrieval.ranking`; jayleicn/TVRetrieval ``compute_query2ctx_info``).
+The engine is generic over a VCMR family through an *adapter* (any object with these pure
+functions of ``variables``, e.g. ``retrieval.evaluate.ModelAdapter`` around a linen module):
+
+* ``encode_videos(variables, video_batch) -> {name: [V, ...]}``: ``video_batch`` holds
+  ``video_features [V, L, D]``, ``video_mask [V, L]`` and optionally ``subtitle_features``;
+  the encodings always include ``mask [V, L]``.
+* ``encode_queries(variables, query_batch) -> {name: [Q, ...]}``: ``query_features [Q, Lq,
+  Dq]``, ``query_mask [Q, Lq]``.
+* ``score_videos(variables, query_enc, video_enc) -> [Q, V]`` raw scores (XML: cosine-like,
+  ranked by ``exp(alpha * s)``).
+* ``localize(variables, query_enc, video_enc) -> (st_logits, ed_logits)``, ``[Q, K, L]`` each,
+  with every ``video_enc`` leaf ``[Q, K, ...]`` and -1e10 at padded clips.
+
+Index (:func:`build_index`): every video encoded once, in batches sharded on the mesh's
+``data`` axis, kept as global arrays sharded on ``data`` along the video axis.  ``V`` is padded
+to a multiple of the ``data`` size with all-zero encodings; their scores are forced to -inf, so
+they are never retrieved (``top_videos <= V`` is checked).  :meth:`CorpusIndex.save` /
+:meth:`CorpusIndex.load` store it with orbax (plus ``corpus.json``), so a corpus is encoded once;
+a saved index loads on any mesh.  Build and load hold the encodings once in host memory; both
+assume one process (``jax.process_count() == 1``).
+
+Search (:func:`search`), one jitted program (a ``jax.shard_map`` over the mesh) per query batch
+of ``Q`` queries, corpus ``V`` videos on ``D`` data devices (``S = V / D`` each), ``K =
+top_videos``, ``L`` clips:
+
+1. Queries are encoded once and replicated; each device scores its ``S`` videos in blocks of
+   ``block_size`` (``lax.map``; memory ``O(Q * block_size * L)`` inside the family's score,
+   ``[Q, S]`` scores), keeps a local top ``K``, and the ``D * K`` candidates are all-gathered
+   and merged into the global top ``K`` (equal scores: lower corpus row first, as
+   ``lax.top_k`` on the whole corpus would give).
+2. Localisation is split over devices by query: in steps of ``query_chunk`` queries per device,
+   each device picks the rows it holds of the ``K`` (+1 own video for SVMR) videos of the step's
+   ``D * query_chunk`` queries, zeros elsewhere, and a ``psum_scatter`` hands every device the
+   encodings of its own queries (memory ``O(D * query_chunk * K * L * enc)``; no ``[Q, V, L]``
+   or ``[Q, K, L, L]`` tensor).  Each device then localises and ranks its queries
+   (:func:`ranking.rank_corpus_moments`, :func:`ranking.rank_video_moments`).
+3. On the host: seconds, the ``max_after`` cut and NMS (:func:`ranking.postprocess`).
+
+Results do not depend on the mesh (tests compare 1 and 8 devices) up to float32 rounding of
+the scores.  ``video_idx`` in the lists is the corpus row, or ``video_values[row]`` when given
+(e.g. the split's ``video2idx`` values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from vmr_jax.evaluation import tvr_files, vcmr
+from vmr_jax.evaluation.tvr_files import RankedPredictions, TvrGroundTruth
+from vmr_jax.retrieval import ranking
+
+DATA_AXIS = "data"
+METADATA_FILE = "corpus.json"
+ENCODINGS_DIR = "encodings"
+INDEX_FORMAT = 1
+
+
+class CorpusError(ValueError):
+    """A corpus, index or query batch the engine cannot use (names the field)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusIndex:
+    """Encoded corpus: ``encodings {name: [V_pad, ...]}`` global arrays sharded on ``data``
+    along the video axis (rows ``>= num_videos`` are padding), the ``mesh`` they live on, and
+    ``video_ids`` (JSON-able ids of the ``num_videos`` rows, or None)."""
+
+    encodings: dict[str, jax.Array]
+    num_videos: int
+    mesh: Mesh
+    video_ids: tuple | None = None
+
+    @property
+    def padded_videos(self) -> int:
+        return int(jax.tree.leaves(self.encodings)[0].shape[0])
+
+    def save(self, directory: str | Path) -> Path:
+        """Writes ``directory/encodings`` (orbax) and ``directory/corpus.json``."""
+        path = Path(directory).absolute()
+        path.mkdir(parents=True, exist_ok=True)
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(path / ENCODINGS_DIR, self.encodings, force=True)
+        meta = {
+            "format": INDEX_FORMAT,
+            "num_videos": self.num_videos,
+            "video_ids": None if self.video_ids is None else list(self.video_ids),
+        }
+        (path / METADATA_FILE).write_text(json.dumps(meta))
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path, mesh: Mesh) -> CorpusIndex:
+        """An index written by :meth:`save`, placed on ``mesh`` (any number of devices)."""
+        path = Path(directory).absolute()
+        meta_path = path / METADATA_FILE
+        if not meta_path.exists():
+            raise CorpusError(f"{meta_path} not found: is {path} a saved corpus index?")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != INDEX_FORMAT:
+            raise CorpusError(f"{meta_path}: format {meta.get('format')!r}, want {INDEX_FORMAT}")
+        checkpointer = ocp.PyTreeCheckpointer()
+        structure = checkpointer.metadata(path / ENCODINGS_DIR)
+        structure = getattr(structure, "item_metadata", structure)
+        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), structure)
+        host = checkpointer.restore(
+            path / ENCODINGS_DIR, args=ocp.args.PyTreeRestore(restore_args=as_numpy)
+        )
+        num_videos = int(meta["num_videos"])
+        host = jax.tree.map(lambda x: np.asarray(x)[:num_videos], host)
+        ids = meta.get("video_ids")
+        return cls(_place(host, num_videos, mesh), num_videos, mesh, _ids(ids, num_videos))
+
+
+def _ids(video_ids: Sequence | None, num_videos: int) -> tuple | None:
+    if video_ids is None:
+        return None
+    ids = tuple(video_ids)
+    if len(ids) != num_videos:
+        raise CorpusError(f"video_ids has {len(ids)} entries for {num_videos} videos")
+    return ids
+
+
+def _data_size(mesh: Mesh) -> int:
+    if DATA_AXIS not in mesh.axis_names:
+        raise CorpusError(f"the mesh needs a {DATA_AXIS!r} axis, has {mesh.axis_names}")
+    return int(mesh.shape[DATA_AXIS])
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _place(host: Mapping, num_videos: int, mesh: Mesh) -> dict:
+    """Host encodings ``[V, ...]`` -> global arrays ``[V_pad, ...]`` sharded on ``data``."""
+    padded = _round_up(num_videos, _data_size(mesh))
+    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+    def put(x):
+        x = np.asarray(x)
+        if x.shape[0] != num_videos:
+            raise CorpusError(f"an encoding has {x.shape[0]} rows for {num_videos} videos")
+        x = np.concatenate([x, np.zeros((padded - num_videos, *x.shape[1:]), x.dtype)])
+        return jax.device_put(x, sharding)
+
+    return jax.tree.map(put, dict(host))
+
+
+@functools.lru_cache(maxsize=16)
+def _encode_program(adapter: Any) -> Callable:
+    return jax.jit(adapter.encode_videos)
+
+
+def build_index(
+    adapter: Any,
+    variables: Any,
+    videos: Any,
+    mesh: Mesh,
+    batch_size: int = 64,
+    *,
+    num_videos: int | None = None,
+    video_ids: Sequence | None = None,
+) -> CorpusIndex:
+    """Encodes every video once.
+
+    Args:
+      videos: ``videos.take(rows) -> {video_features, video_mask[, subtitle_features]}`` numpy
+        arrays (``data_pipelines.video_tables`` tables), or a callable ``rows -> dict``.
+      batch_size: videos per encoding step, rounded up to a multiple of the ``data`` size; the
+        last batch is padded by repeating its last row, whose outputs are dropped.
+      num_videos: defaults to ``len(videos)``.
+      video_ids: optional ids of the rows, kept (and saved) with the index.
+    """
+    take = videos.take if hasattr(videos, "take") else videos
+    if not callable(take):
+        raise CorpusError("videos must have take(rows) or be a callable rows -> batch")
+    if num_videos is None:
+        if not hasattr(videos, "__len__"):
+            raise CorpusError("num_videos is needed for videos without a length")
+        num_videos = len(videos)
+    num_videos = int(num_videos)
+    if num_videos < 1:
+        raise CorpusError("the corpus has no video")
+    ids = _ids(video_ids, num_videos)
+    batch_size = _round_up(max(1, int(batch_size)), _data_size(mesh))
+    batch_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    variables = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
+    encode = _encode_program(adapter)
+    host: dict | None = None
+    for start in range(0, num_videos, batch_size):
+        rows = np.arange(start, min(start + batch_size, num_videos))
+        padded = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])
+        batch = {k: np.asarray(v) for k, v in take(padded).items()}
+        for key, value in batch.items():
+            if value.shape[:1] != (batch_size,):
+                raise CorpusError(f"videos.take gave {key} {value.shape} for {batch_size} rows")
+        encoded = encode(variables, jax.device_put(batch, batch_sharding))
+        if "mask" not in encoded:
+            raise CorpusError(f"encode_videos must return 'mask'; got {sorted(encoded)}")
+        if host is None:
+            host = jax.tree.map(
+                lambda x: np.zeros((num_videos, *x.shape[1:]), x.dtype), dict(encoded)
+            )
+
+        def fill(buffer, value, rows=rows):
+            buffer[rows] = np.asarray(value)[: len(rows)]
+
+        jax.tree.map(fill, host, dict(encoded))
+    return CorpusIndex(_place(host, num_videos, mesh), num_videos, mesh, ids)
+
+
+# --------------------------------------------------------------------------- search
+
+
+def _block_scores(score, query_enc, video_enc, block_size: int) -> jax.Array:
+    """``score(query_enc, video block) -> [Q, B]`` over the ``S`` local videos in blocks of
+    ``block_size`` (the rest in one smaller block).  Returns ``[Q, S]``."""
+    num = jax.tree.leaves(video_enc)[0].shape[0]
+    block = min(block_size, num)
+    full, rest = divmod(num, block)
+
+    def one(i):
+        part = jax.tree.map(lambda x: lax.dynamic_slice_in_dim(x, i * block, block), video_enc)
+        return score(query_enc, part)
+
+    blocks = lax.map(one, jnp.arange(full))  # [full, Q, block]
+    out = jnp.moveaxis(blocks, 0, 1).reshape(blocks.shape[1], full * block)
+    if rest:
+        tail = score(query_enc, jax.tree.map(lambda x: x[full * block :], video_enc))
+        out = jnp.concatenate([out, tail], axis=1)
+    return out
+
+
+def _rows_for_my_queries(video_enc, rows: jax.Array, first_row: jax.Array) -> Any:
+    """Encodings of global ``rows [D * C, M]`` from the local shard (zeros for rows held
+    elsewhere), summed over devices and split by query: ``[C, M, ...]`` per device."""
+    num_local = jax.tree.leaves(video_enc)[0].shape[0]
+    local = rows - first_row
+    here = (local >= 0) & (local < num_local)
+    local = jnp.clip(local, 0, num_local - 1)
+
+    def gather(x):
+        picked = jnp.take(x, local, axis=0)
+        picked = jnp.where(here.reshape(here.shape + (1,) * (x.ndim - 1)), picked, 0)
+        summed = picked.astype(jnp.int32) if x.dtype == jnp.bool_ else picked
+        summed = lax.psum_scatter(summed, DATA_AXIS, scatter_dimension=0, tiled=True)
+        return summed.astype(x.dtype)
+
+    return jax.tree.map(gather, video_enc)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SearchPlan:
+    """The static shape of one search program."""
+
+    config: ranking.RankingConfig
+    top_videos: int
+    num_videos: int
+    num_queries: int  # padded: a multiple of data size * query_chunk
+    query_chunk: int
+    block_size: int
+    svmr: bool
+
+
+@functools.lru_cache(maxsize=32)
+def _search_program(adapter: Any, mesh: Mesh, plan: _SearchPlan) -> Callable:
+    devices = _data_size(mesh)
+    per_device = plan.num_queries // devices
+    steps = per_device // plan.query_chunk
+    num_k = plan.top_videos
+
+    def on_device(variables, video_enc, query_enc, own_video):
+        shard = lax.axis_index(DATA_AXIS)
+        num_local = jax.tree.leaves(video_enc)[0].shape[0]
+        first_row = shard * num_local
+        score = lambda q, v: adapter.score_videos(variables, q, v)
+        scores = _block_scores(score, query_enc, video_enc, plan.block_size)  # [Q, S]
+        real = first_row + jnp.arange(num_local) < plan.num_videos
+        scores = jnp.where(real, scores.astype(jnp.float32), -jnp.inf)
+        local_scores, local_rows = lax.top_k(scores, min(num_k, num_local))
+        gathered = lax.all_gather(local_scores, DATA_AXIS, axis=1, tiled=True)
+        gathered_rows = lax.all_gather(local_rows + first_row, DATA_AXIS, axis=1, tiled=True)
+        video_scores, pick = lax.top_k(gathered, num_k)  # [Q, K]
+        video_rows = jnp.take_along_axis(gathered_rows, pick, axis=1)
+        wanted = video_rows
+        if plan.svmr:
+            wanted = jnp.concatenate([video_rows, own_video[:, None]], axis=1)
+
+        def step(t):
+            # Step t serves queries d * per_device + t * chunk + r on device d.
+            ids = (
+                jnp.arange(devices)[:, None] * per_device
+                + t * plan.query_chunk
+                + jnp.arange(plan.query_chunk)
+            ).reshape(-1)
+            mine = ids.reshape(devices, plan.query_chunk)[shard]
+            enc = _rows_for_my_queries(video_enc, wanted[ids], first_row)
+            query_mine = jax.tree.map(lambda x: x[mine], query_enc)
+            st, ed = adapter.localize(variables, query_mine, enc)
+            mask = enc["mask"]
+            out = ranking.rank_corpus_moments(
+                video_scores[mine], st[:, :num_k], ed[:, :num_k], mask[:, :num_k], plan.config
+            )
+            rows = video_rows[mine]
+            out = {k: c._replace(slot=jnp.take_along_axis(rows, c.slot, 1)) for k, c in out.items()}
+            if plan.svmr:
+                out["SVMR"] = ranking.rank_video_moments(
+                    st[:, num_k], ed[:, num_k], mask[:, num_k], plan.config
+                )
+            return out
+
+        stacked = lax.map(step, jnp.arange(steps))  # leaves [steps, chunk, N]
+        return jax.tree.map(lambda x: x.reshape(per_device, *x.shape[2:]), stacked)
+
+    sharded = jax.shard_map(
+        on_device,
+        mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(DATA_AXIS), PartitionSpec(), PartitionSpec()),
+        out_specs=PartitionSpec(DATA_AXIS),
+        check_vma=False,
+    )
+
+    def program(variables, video_enc, query_batch, own_video):
+        query_enc = adapter.encode_queries(variables, query_batch)
+        return sharded(variables, video_enc, query_enc, own_video)
+
+    return jax.jit(program)
+
+
+def search(
+    adapter: Any,
+    variables: Any,
+    index: CorpusIndex,
+    query_batch: Mapping[str, np.ndarray],
+    *,
+    top_videos: int = 100,
+    alpha: float = 20.0,
+    min_pred_l: int = 2,
+    max_pred_l: int = 16,
+    clip_length: float = 1.5,
+    max_before_nms: int = 200,
+    max_after: int = 100,
+    nms_threshold: float | None = None,
+    gt_video: np.ndarray | None = None,
+    video_values: np.ndarray | None = None,
+    block_size: int = 256,
+    query_chunk: int = 4,
+) -> dict[str, RankedPredictions]:
+    """Ranked lists of a batch of queries against the whole corpus (module docstring).
+
+    Args:
+      query_batch: ``{query_features [Q, Lq, Dq], query_mask [Q, Lq], ...}`` numpy arrays.
+      top_videos: ``K`` videos localised per query (XML ``max_vcmr_video``), ``<= V``.
+      alpha ... nms_threshold: :class:`ranking.RankingConfig` (XML's ``q2c_alpha``,
+        ``min_pred_l``, ``max_pred_l``, ``clip_length``, ``max_before_nms``,
+        ``max_after_nms``, ``nms_thd``; None = no NMS).
+      gt_video: ``[Q]`` corpus row of each query's own video; adds SVMR (localised even when
+        it is not among the top ``K``).
+      video_values: ``[V]`` value written as ``video_idx`` for each row (default: the row).
+      block_size: videos scored at once per device; query_chunk: queries localised at once
+        per device.
+    Returns: ``{"VCMR", "VR"[, "SVMR"]: RankedPredictions}`` with ``Q`` lists each (VCMR and
+      SVMR at most ``max_after`` rows, VR ``min(K, max_after)``).
+    """
+    config = ranking.RankingConfig(
+        alpha=float(alpha),
+        min_pred_l=int(min_pred_l),
+        max_pred_l=int(max_pred_l),
+        clip_length=float(clip_length),
+        max_before_nms=int(max_before_nms),
+        max_after=int(max_after),
+        nms_threshold=None if nms_threshold is None else float(nms_threshold),
+    )
+    if not 1 <= top_videos <= index.num_videos:
+        raise CorpusError(f"top_videos must be in 1..{index.num_videos}, got {top_videos}")
+    batch = {k: np.asarray(v) for k, v in query_batch.items()}
+    sizes = {k: v.shape[0] if v.ndim else None for k, v in batch.items()}
+    num_q = next(iter(sizes.values()), None)
+    if not num_q or any(s != num_q for s in sizes.values()):
+        raise CorpusError(f"query_batch fields need one common leading size >= 1: {sizes}")
+    own = np.zeros(num_q, np.int64) if gt_video is None else np.asarray(gt_video, np.int64)
+    if own.shape != (num_q,) or ((own < 0) | (own >= index.num_videos)).any():
+        raise CorpusError(f"gt_video must be {num_q} corpus rows in 0..{index.num_videos - 1}")
+    if video_values is not None and np.shape(video_values) != (index.num_videos,):
+        raise CorpusError(f"video_values must have one value per video ({index.num_videos})")
+    chunk = max(1, min(int(query_chunk), -(-num_q // _data_size(index.mesh))))
+    padded = _round_up(num_q, _data_size(index.mesh) * chunk)
+    extra = np.zeros(padded - num_q, np.int64)  # padding queries: copies of query 0
+    batch = {k: np.concatenate([v, v[extra]]) for k, v in batch.items()}
+    own = np.concatenate([own, own[extra]]).astype(np.int32)
+    plan = _SearchPlan(
+        config,
+        int(top_videos),
+        index.num_videos,
+        padded,
+        chunk,
+        int(block_size),
+        gt_video is not None,
+    )
+    variables = jax.device_put(variables, NamedSharding(index.mesh, PartitionSpec()))
+    found = _search_program(adapter, index.mesh, plan)(variables, index.encodings, batch, own)
+    found = {
+        task: ranking.RankedCandidates(*(np.asarray(x)[:num_q] for x in cand))
+        for task, cand in found.items()
+    }
+    values = None if video_values is None else np.asarray(video_values, np.int64)
+    lists = {}
+    for task in (t for t in vcmr.TASKS if t in found):
+        table = values
+        if task == "SVMR":  # slot 0 = the query's own video
+            own_rows = own[:num_q, None].astype(np.int64)
+            table = own_rows if values is None else values[own_rows]
+        lists[task] = ranking.candidate_predictions(task, found[task], config.clip_length, table)
+    return ranking.postprocess(lists, config)
+
+
+# --------------------------------------------------------------------------- files, metrics
+
+
+def write_tvr_submission(
+    path: str | Path,
+    predictions: Mapping[str, RankedPredictions],
+    ground_truth: TvrGroundTruth,
+    video2idx: Mapping[str, int] | None = None,
+) -> dict:
+    """Writes the official TVR submission JSON of lists in GT order (``video_idx`` must hold
+    ``video2idx`` values: search with ``video_values``); returns the submission dict."""
+    submission = tvr_files.submission_from_predictions(predictions, ground_truth, video2idx)
+    tvr_files.write_submission(path, submission)
+    return submission
+
+
+def score_predictions(
+    predictions: Mapping[str, RankedPredictions], ground_truth: TvrGroundTruth, **options
+) -> dict:
+    """TVR-protocol metrics of the lists (:func:`vmr_jax.evaluation.vcmr.evaluate_predictions`;
+    ``options`` are its keyword arguments)."""
+    return vcmr.evaluate_predictions(predictions, ground_truth, **options)
