@@ -1,6 +1,7 @@
 """retrieval.corpus: the sharded two-stage engine against a brute-force NumPy search (a toy
-family on 37 videos of 12 clips), 1 device vs 8 fake devices, save/load, and SVMR of queries
-whose own video is not among the retrieved ones."""
+family on 37 videos of 12 clips), 1 device vs 8 fake devices, save/load, SVMR of queries whose
+own video is not among the retrieved ones; and, when the XML port is there, the official XML
+inference lists (golden ``xml_*.npz``) from the golden weights through the engine."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ import pytest
 from data_pipelines.video_tables import InMemoryVideos
 from vmr_jax import sharding
 from vmr_jax.evaluation import vcmr
-from vmr_jax.retrieval import corpus
+from vmr_jax.retrieval import corpus, ranking
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_VIDEOS, NUM_CLIPS, DIM, SUB_DIM, HIDDEN = 37, 12, 10, 6, 8
@@ -251,7 +253,7 @@ _EIGHT_DEVICES = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     import test_corpus as t
     from vmr_jax import sharding
-    from vmr_jax.retrieval import corpus
+    from vmr_jax.retrieval import corpus, ranking
 
     variables, videos, queries = t.toy_corpus()
     gt = np.array(json.loads(sys.argv[3]))
@@ -308,3 +310,92 @@ def test_eight_devices_match_one_device(toy, tmp_path, request):
             np.testing.assert_array_equal(st_ed, want.st_ed, err_msg=f"{name} {task}")
             # Block shapes change float32 rounding of the scores; exp(20 s) scales it by 20.
             np.testing.assert_allclose(score, want.score, rtol=1e-5, err_msg=f"{name} {task}")
+
+
+def test_xml_golden_end_to_end(xml_golden):
+    """Golden weights -> XML port -> index + search: the official submission lists."""
+    xml = pytest.importorskip("vmr_jax.models.xml")
+    convert = pytest.importorskip("vmr_jax.convert.xml")
+    meta = json.loads(xml_golden.with_suffix(".json").read_text())
+    with np.load(xml_golden) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    config = convert.model_config_from_golden(meta["config_values"])
+    config.no_norm_vfeat = config.no_norm_tfeat = True  # golden inputs are normalised already
+    model = xml.create_model(config)
+    variables = {
+        "params": convert.params_from_state_dict(convert.load_checkpoint(xml_golden), config)
+    }
+    videos = {  # the official TEF columns dropped: the model adds them
+        "video_features": arrays["inputs/video_feat"][..., :-2],
+        "subtitle_features": arrays["inputs/sub_feat"][..., :-2],
+        "video_mask": arrays["inputs/video_mask"],
+    }
+    queries = {
+        "query_features": arrays["inputs/query_feat"],
+        "query_mask": arrays["inputs/query_mask"],
+    }
+    adapter = _ModelAdapter(model)
+    mesh = sharding.make_mesh({"shape": (1, 1)})
+    opt = meta["config_values"]["opt"]
+    with jax.default_matmul_precision("highest"):
+        index = corpus.build_index(
+            adapter,
+            variables,
+            lambda rows: {k: v[rows] for k, v in videos.items()},
+            mesh,
+            num_videos=len(videos["video_mask"]),
+        )
+        found = corpus.search(
+            adapter,
+            variables,
+            index,
+            queries,
+            top_videos=int(opt["max_vcmr_video"]),
+            alpha=float(opt["q2c_alpha"]),
+            min_pred_l=int(opt["min_pred_l"]),
+            max_pred_l=int(opt["max_pred_l"]),
+            clip_length=float(opt["clip_length"]),
+            max_before_nms=int(opt["max_before_nms"]),
+            gt_video=np.searchsorted(
+                arrays["infer/video_global_idx"], arrays["infer/gt_video_global_idx"]
+            ),
+            video_values=arrays["infer/video_global_idx"],
+        )
+    tags = sorted({k.split("/")[1] for k in arrays if k.startswith("submission/")})
+    assert tags, "no submission/* lists in the golden file"
+    for tag in tags:
+        threshold = None if tag == "no_nms" else float(tag[len("nms") :])
+        config = ranking.RankingConfig(
+            max_before_nms=int(opt["max_before_nms"]), nms_threshold=threshold
+        )
+        lists = ranking.postprocess(found, config)
+        for task in (t for t in vcmr.TASKS if f"submission/{tag}/{t}/length" in arrays):
+            prefix, got = f"submission/{tag}/{task}/", lists[task]
+            np.testing.assert_array_equal(got.length, arrays[prefix + "length"])
+            for q, n in enumerate(arrays[prefix + "length"]):
+                where = f"{tag} {task} query {q}"
+                want_video = arrays[prefix + "video_idx"][q, :n]
+                np.testing.assert_array_equal(got.video_idx[q, :n], want_video, err_msg=where)
+                want_st_ed = arrays[prefix + "st_ed"][q, :n]
+                np.testing.assert_array_equal(got.st_ed[q, :n], want_st_ed, err_msg=where)
+                want_score = arrays[prefix + "score"][q, :n]
+                np.testing.assert_allclose(got.score[q, :n], want_score, rtol=1e-4, err_msg=where)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ModelAdapter:
+    """A linen module's corpus methods as the engine's adapter functions."""
+
+    model: object
+
+    def encode_videos(self, variables, batch):
+        return self.model.apply(variables, batch, method="encode_videos")
+
+    def encode_queries(self, variables, batch):
+        return self.model.apply(variables, batch, method="encode_queries")
+
+    def score_videos(self, variables, query_enc, video_enc):
+        return self.model.apply(variables, query_enc, video_enc, method="score_videos")
+
+    def localize(self, variables, query_enc, video_enc):
+        return self.model.apply(variables, query_enc, video_enc, method="localize")
