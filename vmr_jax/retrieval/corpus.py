@@ -149,6 +149,8 @@ def _round_up(n: int, multiple: int) -> int:
 
 def _place(host: Mapping, num_videos: int, mesh: Mesh) -> dict:
     """Host encodings ``[V, ...]`` -> global arrays ``[V_pad, ...]`` sharded on ``data``."""
+    if jax.process_count() > 1:
+        raise CorpusError("corpus indexes are built and loaded in a single process")
     padded = _round_up(num_videos, _data_size(mesh))
     sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 

@@ -87,11 +87,6 @@ class RankingConfig:
         if self.clip_length <= 0:
             raise ValueError(f"clip_length must be positive, got {self.clip_length}")
 
-    @property
-    def window(self) -> int:
-        """``W``: the number of allowed ``j - i`` offsets."""
-        return self.max_pred_l - self.min_pred_l
-
 
 class RankedCandidates(NamedTuple):
     """Ranked candidates of ``Q`` queries, best first, ``N`` per query.
