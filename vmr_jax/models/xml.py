@@ -96,6 +96,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+TASK = "vcmr"  # answers queries against a corpus (vmr_jax.retrieval)
+
 CTX_MODES = ("video", "sub", "video_sub", "video_tef", "sub_tef", "video_sub_tef")
 
 DEFAULTS = dict(
@@ -177,12 +179,18 @@ def mask_logits(x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
 
 def temporal_endpoint_features(mask: jnp.ndarray) -> jnp.ndarray:
     """TEF ``[B, L, 2]``: ``[k / n, k / n + 1 / n]`` for real clips ``k < n = sum(mask)``,
-    zeros at padded clips (float32, the operation order of start_end_dataset.py)."""
-    n = jnp.sum(mask, axis=-1, keepdims=True).astype(jnp.float32)  # [B, 1]
-    k = jnp.arange(mask.shape[-1], dtype=jnp.float32)[None]
-    start = k / n
-    end = start + 1.0 / n
-    return jnp.stack([start, end], axis=-1) * mask[..., None]
+    zeros at padded clips, bit-exact to the float32 arithmetic of start_end_dataset.py.
+
+    XLA may evaluate a division as a multiplication by the reciprocal (1 ulp off), so the
+    values for every ``n <= L`` are tabulated with NumPy and gathered.
+    """
+    length = mask.shape[-1]
+    counts = np.arange(1, length + 1, dtype=np.float32)[:, None]  # [L, 1]
+    start = np.arange(length, dtype=np.float32)[None] / counts  # [L(n), L(k)]
+    table = np.stack([start, start + np.float32(1.0) / counts], axis=-1)  # [L, L, 2]
+    n = jnp.sum(mask, axis=-1).astype(jnp.int32)
+    tef = jnp.take(jnp.asarray(table), jnp.clip(n - 1, 0, length - 1), axis=0)
+    return tef * mask[..., None]
 
 
 def st_ed_labels(spans: jnp.ndarray, mask: jnp.ndarray, clip_length: float) -> jnp.ndarray:
