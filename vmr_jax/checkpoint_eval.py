@@ -12,6 +12,12 @@ decoding and metrics of ``evaluation.svmr``).  Outputs, under ``WORKDIR/eval/`` 
   ``moments = [[start_s, end_s, score], ...]`` best first after NMS -- the 2D-TAN-style
   format that ``vmr-jax score --protocol 2dtan --ground-truth <dir>/<split>.queries.jsonl``
   re-scores without the model.
+
+Corpus families (XML; ``TASK == 'vcmr'``) are evaluated by searching every query of the split
+against all its videos (:mod:`vmr_jax.retrieval.evaluate`); their predictions file is the
+official TVR submission ``<split>_step<N>_submission.json`` (``video2idx``, ``VCMR``,
+``SVMR``, ``VR`` lists), which ``vmr-jax score --protocol tvr`` and the official
+``standalone_eval/eval.py`` score, and the metrics are the ``tvr`` protocol's percentages.
 """
 
 from __future__ import annotations
@@ -26,14 +32,13 @@ import jax
 import numpy as np
 
 from vmr_jax import checkpointing, config_cli, sharding
-from vmr_jax.evaluation import svmr
+from vmr_jax.evaluation import svmr, vcmr
 from vmr_jax.trainer import (
     DataSources,
     abstract_train_state,
     create_model,
-    evaluate,
     family_optimizer,
-    make_eval_step,
+    make_state_evaluator,
 )
 
 
@@ -78,21 +83,22 @@ def evaluate_workdir(
         raise FileNotFoundError(f"no checkpoint in {manager.directory}")
     state = checkpointing.restore(manager, int(step), abstract)
     manager.close()
-    p_eval_step = make_eval_step(config, state_sharding, mesh)
-    metrics, predictions = evaluate(
-        p_eval_step, state, data.eval_iterator(split), mesh, config.evals, data.gt_spans_fn(split)
-    )
+    metrics, predictions = make_state_evaluator(config, data, state_sharding, mesh)(state, split)
+    corpus = "ground_truth" in predictions
     out_dir = output_dir or os.path.join(workdir, "eval")
     results_path = os.path.join(out_dir, f"{split}_step{step}.json")
-    predictions_path = os.path.join(out_dir, f"{split}_step{step}_predictions.jsonl")
+    suffix = "_submission.json" if corpus else "_predictions.jsonl"
+    predictions_path = os.path.join(out_dir, f"{split}_step{step}{suffix}")
+    protocol = "tvr" if corpus else config.evals.get("protocol", "2dtan")
+    rule = vcmr.PROTOCOLS["tvr"] if corpus else svmr.get_protocol(protocol).rule
     results = {
         "split": split,
-        "protocol": config.evals.get("protocol", "2dtan"),
-        "rule": svmr.get_protocol(config.evals.get("protocol", "2dtan")).rule,
-        "nms_thresh": float(config.evals.get("nms_thresh", 0.5)),
+        "protocol": protocol,
+        "rule": rule,
+        "nms_thresh": float(config.evals.get("nms_thresh", -1.0 if corpus else 0.5)),
         "step": int(step),
         "checkpoint": os.path.join(str(manager.directory), str(step)),
-        "num_queries": len(predictions["query_index"]),
+        "num_queries": int(metrics["num_queries"]),
         **_ground_truth_identity(data, split),
         "predictions": predictions_path,
         "metrics": metrics,
@@ -103,10 +109,15 @@ def evaluate_workdir(
         with open(results_path, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2, sort_keys=True)
             f.write("\n")
-        records = data.query_records(split, predictions["query_index"])
-        with open(predictions_path, "w", encoding="utf-8") as f:
-            for q, record in enumerate(records):
-                f.write(json.dumps(_prediction_line(record, predictions, q)) + "\n")
+        if corpus:
+            gt = predictions["ground_truth"]
+            ranked = {t: p for t, p in predictions.items() if t in vcmr.TASKS}
+            vcmr.write_submission(predictions_path, vcmr.submission_from_predictions(ranked, gt))
+        else:
+            records = data.query_records(split, predictions["query_index"])
+            with open(predictions_path, "w", encoding="utf-8") as f:
+                for q, record in enumerate(records):
+                    f.write(json.dumps(_prediction_line(record, predictions, q)) + "\n")
     return {**results, "results_path": results_path, "predictions_path": predictions_path}
 
 

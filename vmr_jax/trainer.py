@@ -424,6 +424,49 @@ def evaluate(
     return metrics, {"query_index": predicted["query_index"], **moments}
 
 
+def make_state_evaluator(config, data: DataSources, state_sharding: PyTree, mesh) -> Callable:
+    """``evaluate_state(state, split) -> (metrics, predictions)`` for the model's task.
+
+    Single-video families: :func:`evaluate` (score maps, official decoding, ``config.evals``
+    protocol).  Corpus families (``TASK == 'vcmr'``): every query of the split searched
+    against all the split's videos (:func:`vmr_jax.retrieval.evaluate.evaluate_split`), scored
+    under the ``tvr`` protocol; predictions ``{task: RankedPredictions}`` plus ``ground_truth``.
+    """
+    from vmr_jax.retrieval import evaluate as corpus_eval
+
+    family = get_family(config.model.name)
+    if corpus_eval.is_corpus_family(family):
+        adapter = corpus_eval.ModelAdapter(create_model(config.model))
+
+        def evaluate_corpus(state: TrainState, split: str):
+            metrics, predictions, gt = corpus_eval.evaluate_split(
+                adapter,
+                _variables(state.params, state.batch_stats),
+                data.prepared(split),
+                data.datasets.splits[split],
+                mesh,
+                config.model,
+                config.evals,
+            )
+            return metrics, {**predictions, "ground_truth": gt}
+
+        return evaluate_corpus
+
+    p_eval_step = make_eval_step(config, state_sharding, mesh)
+
+    def evaluate_moments(state: TrainState, split: str):
+        return evaluate(
+            p_eval_step,
+            state,
+            data.eval_iterator(split),
+            mesh,
+            config.evals,
+            data.gt_spans_fn(split),
+        )
+
+    return evaluate_moments
+
+
 # --------------------------------------------------------------------------- data
 class DataSources:
     """Prepared splits and the iterators over them for one config (host-local batches)."""
@@ -535,7 +578,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # Jitted steps.
     p_train_step = make_train_step(config, state_sharding, mesh, schedule, steps_per_epoch)
-    p_eval_step = make_eval_step(config, state_sharding, mesh)
+    evaluate_state = make_state_evaluator(config, data, state_sharding, mesh)
 
     # Restore or initialise.
     manager = checkpointing.create_checkpoint_manager(workdir, config.train)
@@ -552,14 +595,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # Eval.
     def run_eval(state: TrainState, step: int) -> dict[str, float]:
-        metrics, _ = evaluate(
-            p_eval_step,
-            state,
-            data.eval_iterator(eval_split),
-            mesh,
-            config.evals,
-            data.gt_spans_fn(eval_split),
-        )
+        metrics, _ = evaluate_state(state, eval_split)
         writer.write(step, eval_split, metrics)
         return metrics
 

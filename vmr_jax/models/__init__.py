@@ -12,6 +12,14 @@ Every family module (``vmr_jax/models/<family>.py``) exposes:
 * ``decode(outputs, batch, model_config) -> dict`` with ``score_map [B, N, N]`` ranking
   scores (0 outside the valid cells) and ``num_clips``; evaluation turns it into moments.
 
+Corpus families (video corpus moment retrieval: ``TASK = 'vcmr'``, e.g. ``xml``) have no
+``decode``; their module has the methods the corpus engine (``vmr_jax/retrieval``) calls:
+``encode_videos(batch) -> {..., 'mask' [V, L]}``, ``encode_queries(batch) -> {...}``,
+``score_videos(query_enc, video_enc) -> [Q, V]`` and ``localize(query_enc, video_enc)`` with
+``video_enc`` leaves ``[Q, K, ...]`` -> start/end logits ``[Q, K, L]``.  ``loss_fn`` may take
+``step`` and ``steps_per_epoch`` keywords (epoch schedules); the trainer passes them when it
+does.
+
 Batch contract (a dict of arrays, leading axis = batch, produced by
 ``data_pipelines/input_pipeline.py`` and sharded on the mesh's ``data`` axis):
 
@@ -35,9 +43,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from vmr_jax.models import mgpn
+from vmr_jax.models import mgpn, xml
 
-MODELS: dict[str, ModuleType] = {"mgpn": mgpn}
+MODELS: dict[str, ModuleType] = {"mgpn": mgpn, "xml": xml}
 
 
 def get_family(name: str) -> ModuleType:

@@ -1,0 +1,218 @@
+"""Evaluating a VCMR model on a split: index the split's videos, search every query, score.
+
+What ``vmr-jax train`` and ``vmr-jax eval`` run for a family that answers queries against a
+corpus (XML, and the corpus papers built on it).  The corpus is every video of the split (the
+official TVR evaluation ranks the videos of the split's ``video2idx``); each query is searched
+against all of them with :func:`vmr_jax.retrieval.corpus.search` and the three tasks are scored
+under the ``tvr`` protocol (:func:`vmr_jax.evaluation.vcmr.evaluate_predictions`: VCMR, SVMR on
+the query's own video, VR).
+
+Ground truth and video indices: a built TVR split carries the official ``desc_id``, ``type``
+and ``video_idx`` (``video2dur_idx``) in each annotation's ``extras``, so submissions use the
+official indices and the ``vmr-jax score --protocol tvr`` of the written submission gives the
+same numbers.  Other data (the synthetic corpus) use the query id as ``desc_id`` and the
+corpus row as video index.
+
+Metrics are flattened to ``"<TASK>/<m>-r<K>"`` (VR ``"VR/r<K>"``) percentages, as the official
+evaluator prints them, plus ``num_queries``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from vmr_jax.evaluation import vcmr
+from vmr_jax.evaluation.tvr_files import MULTI_SPAN_MIN, RankedPredictions, TvrGroundTruth
+from vmr_jax.retrieval import corpus
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelAdapter:
+    """A linen module's VCMR methods as the pure functions :mod:`retrieval.corpus` calls.
+
+    The family's module defines ``encode_videos``, ``encode_queries``, ``score_videos`` and
+    ``localize`` (``vmr_jax/models/__init__.py``); each is applied in eval mode.
+    """
+
+    model: Any
+
+    def encode_videos(self, variables, video_batch):
+        return self.model.apply(variables, video_batch, method="encode_videos")
+
+    def encode_queries(self, variables, query_batch):
+        return self.model.apply(variables, query_batch, method="encode_queries")
+
+    def score_videos(self, variables, query_enc, video_enc):
+        return self.model.apply(variables, query_enc, video_enc, method="score_videos")
+
+    def localize(self, variables, query_enc, video_enc):
+        return self.model.apply(variables, query_enc, video_enc, method="localize")
+
+
+def is_corpus_family(family: Any) -> bool:
+    """Whether a model family answers queries against a corpus (``TASK == 'vcmr'``)."""
+    return getattr(family, "TASK", "svmr") == "vcmr" or family.__name__.endswith(".xml")
+
+
+# --------------------------------------------------------------------------- ground truth
+def corpus_ground_truth(records: Sequence[Any], video_ids: Sequence[str]) -> TvrGroundTruth:
+    """The TVR-protocol ground truth of a split's records, with its ``video2idx``.
+
+    ``video_ids [V]``: the corpus (row order).  ``video2idx`` = the official ``video_idx``
+    from the records' ``extras`` where every record has one, else the corpus row.
+    """
+    extras = [getattr(r, "extras", None) or {} for r in records]
+    official = all("video_idx" in e for e in extras)
+    if official:
+        video2idx = {r.video_id: int(e["video_idx"]) for r, e in zip(records, extras)}
+    else:
+        video2idx = {vid: row for row, vid in enumerate(video_ids)}
+    missing = sorted(set(video_ids) - set(video2idx))
+    if missing:
+        raise ValueError(f"corpus videos without a video index: {missing[:5]}")
+    width = max(len(r.spans_s) for r in records)
+    spans = np.zeros((len(records), width, 2))
+    num_spans = np.ones(len(records), np.int64)
+    for q, r in enumerate(records):
+        s = np.asarray(r.spans_s, np.float64)
+        # TVR-style [st, ed], or a DiDeMo-style list the evaluator reads as such.
+        num_spans[q] = len(s) if len(s) >= MULTI_SPAN_MIN else 1
+        spans[q, : num_spans[q]] = s[: num_spans[q]]
+    types = [e.get("type") for e in extras]
+    has_types = all(t in vcmr.DESC_TYPES for t in types)
+    return TvrGroundTruth(
+        desc_id=tuple(e.get("desc_id", r.query_id) for r, e in zip(records, extras)),
+        video_idx=np.array([video2idx[r.video_id] for r in records], np.int64),
+        spans=spans,
+        num_spans=num_spans,
+        desc_type=[vcmr.DESC_TYPES.index(t) for t in types] if has_types else None,
+        vid_name=tuple(r.video_id for r in records),
+        desc=tuple(r.query_text for r in records),
+        video2idx=video2idx,
+    )
+
+
+def concat_ranked(parts: Sequence[RankedPredictions]) -> RankedPredictions:
+    """Lists of several query batches, padded to the longest list."""
+    width = max(p.video_idx.shape[1] for p in parts)
+
+    def pad(x, fill):
+        extra = width - x.shape[1]
+        return np.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
+
+    return RankedPredictions(
+        np.concatenate([pad(p.video_idx, -1) for p in parts]),
+        np.concatenate([pad(p.st_ed, 0.0) for p in parts]),
+        np.concatenate([pad(p.score, 0.0) for p in parts]),
+        np.concatenate([p.length for p in parts]),
+    )
+
+
+def flatten_metrics(results: Mapping[str, Any]) -> dict[str, float]:
+    """``{"VCMR": {"0.5-r1": 4.0}}`` -> ``{"VCMR/0.5-r1": 4.0}`` (tasks only) + num_queries."""
+    flat = {
+        f"{task}/{name}": float(value)
+        for task in vcmr.TASKS
+        if task in results
+        for name, value in results[task].items()
+    }
+    flat["num_queries"] = int(results["num_queries"])
+    return flat
+
+
+# --------------------------------------------------------------------------- evaluation
+def search_split(
+    adapter: Any,
+    variables: Any,
+    prepared: Any,
+    mesh: jax.sharding.Mesh,
+    model_config: Mapping[str, Any],
+    evals_config: Mapping[str, Any],
+    index: corpus.CorpusIndex | None = None,
+) -> tuple[dict[str, RankedPredictions], corpus.CorpusIndex]:
+    """Ranked VCMR / SVMR / VR lists (corpus rows as video indices) of every query of a
+    prepared split (:class:`data_pipelines.input_pipeline.PreparedSplit`), in split order.
+
+    ``index``: a corpus index of the split built before (else it is built here).
+    """
+    batch_size = int(evals_config.get("batch_size", 64))
+    if index is None:
+        index = corpus.build_index(
+            adapter,
+            variables,
+            prepared.videos,
+            mesh,
+            batch_size=int(evals_config.get("video_batch_size", batch_size)),
+            num_videos=prepared.num_videos,
+            video_ids=prepared.video_ids,
+        )
+    nms = float(evals_config.get("nms_thresh", -1.0))
+    parts: dict[str, list[RankedPredictions]] = {}
+    for start in range(0, len(prepared), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(prepared)))
+        padded = np.concatenate([rows, np.full(batch_size - len(rows), -1)])
+        batch = prepared.query_batch(padded)
+        found = corpus.search(
+            adapter,
+            variables,
+            index,
+            {k: batch[k] for k in ("query_features", "query_mask") if k in batch},
+            # The official max_vcmr_video, or the whole corpus when it is smaller.
+            top_videos=min(int(model_config.get("max_vcmr_video", 100)), index.num_videos),
+            alpha=float(model_config.get("q2c_alpha", 20.0)),
+            min_pred_l=int(model_config.get("min_pred_l", 2)),
+            max_pred_l=int(model_config.get("max_pred_l", 16)),
+            clip_length=float(model_config.get("clip_length", 1.5)),
+            max_before_nms=int(model_config.get("max_before_nms", 200)),
+            max_after=int(evals_config.get("max_predictions", 100)),
+            nms_threshold=nms if nms > 0 else None,
+            gt_video=prepared.video_row[np.maximum(padded, 0)],
+        )
+        for task, ranked in found.items():
+            keep = slice(0, len(rows))
+            parts.setdefault(task, []).append(
+                RankedPredictions(
+                    ranked.video_idx[keep],
+                    ranked.st_ed[keep],
+                    ranked.score[keep],
+                    ranked.length[keep],
+                )
+            )
+    return {task: concat_ranked(p) for task, p in parts.items()}, index
+
+
+def evaluate_split(
+    adapter: Any,
+    variables: Any,
+    prepared: Any,
+    records: Sequence[Any],
+    mesh: jax.sharding.Mesh,
+    model_config: Mapping[str, Any],
+    evals_config: Mapping[str, Any],
+) -> tuple[dict[str, float], dict[str, RankedPredictions], TvrGroundTruth]:
+    """Searches every query of a split against the split's videos and scores the lists under
+    the ``tvr`` protocol.
+
+    Returns ``(flat metrics, {task: lists with video2idx values}, ground truth)``.
+    """
+    ranked, _ = search_split(adapter, variables, prepared, mesh, model_config, evals_config)
+    gt = corpus_ground_truth(records, prepared.video_ids)
+    values = np.array([gt.video2idx[v] for v in prepared.video_ids], np.int64)
+    predictions = {
+        task: RankedPredictions(
+            np.where(r.valid, values[np.maximum(r.video_idx, 0)], -1), r.st_ed, r.score, r.length
+        )
+        for task, r in ranked.items()
+    }
+    results = vcmr.evaluate_predictions(
+        predictions,
+        gt,
+        iou_thresholds=tuple(float(m) for m in evals_config.get("ious", (0.5, 0.7))),
+        recall_topks=tuple(int(k) for k in evals_config.get("recalls", (1, 5, 10, 100))),
+    )
+    return flatten_metrics(results), predictions, gt
