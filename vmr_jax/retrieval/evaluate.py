@@ -56,7 +56,7 @@ class ModelAdapter:
 
 def is_corpus_family(family: Any) -> bool:
     """Whether a model family answers queries against a corpus (``TASK == 'vcmr'``)."""
-    return getattr(family, "TASK", "svmr") == "vcmr" or family.__name__.endswith(".xml")
+    return getattr(family, "TASK", "svmr") == "vcmr"
 
 
 # --------------------------------------------------------------------------- ground truth
