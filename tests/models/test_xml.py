@@ -396,13 +396,13 @@ def test_loss_and_gradient_jit_and_training_lowers_the_loss():
     model = xml.create_model(config)
     tx = optax.adam(3e-3)
 
-    def loss(params, rng):
+    def loss(params, rng, batch):
         out = model.apply({"params": params}, batch, train=True, rngs={"dropout": rng})
         return xml.loss_fn(out, batch, config)[0]
 
     @jax.jit
-    def step(params, opt_state, rng):
-        value, grads = jax.value_and_grad(loss)(params, rng)
+    def step(params, opt_state, rng, batch):
+        value, grads = jax.value_and_grad(loss)(params, rng, batch)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value, grads
 
@@ -410,7 +410,7 @@ def test_loss_and_gradient_jit_and_training_lowers_the_loss():
     opt_state = tx.init(params)
     values = []
     for i in range(30):
-        params, opt_state, value, grads = step(params, opt_state, jax.random.PRNGKey(i))
+        params, opt_state, value, grads = step(params, opt_state, jax.random.PRNGKey(i), batch)
         values.append(float(value))
         if i == 0:
             norms = jax.tree_util.tree_map(lambda g: float(jnp.abs(g).sum()), grads)
@@ -418,3 +418,30 @@ def test_loss_and_gradient_jit_and_training_lowers_the_loss():
             assert norms["merged_st_predictor"]["kernel"] > 0
             assert norms["video_encoder1"]["attention"]["query"]["kernel"] > 0
     assert np.mean(values[-5:]) < 0.7 * np.mean(values[:5]), values
+
+    # An eval-padding row (no clips, no words, valid 0): finite loss and gradients.
+    padded = {k: np.array(v) for k, v in batch.items()}
+    for key in ("video_mask", "query_mask", "video_features", "subtitle_features", "valid"):
+        padded[key][2] = 0
+    _, _, value, grads = step(params, opt_state, jax.random.PRNGKey(0), padded)
+    assert np.isfinite(float(value))
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_eval_padding_rows_do_not_change_the_loss():
+    """Rows with valid 0 are no anchors and no negatives: replacing their inputs leaves the
+    loss unchanged (negatives are then drawn from the two valid rows only)."""
+    config, batch, _, variables = _shared()
+    model = xml.create_model(_config(drop=0.0, input_drop=0.0))
+    rng = np.random.default_rng(5)
+    losses = []
+    for scale in (1.0, 3.0):
+        b = {k: np.array(v) for k, v in batch.items()}
+        b["valid"][2] = 0
+        b["video_features"][2] = scale * rng.normal(size=b["video_features"][2].shape)
+        b["query_features"][2] = scale * rng.normal(size=b["query_features"][2].shape)
+        out = model.apply(variables, b, train=True, rngs={"dropout": jax.random.PRNGKey(0)})
+        losses.append(xml.loss_fn(out, b, config)[1])
+    for name in losses[0]:
+        np.testing.assert_allclose(losses[0][name], losses[1][name], rtol=1e-6, err_msg=name)
+    assert float(losses[0]["loss_neg_ctx"]) > 0

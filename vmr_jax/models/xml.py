@@ -196,8 +196,8 @@ def temporal_endpoint_features(mask: jnp.ndarray) -> jnp.ndarray:
 def st_ed_labels(spans: jnp.ndarray, mask: jnp.ndarray, clip_length: float) -> jnp.ndarray:
     """Training labels ``[B, 2]`` int32 of ``spans [B, 2]`` seconds (``get_st_ed_label`` of
     the training dataset): ``floor(st / clip_length)``, ``ceil(ed / clip_length)``, each
-    capped at ``sum(mask) - 1``."""
-    last = jnp.sum(mask, axis=-1).astype(jnp.int32) - 1
+    capped at ``sum(mask) - 1`` (and at 0 for an all-padding row of an eval batch)."""
+    last = jnp.maximum(jnp.sum(mask, axis=-1).astype(jnp.int32) - 1, 0)
     st = jnp.floor(spans[:, 0] / clip_length).astype(jnp.int32)
     ed = jnp.ceil(spans[:, 1] / clip_length).astype(jnp.int32)
     return jnp.stack([jnp.minimum(st, last), jnp.minimum(ed, last)], axis=-1)
