@@ -294,3 +294,45 @@ def test_tvr_variant_is_the_official_tvr_configuration():
     assert (tvr["q2c_alpha"], tvr["min_pred_l"], tvr["max_pred_l"]) == (20.0, 2, 16)
     assert (tvr["max_before_nms"], tvr["max_vcmr_video"], tvr["nms_thd"]) == (200, 100, 0.5)
     assert tvr["no_norm_vfeat"] and not tvr["no_norm_tfeat"]
+
+
+def test_convert_command_writes_a_workdir_with_the_official_video_scores(xml_golden, tmp_path):
+    """``vmr-jax convert --model xml`` on the golden weights + an ``opt.json`` as the official
+    config.py saves it (raw feature sizes, the misspelt option), then the step-0 checkpoint
+    restored from the workdir gives the official corpus scores."""
+    from vmr_jax import checkpointing
+    from vmr_jax.main import main
+
+    meta = json.loads(xml_golden.with_suffix(".json").read_text())
+    opt = dict(meta["config_values"]["opt"])
+    opt["vid_feat_size"] -= 2  # opt.json is saved before config.py adds the TEF columns
+    opt["sub_feat_size"] -= 2
+    opt_path = tmp_path / "opt.json"
+    opt_path.write_text(json.dumps(opt))
+    workdir = tmp_path / "converted"
+    args = ["convert", "--model", "xml", "--checkpoint", str(xml_golden), "--opt", str(opt_path)]
+    assert main([*args, "--workdir", str(workdir)]) == 0
+    config = checkpointing.load_config(str(workdir))
+    assert config.model.name == "xml"
+    assert config.model.vid_feat_size == 3072 and config.model.hidden_size == opt["hidden_size"]
+    assert config.model.hard_negative_start_epoch == opt["hard_negtiave_start_epoch"]
+    assert config.train.optimizer == "bert_adam"  # the rest from configs/xml/tvr.py
+    manager = checkpointing.create_checkpoint_manager(str(workdir), config.train, read_only=True)
+    assert manager.all_steps() == [0]
+    variables = {"params": manager.restore(0)["params"]}
+    with np.load(xml_golden) as z:
+        # Golden inputs carry the 2 TEF columns and are normalised: the model adds its own.
+        batch = {
+            "query_features": z["inputs/query_feat"],
+            "query_mask": z["inputs/query_mask"],
+            "video_features": z["inputs/video_feat"][..., :-2],
+            "video_mask": z["inputs/video_mask"],
+            "subtitle_features": z["inputs/sub_feat"][..., :-2],
+        }
+        want = z["infer/get_pred_from_raw_query/q2ctx_scores"]
+    model = xml.create_model(config.model)
+    with jax.default_matmul_precision("highest"):
+        queries = model.apply(variables, batch, method=xml.XML.encode_queries)
+        videos = model.apply(variables, batch, method=xml.XML.encode_videos)
+        scores = model.apply(variables, queries, videos, method=xml.XML.score_videos)
+    np.testing.assert_allclose(np.asarray(scores), want, atol=1e-4, rtol=0)

@@ -2,6 +2,13 @@
 
     vmr-jax convert --checkpoint MGPN.pkl --yaml experiments/charades/i3d-finetune-mgpn256.yaml \
         --workdir DIR [--config configs/mgpn/charades_i3d.py] [--config.x=y ...]
+    vmr-jax convert --model xml --checkpoint model.ckpt [--opt opt.json] --workdir DIR \
+        [--config configs/xml/tvr.py] [--config.x=y ...]
+
+XML (jayleicn/TVRetrieval): the official ``model.ckpt`` holds the state_dict and the model
+config; ``--opt`` (the run's ``opt.json``) gives the options instead.  Model fields come from
+them (``vmr_jax.convert.xml.config_from_official``); the rest of the config from ``--config``
+(default ``configs/xml/tvr.py``).
 
 The config is ``--config`` (a vmr_jax config file) with the model, optimiser and evaluation
 fields of ``--yaml`` written over it; with ``--yaml`` alone the rest of the config (mesh,
@@ -18,15 +25,16 @@ import os
 import jax
 import ml_collections
 
-CONVERTERS = {"mgpn": "vmr_jax.convert.mgpn"}
-_DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(__file__), os.pardir, os.pardir, "configs", "mgpn", "synthetic.py"
-)
+CONVERTERS = {"mgpn": "vmr_jax.convert.mgpn", "xml": "vmr_jax.convert.xml"}
+_CONFIGS = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "configs")
+_DEFAULT_CONFIG = os.path.join(_CONFIGS, "mgpn", "synthetic.py")
+_DEFAULT_XML_CONFIG = os.path.join(_CONFIGS, "xml", "tvr.py")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="official state_dict (.pkl/.pth/.npz)")
-    parser.add_argument("--yaml", default=None, help="official experiment YAML")
+    parser.add_argument("--yaml", default=None, help="official experiment YAML (MGPN)")
+    parser.add_argument("--opt", default=None, help="official opt.json (XML)")
     parser.add_argument("--config", default=None, help="vmr_jax config file, path.py[:arg]")
     parser.add_argument("--model", default="mgpn", choices=sorted(CONVERTERS))
     parser.add_argument("--workdir", required=True, help="output workdir")
@@ -57,6 +65,33 @@ def build_config(
     return config
 
 
+def build_xml_config(
+    config_spec: str | None, checkpoint: str, opt_path: str | None, overrides=()
+) -> ml_collections.ConfigDict:
+    """XML run config: ``--config`` (default ``configs/xml/tvr.py``) with the model fields of
+    ``opt.json`` or, without it, of the checkpoint's ``model_cfg``."""
+    import json
+
+    from vmr_jax import config_cli
+    from vmr_jax.convert import xml as xml_convert
+
+    base = config_cli.load_config(config_spec or os.path.normpath(_DEFAULT_XML_CONFIG))
+    config = ml_collections.ConfigDict(base.to_dict())
+    if opt_path is not None:
+        with open(opt_path, encoding="utf-8") as f:
+            official = xml_convert.config_from_official(json.load(f))
+    else:
+        model_cfg = xml_convert.read_checkpoint(checkpoint)[1]
+        if model_cfg is None:
+            raise ValueError(f"{checkpoint} holds no model_cfg: pass the run's opt.json (--opt)")
+        official = xml_convert.config_from_official(model_cfg, sizes_include_tef=True)
+    for key, value in official.items():
+        config.model[key] = value
+    for dotted, text in overrides:
+        config_cli.apply_override(config, dotted, text)
+    return config
+
+
 def convert_to_workdir(
     checkpoint: str, config: ml_collections.ConfigDict, workdir: str, model_name: str = "mgpn"
 ) -> str:
@@ -78,7 +113,12 @@ def convert_to_workdir(
     sample = family.example_batch(config.model)
     state = trainer.create_train_state(config, model, jax.random.PRNGKey(0), sample, mesh, tx=tx)
     reference = {"params": state.params, "batch_stats": state.batch_stats}
-    variables = converter.convert_mgpn(load_state_dict(checkpoint), config.model, reference)
+    if model_name == "xml":
+        variables = converter.convert_xml(
+            converter.load_checkpoint(checkpoint), config.model, reference
+        )
+    else:
+        variables = converter.convert_mgpn(load_state_dict(checkpoint), config.model, reference)
     shard = lambda new, old: jax.device_put(new, old.sharding)  # noqa: E731
     state = state.replace(
         params=jax.tree.map(shard, variables["params"], state.params),
@@ -93,7 +133,11 @@ def convert_to_workdir(
 
 
 def main(args: argparse.Namespace) -> int:
-    config = build_config(args.config, args.yaml, getattr(args, "config_overrides", ()))
+    overrides = getattr(args, "config_overrides", ())
+    if args.model == "xml":
+        config = build_xml_config(args.config, args.checkpoint, args.opt, overrides)
+    else:
+        config = build_config(args.config, args.yaml, overrides)
     path = convert_to_workdir(args.checkpoint, config, args.workdir, args.model)
     print(f"converted {args.checkpoint} -> {path} (step 0); config: {args.workdir}/config.json")
     return 0
