@@ -41,3 +41,27 @@ def test_unknown_variant_is_named():
     config.unlock()
     with pytest.raises(KeyError, match="no_such_variant"):
         bench.apply_variant(config, "no_such_variant")
+
+
+XML_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "xml" / "synthetic.py")
+
+
+def test_random_batch_for_xml_has_subtitles_and_max_ctx_l_clips():
+    config = config_cli.load_config_file(XML_CONFIG)
+    batch = bench.random_batch(config.model, 3, query_len=7)
+    clips = config.model.max_ctx_l
+    assert batch["video_features"].shape == (3, clips, config.model.vid_feat_size)
+    assert batch["subtitle_features"].shape == (3, clips, config.model.sub_feat_size)
+    assert batch["query_features"].shape == (3, 7, config.model.q_feat_size)
+
+
+def test_search_bench_reports_every_corpus_size(jax_compilation_cache):
+    config = config_cli.load_config_file(XML_CONFIG)
+    report = bench.run_search_bench(config, (12, 30), num_queries=5, clips=20, steps=1)
+    assert [s["num_videos"] for s in report["search"]] == [12, 30]
+    for size in report["search"]:
+        assert size["queries_per_s"] > 0 and size["seconds_per_batch"] > 0
+    # Index bytes grow with the corpus: 30 / 12 videos (one device: no padding).
+    ratio = report["search"][1]["index_mib"] / report["search"][0]["index_mib"]
+    assert ratio == pytest.approx(30 / 12)
+    assert report["clips_per_video"] == 20 and report["queries_per_batch"] == 5

@@ -32,6 +32,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -44,15 +45,17 @@ def random_batch(
 ) -> dict[str, np.ndarray]:
     """A host batch of the contract with random features, lengths and spans."""
     rng = np.random.default_rng(seed)
-    clips = int(model_config.num_clips) * int(model_config.get("frame_stride", 1))
+    if "num_clips" in model_config:  # 2D-map families
+        clips = int(model_config.num_clips) * int(model_config.get("frame_stride", 1))
+    else:  # corpus families (XML): max_ctx_l clips
+        clips = int(model_config.max_ctx_l)
+    feature_dim = int(model_config.get("feature_dim", model_config.get("vid_feat_size", 0)))
     duration = rng.uniform(20.0, 120.0, size=batch_size).astype(np.float32)
     start = rng.uniform(0.0, 0.7, size=batch_size) * duration
     end = np.minimum(start + rng.uniform(0.1, 0.3, size=batch_size) * duration, duration)
     lengths = rng.integers(max(1, query_len // 2), query_len + 1, size=batch_size)
     batch = {
-        "video_features": rng.normal(
-            size=(batch_size, clips, int(model_config.feature_dim))
-        ).astype(np.float32),
+        "video_features": rng.normal(size=(batch_size, clips, feature_dim)).astype(np.float32),
         "video_mask": np.ones((batch_size, clips), np.float32),
         "query_mask": (np.arange(query_len)[None] < lengths[:, None]).astype(np.float32),
         "duration": duration,
@@ -66,9 +69,12 @@ def random_batch(
         tokens = rng.integers(2, vocab, size=(batch_size, query_len)).astype(np.int32)
         batch["query_tokens"] = tokens * batch["query_mask"].astype(np.int32)
     else:
-        width = int(model_config.get("word_dim", 300))
+        width = int(model_config.get("word_dim", model_config.get("q_feat_size", 300)))
         feats = rng.normal(size=(batch_size, query_len, width)).astype(np.float32)
         batch["query_features"] = feats * batch["query_mask"][..., None]
+    if "sub" in str(model_config.get("ctx_mode", "")):
+        width = int(model_config.sub_feat_size)
+        batch["subtitle_features"] = rng.normal(size=(batch_size, clips, width)).astype(np.float32)
     return batch
 
 
@@ -157,17 +163,22 @@ def run_bench(
     _timed(one_train_step, warmup)
     train_s = _timed(one_train_step, steps)
 
-    eval_step = trainer.make_eval_step(config, state_sharding, mesh)
-    ebatch = sharding.put_batch(eval_batch, mesh)
-    start = time.perf_counter()
-    eval_compiled = eval_step.lower(holder["state"], ebatch).compile()
-    eval_compile_s = time.perf_counter() - start
-    _timed(lambda: eval_compiled(holder["state"], ebatch), warmup)
-    eval_s = _timed(lambda: eval_compiled(holder["state"], ebatch), steps)
+    family = get_family(config.model.name)
+    evals = {}
+    if hasattr(family, "decode"):  # corpus families are measured by run_search_bench
+        eval_step = trainer.make_eval_step(config, state_sharding, mesh)
+        ebatch = sharding.put_batch(eval_batch, mesh)
+        start = time.perf_counter()
+        eval_compiled = eval_step.lower(holder["state"], ebatch).compile()
+        evals["eval_compile_s"] = time.perf_counter() - start
+        _timed(lambda: eval_compiled(holder["state"], ebatch), warmup)
+        eval_s = _timed(lambda: eval_compiled(holder["state"], ebatch), steps)
+        evals["eval_queries_per_s"] = eval_batch_size / eval_s
+        evals["eval_step_flops"] = _flops(eval_compiled)
+        evals["eval_step_memory"] = _compiled_memory(eval_compiled)
 
     # The 2D-map construction alone, where the family exposes it.
     map_build = {}
-    family = get_family(config.model.name)
     if hasattr(family, "map_builders"):
         feats = (
             np.random.default_rng(2)
@@ -199,10 +210,7 @@ def run_bench(
         "train_examples_per_s": batch_size / train_s,
         "train_step_flops": _flops(train_compiled),
         "train_step_memory": _compiled_memory(train_compiled),
-        "eval_compile_s": eval_compile_s,
-        "eval_queries_per_s": eval_batch_size / eval_s,
-        "eval_step_flops": _flops(eval_compiled),
-        "eval_step_memory": _compiled_memory(eval_compiled),
+        **evals,
         "peak_rss_mib": rss_mib,
         "device_peak_memory_mib": _device_peak_mib(),
         "timed_steps": steps,
@@ -254,6 +262,174 @@ def run_data_bench(
     }
 
 
+def _random_index(adapter, variables, num_videos: int, clips: int, model_config, mesh, seed=0):
+    """A corpus index of ``num_videos`` random encodings of the family's shapes (what
+    ``build_index`` would store for videos of ``clips`` clips), made directly on the mesh."""
+    from vmr_jax.retrieval import corpus
+
+    one = {k: v[:1] for k, v in random_batch(model_config, 1, 2).items()}
+    one = {k: v[:, :clips] if v.ndim >= 2 and k != "query_features" else v for k, v in one.items()}
+    shapes = jax.eval_shape(adapter.encode_videos, variables, one)
+    devices = int(mesh.shape["data"])
+    padded = -(-num_videos // devices) * devices
+    placed = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+    def make(key):
+        out = {}
+        for i, (name, leaf) in enumerate(sorted(shapes.items())):
+            shape = (padded, *leaf.shape[1:])
+            if name == "mask":
+                out[name] = jnp.ones(shape, leaf.dtype)
+            else:
+                x = jax.random.normal(jax.random.fold_in(key, i), shape, leaf.dtype)
+                out[name] = x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+        return out
+
+    encodings = jax.jit(make, out_shardings=placed)(jax.random.PRNGKey(seed))
+    return corpus.CorpusIndex(encodings, num_videos, mesh)
+
+
+def _search_temp_mib(adapter, variables, index, queries, top, options, mesh) -> float | None:
+    """XLA's temporary memory of the jitted search program (on top of its arguments: the
+    index, the weights and the queries) for this corpus and query batch."""
+    from vmr_jax.retrieval import corpus, ranking
+
+    devices = int(mesh.shape["data"])
+    num_q = len(queries["query_mask"])
+    chunk = max(1, min(4, -(-num_q // devices)))
+    padded = -(-num_q // (devices * chunk)) * devices * chunk
+    config = ranking.RankingConfig(
+        options["alpha"],
+        options["min_pred_l"],
+        options["max_pred_l"],
+        options["clip_length"],
+        options["max_before_nms"],
+        100,
+        options["nms_threshold"],
+    )
+    plan = corpus._SearchPlan(
+        config, top, index.num_videos, padded, chunk, options["block_size"], False
+    )
+    abstract = {
+        k: jax.ShapeDtypeStruct((padded, *v.shape[1:]), v.dtype) for k, v in queries.items()
+    }
+    own = jax.ShapeDtypeStruct((padded,), np.int32)
+    lowered = corpus._search_program(adapter, mesh, plan).lower(
+        variables, index.encodings, abstract, own
+    )
+    return _compiled_memory(lowered.compile()).get("temp_size_mib")
+
+
+def run_search_bench(
+    config: ml_collections.ConfigDict,
+    corpus_sizes: tuple[int, ...],
+    *,
+    num_queries: int | None = None,
+    clips: int = 100,
+    steps: int = 3,
+    warmup: int = 1,
+    block_size: int = 256,
+) -> dict[str, Any]:
+    """Queries per second of :func:`vmr_jax.retrieval.corpus.search` over random corpora.
+
+    For each size ``V`` a corpus of ``V`` videos of ``clips`` clips is made of random encodings
+    of the family's shapes, placed on the mesh as ``build_index`` places them; a batch of
+    ``num_queries`` random queries (``evals.batch_size``) is searched with the config's
+    inference settings (top ``max_vcmr_video`` videos, band ranking, NMS ``evals.nms_thresh``).
+    Reported per size: seconds per batch, queries/s, index bytes, the compiled search
+    and the process's peak RSS.  The index build (``encode_videos`` of random features,
+    compiled first) is timed separately on the smallest corpus.
+    """
+    from vmr_jax.retrieval import corpus
+    from vmr_jax.retrieval.evaluate import ModelAdapter
+
+    mesh = sharding.make_mesh(config.mesh)
+    model_config = config.model.copy_and_resolve_references()
+    with model_config.ignore_type():
+        model_config.max_ctx_l = max(int(model_config.max_ctx_l), clips)
+    num_queries = int(num_queries or config.evals.get("batch_size", 50))
+    query_len = int(config.data.get("max_query_len", 30))
+    model = trainer.create_model(model_config)
+    sample = random_batch(model_config, 1, query_len)
+    sample = {
+        k: v[:, :clips] if k in ("video_features", "video_mask", "subtitle_features") else v
+        for k, v in sample.items()
+    }
+    variables = jax.jit(lambda key: model.init(key, sample, train=False))(jax.random.PRNGKey(0))
+    adapter = ModelAdapter(model)
+    queries = random_batch(model_config, num_queries, query_len, seed=3)
+    queries = {k: queries[k] for k in ("query_features", "query_mask")}
+    nms = float(config.evals.get("nms_thresh", -1.0))
+    options = dict(
+        alpha=float(model_config.q2c_alpha),
+        min_pred_l=int(model_config.min_pred_l),
+        max_pred_l=int(model_config.max_pred_l),
+        clip_length=float(model_config.clip_length),
+        max_before_nms=int(model_config.max_before_nms),
+        nms_threshold=nms if nms > 0 else None,
+        block_size=block_size,
+    )
+    # Index build: encode_videos over the smallest corpus (random features).
+    smallest = min(corpus_sizes)
+    feats = random_batch(model_config, min(smallest, 256), query_len, seed=4)
+
+    class _Videos:
+        def take(self, rows):
+            rows = np.asarray(rows) % len(feats["video_features"])
+            keys = ("video_features", "video_mask", "subtitle_features")
+            return {k: feats[k][rows][:, :clips] for k in keys if k in feats}
+
+    build = lambda: corpus.build_index(  # noqa: E731
+        adapter, variables, _Videos(), mesh, batch_size=64, num_videos=smallest
+    )
+    build()  # compile
+    start = time.perf_counter()
+    build()
+    build_s = time.perf_counter() - start
+    sizes = []
+    for num_videos in corpus_sizes:
+        index = _random_index(adapter, variables, num_videos, clips, model_config, mesh)
+        top = min(int(model_config.max_vcmr_video), num_videos)
+
+        def run(index=index, top=top):
+            return corpus.search(adapter, variables, index, queries, top_videos=top, **options)
+
+        start = time.perf_counter()
+        run()
+        first_s = time.perf_counter() - start
+        _timed(run, max(warmup - 1, 0))
+        per_batch = _timed(run, steps)
+        index_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(index.encodings))
+        temp = _search_temp_mib(adapter, variables, index, queries, top, options, mesh)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        sizes.append(
+            {
+                "num_videos": num_videos,
+                "first_call_s": first_s,
+                "seconds_per_batch": per_batch,
+                "queries_per_s": num_queries / per_batch,
+                "index_mib": index_bytes / 2**20,
+                "search_temp_mib": temp,
+                "peak_rss_mib": rss / 2**20 if sys.platform == "darwin" else rss / 2**10,
+            }
+        )
+        del index
+    return {
+        "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
+        "mesh": dict(mesh.shape),
+        "model": config.model.name,
+        "hidden_size": int(model_config.get("hidden_size", 0)),
+        "ctx_mode": model_config.get("ctx_mode", ""),
+        "clips_per_video": clips,
+        "queries_per_batch": num_queries,
+        "top_videos": int(model_config.max_vcmr_video),
+        "nms_threshold": options["nms_threshold"],
+        "index_build_videos_per_s": smallest / build_s,
+        "search": sizes,
+        "timed_batches": steps,
+    }
+
+
 def apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     """Replaces ``config.model``'s fields by the family's ``VARIANTS[variant]``."""
     family = get_family(config.model.name)
@@ -272,6 +448,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--query_len", type=int, default=None, help="padded query length")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (>= 1)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compile")
+    parser.add_argument(
+        "--search",
+        default=None,
+        help="corpus sizes, e.g. 1000,10000,100000: queries/s of the corpus search (VCMR)",
+    )
+    parser.add_argument("--clips", type=int, default=100, help="clips per video (--search)")
     parser.add_argument(
         "--data-only",
         "--data_only",
@@ -292,6 +474,19 @@ def main(args: argparse.Namespace) -> int:
     for key, value in getattr(args, "config_overrides", ()):
         config_cli.apply_override(config, key, value)
     config.lock()
+    if args.search:
+        sizes = tuple(int(x) for x in args.search.split(",") if x)
+        report = run_search_bench(
+            config,
+            sizes,
+            num_queries=args.eval_batch_size,
+            clips=args.clips,
+            steps=args.steps,
+            warmup=args.warmup,
+        )
+        if sharding.is_main_process():
+            print(json.dumps(report, indent=2, sort_keys=True))
+        return 0
     if args.data_only:
         report = run_data_bench(
             config, batch_size=args.batch_size, steps=max(args.steps, 1) * 5, warmup=args.warmup
