@@ -274,18 +274,20 @@ def _random_index(adapter, variables, num_videos: int, clips: int, model_config,
     padded = -(-num_videos // devices) * devices
     placed = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
 
-    def make(key):
-        out = {}
-        for i, (name, leaf) in enumerate(sorted(shapes.items())):
-            shape = (padded, *leaf.shape[1:])
-            if name == "mask":
-                out[name] = jnp.ones(shape, leaf.dtype)
-            else:
-                x = jax.random.normal(jax.random.fold_in(key, i), shape, leaf.dtype)
-                out[name] = x / jnp.linalg.norm(x, axis=-1, keepdims=True)
-        return out
+    def make(key, shape, dtype):
+        x = jax.random.normal(key, shape, dtype)
+        return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
-    encodings = jax.jit(make, out_shardings=placed)(jax.random.PRNGKey(seed))
+    # One leaf at a time: the generation temporaries never cover the whole index.
+    encodings = {}
+    for i, (name, leaf) in enumerate(sorted(shapes.items())):
+        shape = (padded, *leaf.shape[1:])
+        if name == "mask":
+            encodings[name] = jax.device_put(np.ones(shape, leaf.dtype), placed)
+            continue
+        fn = jax.jit(make, static_argnums=(1, 2), out_shardings=placed)
+        encodings[name] = fn(jax.random.PRNGKey(seed + i), shape, leaf.dtype)
+        jax.block_until_ready(encodings[name])
     return corpus.CorpusIndex(encodings, num_videos, mesh)
 
 
