@@ -477,33 +477,27 @@ def main(args: argparse.Namespace) -> int:
         config_cli.apply_override(config, key, value)
     config.lock()
     if args.search:
-        sizes = tuple(int(x) for x in args.search.split(",") if x)
         report = run_search_bench(
             config,
-            sizes,
+            tuple(int(x) for x in args.search.split(",") if x),
             num_queries=args.eval_batch_size,
             clips=args.clips,
             steps=args.steps,
             warmup=args.warmup,
         )
-        if sharding.is_main_process():
-            print(json.dumps(report, indent=2, sort_keys=True))
-        return 0
-    if args.data_only:
+    elif args.data_only:
         report = run_data_bench(
             config, batch_size=args.batch_size, steps=max(args.steps, 1) * 5, warmup=args.warmup
         )
-        if sharding.is_main_process():
-            print(json.dumps(report, indent=2, sort_keys=True))
-        return 0
-    report = run_bench(
-        config,
-        batch_size=args.batch_size,
-        eval_batch_size=args.eval_batch_size,
-        query_len=args.query_len,
-        steps=args.steps,
-        warmup=args.warmup,
-    )
+    else:
+        report = run_bench(
+            config,
+            batch_size=args.batch_size,
+            eval_batch_size=args.eval_batch_size,
+            query_len=args.query_len,
+            steps=args.steps,
+            warmup=args.warmup,
+        )
     if sharding.is_main_process():
         print(json.dumps(report, indent=2, sort_keys=True))
     return 0

@@ -22,6 +22,7 @@ from data_pipelines.video_tables import InMemoryVideos
 from vmr_jax import sharding
 from vmr_jax.evaluation import vcmr
 from vmr_jax.retrieval import corpus, ranking
+from vmr_jax.retrieval.evaluate import ModelAdapter
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_VIDEOS, NUM_CLIPS, DIM, SUB_DIM, HIDDEN = 37, 12, 10, 6, 8
@@ -334,7 +335,7 @@ def test_xml_golden_end_to_end(xml_golden):
         "query_features": arrays["inputs/query_feat"],
         "query_mask": arrays["inputs/query_mask"],
     }
-    adapter = _ModelAdapter(model)
+    adapter = ModelAdapter(model)
     mesh = sharding.make_mesh({"shape": (1, 1)})
     opt = meta["config_values"]["opt"]
     with jax.default_matmul_precision("highest"):
@@ -380,22 +381,3 @@ def test_xml_golden_end_to_end(xml_golden):
                 np.testing.assert_array_equal(got.st_ed[q, :n], want_st_ed, err_msg=where)
                 want_score = arrays[prefix + "score"][q, :n]
                 np.testing.assert_allclose(got.score[q, :n], want_score, rtol=1e-4, err_msg=where)
-
-
-@dataclasses.dataclass(frozen=True)
-class _ModelAdapter:
-    """A linen module's corpus methods as the engine's adapter functions."""
-
-    model: object
-
-    def encode_videos(self, variables, batch):
-        return self.model.apply(variables, batch, method="encode_videos")
-
-    def encode_queries(self, variables, batch):
-        return self.model.apply(variables, batch, method="encode_queries")
-
-    def score_videos(self, variables, query_enc, video_enc):
-        return self.model.apply(variables, query_enc, video_enc, method="score_videos")
-
-    def localize(self, variables, query_enc, video_enc):
-        return self.model.apply(variables, query_enc, video_enc, method="localize")
