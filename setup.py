@@ -26,7 +26,15 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "ruff", "lmdb", "msgpack", "msgpack-numpy"],
+        "test": [
+            "pytest",
+            "pytest-xdist",
+            "ruff",
+            "lmdb",
+            "msgpack",
+            "msgpack-numpy",
+            "easydict",
+        ],
         # HERO-style LMDB feature stores (data_pipelines/lmdb_store.py).
         "lmdb": ["lmdb", "msgpack"],
         # The converter reads official PyTorch checkpoints; 2.13.0 is the CPU build the

@@ -20,7 +20,9 @@ import pytest
 
 from data_pipelines.video_tables import InMemoryVideos
 from vmr_jax import sharding
+from vmr_jax.convert import xml as convert
 from vmr_jax.evaluation import vcmr
+from vmr_jax.models import xml
 from vmr_jax.retrieval import corpus, ranking
 from vmr_jax.retrieval.evaluate import ModelAdapter
 
@@ -315,8 +317,6 @@ def test_eight_devices_match_one_device(toy, tmp_path, request):
 
 def test_xml_golden_end_to_end(xml_golden):
     """Golden weights -> XML port -> index + search: the official submission lists."""
-    xml = pytest.importorskip("vmr_jax.models.xml")
-    convert = pytest.importorskip("vmr_jax.convert.xml")
     meta = json.loads(xml_golden.with_suffix(".json").read_text())
     with np.load(xml_golden) as archive:
         arrays = {k: archive[k] for k in archive.files}
