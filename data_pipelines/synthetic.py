@@ -462,11 +462,13 @@ def vcmr_chance_level(
         keep = i + w < num_clips
         return np.stack([i[keep], i[keep] + w[keep] + 1], 1) * float(clip_seconds)
 
-    def miss_prob(pool: int, hits: np.ndarray, k: int) -> np.ndarray:
-        # C(pool - h, k) / C(pool, k) = prod_{r<k} (pool - h - r) / (pool - r)
-        r = np.arange(min(k, pool))
-        ratio = np.clip(pool - hits[:, None] - r[None], 0, None) / (pool - r[None])
-        return ratio.prod(axis=1)
+    def miss_prob(pool, hits: np.ndarray, k: int) -> np.ndarray:
+        # C(pool - h, k) / C(pool, k) = prod_{r < min(k, pool)} (pool - h - r) / (pool - r),
+        # per query (``pool`` a number or one per query).
+        pool = np.broadcast_to(np.asarray(pool, np.float64), hits.shape)[:, None]
+        r = np.arange(k)[None]
+        ratio = np.clip(pool - hits[:, None] - r, 0, None) / np.maximum(pool - r, 1)
+        return np.where(r < pool, ratio, 1.0).prod(axis=1)
 
     out: dict[str, dict[str, float]] = {"VCMR": {}, "SVMR": {}, "VR": {}}
     per_video = {int(t): candidates(int(t)) for t in np.unique(clips)}
@@ -483,8 +485,7 @@ def vcmr_chance_level(
             pools[q] = len(cand)
         for k in recalls:
             out["VCMR"][f"{m}-r{k}"] = float(100 * (1 - miss_prob(total, hits, k)).mean())
-            svmr = [1 - miss_prob(int(n), hits[q : q + 1], k)[0] for q, n in enumerate(pools)]
-            out["SVMR"][f"{m}-r{k}"] = float(100 * np.mean(svmr))
+            out["SVMR"][f"{m}-r{k}"] = float(100 * (1 - miss_prob(pools, hits, k)).mean())
     for k in recalls:
         out["VR"][f"r{k}"] = float(100 * min(k, len(clips)) / len(clips))
     return out

@@ -291,37 +291,6 @@ def _random_index(adapter, variables, num_videos: int, clips: int, model_config,
     return corpus.CorpusIndex(encodings, num_videos, mesh)
 
 
-def _search_temp_mib(adapter, variables, index, queries, top, options, mesh) -> float | None:
-    """XLA's temporary memory of the jitted search program (on top of its arguments: the
-    index, the weights and the queries) for this corpus and query batch."""
-    from vmr_jax.retrieval import corpus, ranking
-
-    devices = int(mesh.shape["data"])
-    num_q = len(queries["query_mask"])
-    chunk = max(1, min(4, -(-num_q // devices)))
-    padded = -(-num_q // (devices * chunk)) * devices * chunk
-    config = ranking.RankingConfig(
-        options["alpha"],
-        options["min_pred_l"],
-        options["max_pred_l"],
-        options["clip_length"],
-        options["max_before_nms"],
-        100,
-        options["nms_threshold"],
-    )
-    plan = corpus._SearchPlan(
-        config, top, index.num_videos, padded, chunk, options["block_size"], False
-    )
-    abstract = {
-        k: jax.ShapeDtypeStruct((padded, *v.shape[1:]), v.dtype) for k, v in queries.items()
-    }
-    own = jax.ShapeDtypeStruct((padded,), np.int32)
-    lowered = corpus._search_program(adapter, mesh, plan).lower(
-        variables, index.encodings, abstract, own
-    )
-    return _compiled_memory(lowered.compile()).get("temp_size_mib")
-
-
 def run_search_bench(
     config: ml_collections.ConfigDict,
     corpus_sizes: tuple[int, ...],
@@ -402,7 +371,8 @@ def run_search_bench(
         _timed(run, max(warmup - 1, 0))
         per_batch = _timed(run, steps)
         index_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(index.encodings))
-        temp = _search_temp_mib(adapter, variables, index, queries, top, options, mesh)
+        memory = corpus.search_memory(adapter, variables, index, queries, top_videos=top, **options)
+        temp = None if memory is None else memory.temp_size_in_bytes / 2**20
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         sizes.append(
             {

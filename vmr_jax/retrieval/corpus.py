@@ -345,7 +345,18 @@ def _search_program(adapter: Any, mesh: Mesh, plan: _SearchPlan) -> Callable:
     return jax.jit(program)
 
 
-def search(
+@dataclasses.dataclass(frozen=True)
+class _PreparedSearch:
+    """One search call, checked and padded: the jitted program and its arguments."""
+
+    program: Callable
+    args: tuple
+    config: ranking.RankingConfig
+    num_queries: int  # before padding
+    own: np.ndarray  # [padded] int32 own-video rows
+
+
+def _prepare_search(
     adapter: Any,
     variables: Any,
     index: CorpusIndex,
@@ -363,23 +374,7 @@ def search(
     video_values: np.ndarray | None = None,
     block_size: int = 256,
     query_chunk: int = 4,
-) -> dict[str, RankedPredictions]:
-    """Ranked lists of a batch of queries against the whole corpus (module docstring).
-
-    Args:
-      query_batch: ``{query_features [Q, Lq, Dq], query_mask [Q, Lq], ...}`` numpy arrays.
-      top_videos: ``K`` videos localised per query (XML ``max_vcmr_video``), ``<= V``.
-      alpha ... nms_threshold: :class:`ranking.RankingConfig` (XML's ``q2c_alpha``,
-        ``min_pred_l``, ``max_pred_l``, ``clip_length``, ``max_before_nms``,
-        ``max_after_nms``, ``nms_thd``; None = no NMS).
-      gt_video: ``[Q]`` corpus row of each query's own video; adds SVMR (localised even when
-        it is not among the top ``K``).
-      video_values: ``[V]`` value written as ``video_idx`` for each row (default: the row).
-      block_size: videos scored at once per device; query_chunk: queries localised at once
-        per device.
-    Returns: ``{"VCMR", "VR"[, "SVMR"]: RankedPredictions}`` with ``Q`` lists each (VCMR and
-      SVMR at most ``max_after`` rows, VR ``min(K, max_after)``).
-    """
+) -> _PreparedSearch:
     config = ranking.RankingConfig(
         alpha=float(alpha),
         min_pred_l=int(min_pred_l),
@@ -416,7 +411,65 @@ def search(
         gt_video is not None,
     )
     variables = jax.device_put(variables, NamedSharding(index.mesh, PartitionSpec()))
-    found = _search_program(adapter, index.mesh, plan)(variables, index.encodings, batch, own)
+    program = _search_program(adapter, index.mesh, plan)
+    return _PreparedSearch(program, (variables, index.encodings, batch, own), config, num_q, own)
+
+
+def search(
+    adapter: Any,
+    variables: Any,
+    index: CorpusIndex,
+    query_batch: Mapping[str, np.ndarray],
+    *,
+    top_videos: int = 100,
+    alpha: float = 20.0,
+    min_pred_l: int = 2,
+    max_pred_l: int = 16,
+    clip_length: float = 1.5,
+    max_before_nms: int = 200,
+    max_after: int = 100,
+    nms_threshold: float | None = None,
+    gt_video: np.ndarray | None = None,
+    video_values: np.ndarray | None = None,
+    block_size: int = 256,
+    query_chunk: int = 4,
+) -> dict[str, RankedPredictions]:
+    """Ranked lists of a batch of queries against the whole corpus (module docstring).
+
+    Args:
+      query_batch: ``{query_features [Q, Lq, Dq], query_mask [Q, Lq], ...}`` numpy arrays.
+      top_videos: ``K`` videos localised per query (XML ``max_vcmr_video``), ``<= V``.
+      alpha ... nms_threshold: :class:`ranking.RankingConfig` (XML's ``q2c_alpha``,
+        ``min_pred_l``, ``max_pred_l``, ``clip_length``, ``max_before_nms``,
+        ``max_after_nms``, ``nms_thd``; None = no NMS).
+      gt_video: ``[Q]`` corpus row of each query's own video; adds SVMR (localised even when
+        it is not among the top ``K``).
+      video_values: ``[V]`` value written as ``video_idx`` for each row (default: the row).
+      block_size: videos scored at once per device; query_chunk: queries localised at once
+        per device.
+    Returns: ``{"VCMR", "VR"[, "SVMR"]: RankedPredictions}`` with ``Q`` lists each (VCMR and
+      SVMR at most ``max_after`` rows, VR ``min(K, max_after)``).
+    """
+    prepared = _prepare_search(
+        adapter,
+        variables,
+        index,
+        query_batch,
+        top_videos=top_videos,
+        alpha=alpha,
+        min_pred_l=min_pred_l,
+        max_pred_l=max_pred_l,
+        clip_length=clip_length,
+        max_before_nms=max_before_nms,
+        max_after=max_after,
+        nms_threshold=nms_threshold,
+        gt_video=gt_video,
+        video_values=video_values,
+        block_size=block_size,
+        query_chunk=query_chunk,
+    )
+    num_q, own = prepared.num_queries, prepared.own
+    found = prepared.program(*prepared.args)
     found = {
         task: ranking.RankedCandidates(*(np.asarray(x)[:num_q] for x in cand))
         for task, cand in found.items()
@@ -428,8 +481,18 @@ def search(
         if task == "SVMR":  # slot 0 = the query's own video
             own_rows = own[:num_q, None].astype(np.int64)
             table = own_rows if values is None else values[own_rows]
-        lists[task] = ranking.candidate_predictions(task, found[task], config.clip_length, table)
-    return ranking.postprocess(lists, config)
+        lists[task] = ranking.candidate_predictions(
+            task, found[task], prepared.config.clip_length, table
+        )
+    return ranking.postprocess(lists, prepared.config)
+
+
+def search_memory(adapter: Any, variables: Any, index: CorpusIndex, query_batch, **options):
+    """XLA's ``memory_analysis`` of the program :func:`search` runs for these arguments (same
+    keywords): its temporaries are what a search needs beyond the index, the weights and the
+    queries.  Compiles; runs nothing."""
+    prepared = _prepare_search(adapter, variables, index, query_batch, **options)
+    return prepared.program.lower(*prepared.args).compile().memory_analysis()
 
 
 # --------------------------------------------------------------------------- files, metrics

@@ -133,28 +133,27 @@ def search_split(
     mesh: jax.sharding.Mesh,
     model_config: Mapping[str, Any],
     evals_config: Mapping[str, Any],
-    index: corpus.CorpusIndex | None = None,
-) -> tuple[dict[str, RankedPredictions], corpus.CorpusIndex]:
-    """Ranked VCMR / SVMR / VR lists (corpus rows as video indices) of every query of a
-    prepared split (:class:`data_pipelines.input_pipeline.PreparedSplit`), in split order.
-
-    ``index``: a corpus index of the split built before (else it is built here).
+    video_values: np.ndarray | None = None,
+) -> dict[str, RankedPredictions]:
+    """Ranked VCMR / SVMR / VR lists of every query of a prepared split
+    (:class:`data_pipelines.input_pipeline.PreparedSplit`), in split order, against an index
+    of all its videos; ``video_idx`` is ``video_values[row]`` (default: the corpus row).
     """
     batch_size = int(evals_config.get("batch_size", 64))
-    if index is None:
-        index = corpus.build_index(
-            adapter,
-            variables,
-            prepared.videos,
-            mesh,
-            batch_size=int(evals_config.get("video_batch_size", batch_size)),
-            num_videos=prepared.num_videos,
-            video_ids=prepared.video_ids,
-        )
+    index = corpus.build_index(
+        adapter,
+        variables,
+        prepared.videos,
+        mesh,
+        batch_size=int(evals_config.get("video_batch_size", batch_size)),
+        num_videos=prepared.num_videos,
+        video_ids=prepared.video_ids,
+    )
     nms = float(evals_config.get("nms_thresh", -1.0))
     parts: dict[str, list[RankedPredictions]] = {}
     for start in range(0, len(prepared), batch_size):
         rows = np.arange(start, min(start + batch_size, len(prepared)))
+        # The last batch is padded to the same size, so the search compiles once.
         padded = np.concatenate([rows, np.full(batch_size - len(rows), -1)])
         batch = prepared.query_batch(padded)
         found = corpus.search(
@@ -172,18 +171,14 @@ def search_split(
             max_after=int(evals_config.get("max_predictions", 100)),
             nms_threshold=nms if nms > 0 else None,
             gt_video=prepared.video_row[np.maximum(padded, 0)],
+            video_values=video_values,
         )
-        for task, ranked in found.items():
-            keep = slice(0, len(rows))
+        n = len(rows)
+        for task, r in found.items():
             parts.setdefault(task, []).append(
-                RankedPredictions(
-                    ranked.video_idx[keep],
-                    ranked.st_ed[keep],
-                    ranked.score[keep],
-                    ranked.length[keep],
-                )
+                RankedPredictions(r.video_idx[:n], r.st_ed[:n], r.score[:n], r.length[:n])
             )
-    return {task: concat_ranked(p) for task, p in parts.items()}, index
+    return {task: concat_ranked(p) for task, p in parts.items()}
 
 
 def evaluate_split(
@@ -200,15 +195,11 @@ def evaluate_split(
 
     Returns ``(flat metrics, {task: lists with video2idx values}, ground truth)``.
     """
-    ranked, _ = search_split(adapter, variables, prepared, mesh, model_config, evals_config)
     gt = corpus_ground_truth(records, prepared.video_ids)
     values = np.array([gt.video2idx[v] for v in prepared.video_ids], np.int64)
-    predictions = {
-        task: RankedPredictions(
-            np.where(r.valid, values[np.maximum(r.video_idx, 0)], -1), r.st_ed, r.score, r.length
-        )
-        for task, r in ranked.items()
-    }
+    predictions = search_split(
+        adapter, variables, prepared, mesh, model_config, evals_config, values
+    )
     results = vcmr.evaluate_predictions(
         predictions,
         gt,
