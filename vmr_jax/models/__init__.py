@@ -43,9 +43,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from vmr_jax.models import mgpn, xml
+from vmr_jax.models import fvmr, mgpn, xml
 
-MODELS: dict[str, ModuleType] = {"mgpn": mgpn, "xml": xml}
+MODELS: dict[str, ModuleType] = {"fvmr": fvmr, "mgpn": mgpn, "xml": xml}
 
 
 def get_family(name: str) -> ModuleType:
