@@ -43,9 +43,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from vmr_jax.models import fvmr, mgpn, xml
+from vmr_jax.models import fvmr, mgpn, tan2d, xml
 
-MODELS: dict[str, ModuleType] = {"fvmr": fvmr, "mgpn": mgpn, "xml": xml}
+MODELS: dict[str, ModuleType] = {"fvmr": fvmr, "mgpn": mgpn, "tan2d": tan2d, "xml": xml}
 
 
 def get_family(name: str) -> ModuleType:
