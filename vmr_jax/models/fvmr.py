@@ -189,9 +189,7 @@ class MLP(nn.Module):
         init = _torch_uniform(x.shape[-1])
         x = nn.Dense(self.hidden, kernel_init=init, bias_init=init, name="fc1")(x)
         init = _torch_uniform(self.hidden)
-        return nn.Dense(self.features, kernel_init=init, bias_init=init, name="fc2")(
-            jax.nn.relu(x)
-        )
+        return nn.Dense(self.features, kernel_init=init, bias_init=init, name="fc2")(jax.nn.relu(x))
 
 
 class LevelAttention(nn.Module):
@@ -400,7 +398,9 @@ def distillation_loss(p_logits, q_logits, temperature: float) -> jnp.ndarray:
     teacher = jax.nn.softmax(jax.lax.stop_gradient(q_logits) / temperature, axis=-1)
     log_p = jax.nn.log_softmax(p_logits / temperature, axis=-1)
     prob = jnp.exp(log_p)
-    log_1mp = jnp.log(jnp.clip(1.0 - prob, np.finfo(np.float32).tiny, 1.0))
+    one_minus = 1.0 - prob
+    positive = one_minus > 0  # log(0) is -inf, which PyTorch clamps to -100
+    log_1mp = jnp.where(positive, jnp.log(jnp.where(positive, one_minus, 1.0)), -100.0)
     return jnp.mean(_bce_on_probs(log_p, log_1mp, teacher), axis=-1)
 
 
@@ -487,7 +487,5 @@ def example_batch(model_config, batch_size: int = 1, query_len: int = 10) -> dic
         batch["query_features"] = np.zeros(
             (batch_size, query_len, int(model_config.word_dim)), np.float32
         )
-    batch.update(
-        example_tree(batch_size, int(model_config.max_verbs), int(model_config.max_nouns))
-    )
+    batch.update(example_tree(batch_size, int(model_config.max_verbs), int(model_config.max_nouns)))
     return batch
