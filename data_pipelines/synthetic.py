@@ -35,6 +35,12 @@ recur across videos).  Scene draws use their own random streams, so ``num_scenes
 default) gives exactly the single-video benchmark above.  :func:`vcmr_chance_level` gives the
 VCMR recall of random retrieval.
 
+Semantic role tree (:class:`SyntheticTreeParser`, ``config.data.semantic_tree='synthetic'``):
+the query grammar gives the parse without spaCy -- the verb word is the root predicate, the
+adjective an ``amod`` of the noun (one noun phrase: its span runs from the adjective to the noun,
+fillers between included), the noun its object and the scene word a second argument (``obl``);
+fillers hang off the verb as ``dep`` and are in no node.
+
 Splits: videos are shuffled by the seed and cut by ``split_fractions`` into train / val / test
 (disjoint videos); a video's content depends only on (seed, video index), never on the split.
 
@@ -63,12 +69,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from data_pipelines.records import Record
+from vmr_jax.text.semantic_tree import Parse
 
 SPLITS = ("train", "val", "test")
 
@@ -190,6 +198,34 @@ class World:
         if len(types) != 1 or len(attrs) != 1:
             raise ValueError(f"not a synthetic query: {query_text!r}")
         return types[0], attrs[0]
+
+
+class SyntheticTreeParser:
+    """Parses synthetic queries by their grammar (module docstring); other text is an error."""
+
+    name = "synthetic"
+    version = "synthetic grammar 1"
+    _ROLES = {"verb": ("VERB", "ROOT"), "adj": ("ADJ", "amod"), "noun": ("NOUN", "dobj"),
+              "scene": ("NOUN", "obl")}  # fmt: skip
+
+    def parse_query(self, text: str) -> Parse:
+        words = text.split()
+        kinds = [re.fullmatch(r"(verb|adj|noun|scene)\d+", w) for w in words]
+        kinds = [m.group(1) if m else "filler" for m in kinds]
+        at = {k: [i for i, x in enumerate(kinds) if x == k] for k in self._ROLES}
+        if any(len(at[k]) != 1 for k in ("verb", "adj", "noun")) or len(at["scene"]) > 1:
+            raise ValueError(f"not a synthetic query (one verb, adj, noun): {text!r}")
+        verb, noun = at["verb"][0], at["noun"][0]
+        pos, deps, heads = [], [], []
+        for kind in kinds:
+            p, d = self._ROLES.get(kind, ("X", "dep"))
+            pos.append(p)
+            deps.append(d)
+            heads.append({"verb": -1, "adj": noun}.get(kind, verb))
+        return Parse.from_words(words, pos, deps, heads)
+
+    def parse(self, texts: Sequence[str]) -> list[Parse]:
+        return [self.parse_query(t) for t in texts]
 
 
 def _unit_rows(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
