@@ -1,0 +1,32 @@
+"""FVMR on ActivityNet Captions with C3D features (500-d PCA; paper Tables 1 and 3).
+
+Proposals as 2D-TAN's ``experiments/activitynet/2D-TAN-64x64-K9L4-pool.yaml``: 256 sampled
+clips pooled by 4 to a 64x64 map with NUM_SCALE_LAYERS [16, 8, 8], NMS 0.5, tIoU 0.3/0.5/0.7;
+paper training values (``config_presets.fvmr_benchmark``).  37,417 training queries -> 1,169
+steps per epoch.  Arguments (comma-separated): ``wo_sd`` (the "w/o SD" ablation),
+``runlocal`` (four steps).
+
+Data: ``vmr-jax data build --dataset activitynet --features c3d --data_dir DIR
+--output_dir data/vmr_jax/activitynet-c3d``; GloVe in ``data/glove.840B.300d.txt``; the role
+trees need ``pip install vmr_jax[srl]`` once (parsed at the first run, cached with the data).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from vmr_jax.config_presets import fvmr_benchmark
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    flags = {a.strip() for a in (arg or "").split(",") if a.strip()}
+    return fvmr_benchmark(
+        variant="activitynet",
+        dataset="activitynet",
+        features="c3d",
+        nms_thresh=0.5,
+        ious=(0.3, 0.5, 0.7),
+        steps_per_epoch=37417 // 32,
+        runlocal="runlocal" in flags,
+        without_distillation="wo_sd" in flags,
+    )

@@ -1,0 +1,33 @@
+"""FVMR on Charades-STA (paper Tables 1 and 4): VGG16 features by default, ``i3d`` for I3D.
+
+Proposals as 2D-TAN's ``experiments/charades/2D-TAN-16x16-K5L8-pool.yaml``: 256 sampled clips
+pooled by 16 to a 16x16 map (NUM_SCALE_LAYERS [16]: all 136 moments), NMS 0.45, tIoU 0.5/0.7;
+paper training values (``config_presets.fvmr_benchmark``).  12,404 training queries -> 387
+steps per epoch.  Arguments (comma-separated): ``i3d`` (I3D instead of VGG features),
+``wo_sd`` (the "w/o SD" ablation), ``runlocal`` (four steps).
+
+Data: ``vmr-jax data build --dataset charades_sta --features vgg --data_dir DIR
+--output_dir data/vmr_jax/charades_sta-vgg`` (or ``--features i3d``); GloVe in
+``data/glove.840B.300d.txt``; the role trees need ``pip install vmr_jax[srl]`` once.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from vmr_jax.config_presets import fvmr_benchmark
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    flags = {a.strip() for a in (arg or "").split(",") if a.strip()}
+    features = "i3d" if "i3d" in flags else "vgg"
+    return fvmr_benchmark(
+        variant=f"charades_{features}",
+        dataset="charades_sta",
+        features=features,
+        nms_thresh=0.45,
+        ious=(0.5, 0.7),
+        steps_per_epoch=12404 // 32,
+        runlocal="runlocal" in flags,
+        without_distillation="wo_sd" in flags,
+    )

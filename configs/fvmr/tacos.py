@@ -1,0 +1,32 @@
+"""FVMR on TACoS with C3D features (paper Tables 1-2).
+
+Proposals as 2D-TAN's ``experiments/tacos/2D-TAN-128x128-K5L8-pool.yaml``: 256 sampled clips
+pooled by 2 to a 128x128 map with NUM_SCALE_LAYERS [16, 8, 8, 8] (2,548 moments), NMS 0.4,
+tIoU 0.1/0.3/0.5/0.7; paper training values (``config_presets.fvmr_benchmark``).  9,790
+training queries -> 305 steps per epoch.  Arguments (comma-separated): ``wo_sd`` (the "w/o
+SD" ablation), ``runlocal`` (four steps).
+
+Data: ``vmr-jax data build --dataset tacos --features c3d --data_dir DIR
+--output_dir data/vmr_jax/tacos-c3d``; GloVe in ``data/glove.840B.300d.txt``; the role trees
+need ``pip install vmr_jax[srl]`` once (parsed at the first run, cached with the data).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from vmr_jax.config_presets import fvmr_benchmark
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    flags = {a.strip() for a in (arg or "").split(",") if a.strip()}
+    return fvmr_benchmark(
+        variant="tacos",
+        dataset="tacos",
+        features="c3d",
+        nms_thresh=0.4,
+        ious=(0.1, 0.3, 0.5, 0.7),
+        steps_per_epoch=9790 // 32,
+        runlocal="runlocal" in flags,
+        without_distillation="wo_sd" in flags,
+    )
