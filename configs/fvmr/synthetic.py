@@ -11,9 +11,9 @@ val metrics are compared with the benchmark's chance level (R@1,IoU=0.5 0.10, se
 
 The semantic role trees come from the benchmark's own grammar (``semantic_tree='synthetic'``:
 the verb word is the predicate, the adjective + noun phrase and the scene word its
-arguments), so no parser is needed.  Optimiser: the paper's Adam 2e-4 is slow for a 500-step
-run, so this run uses 1e-3; the distillation warm-up is 2 epochs (160 steps of the 80-step epochs) instead
-of 8 because the whole run is about 6 epochs.
+arguments), so no parser is needed.  Optimiser: the paper's Adam 2e-4 is slow for a
+500-step run, so this run uses 1e-3; the distillation warm-up is 2 epochs (160 steps of the
+80-step epochs) instead of 8 because the whole run is about 6 epochs.
 """
 
 from __future__ import annotations
