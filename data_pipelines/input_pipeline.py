@@ -36,6 +36,19 @@ Text (``text_mode``):
   random vectors with ``glove_missing='random'``.  The vocabulary is every word of every split:
   the vectors are fixed, so this is the same as reading the whole GloVe table, as MGPN does.
 
+Semantic role tree (FVMR, ``semantic_tree`` = ``'spacy'`` or ``'synthetic'``; ``''``, the
+default, adds nothing): every query's tree by :mod:`vmr_jax.text.semantic_tree` -- batch keys
+``tree_verbs [B, tree_max_verbs, 2] i32`` and ``tree_nouns [B, tree_max_nouns, 2] i32``
+(inclusive word spans, ``-1, -1`` for absent nodes) and ``tree_edges [B, tree_max_verbs,
+tree_max_nouns] f32``, positions in :func:`~vmr_jax.text.tokenizer.split_words` of the query cut
+to ``max_query_len`` (nodes past the limits dropped by rule, counted in
+``PreparedSplit.tree_summary`` and logged).  The text encoding must give one row per word: a
+SentencePiece tokenizer, or token features with other rows than words (a built dataset's
+RoBERTa tokens), is an error.  ``'spacy'`` parses with ``spacy_model`` (``pip install
+'vmr_jax[srl]'``) once per dataset: parses are cached by query text in ``tree_cache`` or, for
+a built dataset, in ``<dir>/semantic_parses_spacy-<model>.json`` (written on first use; a
+complete cache never loads spaCy).  ``'synthetic'`` uses the synthetic benchmark's grammar.
+
 Lengths: queries longer than ``max_query_len`` keep their first ``max_query_len`` tokens; the
 number cut is logged per split and stored in ``PreparedSplit.num_truncated``.  A query with no
 token (e.g. only punctuation) is an error naming it.  Spans: ``max_spans`` slots (0: the most
@@ -52,6 +65,7 @@ non-degenerate inputs) with ``valid = 0`` and ``query_index = -1``: every query 
 Config fields read (``config.data``): ``name``, ``num_input_clips``, ``normalize``,
 ``text_mode``, ``tokenizer``, ``max_query_len``, ``vocab_size``, ``min_word_count``,
 ``sentencepiece_model``, ``glove_path``, ``glove_missing``, ``max_spans``, ``prefetch``,
+``semantic_tree``, ``spacy_model``, ``tree_max_verbs``, ``tree_max_nouns``, ``tree_cache``,
 ``seed`` (synthetic data seed) and ``synthetic`` (the ``SyntheticSpec`` fields).  Fields with a
 default in :data:`DATA_DEFAULTS` may be left out.  Batch sizes and the shuffle seed are
 arguments.
@@ -69,7 +83,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from data_pipelines import synthetic
+from data_pipelines import query_trees, synthetic
 from data_pipelines.records import Record
 from data_pipelines.stored import StoredDataset, StoredSplit
 from data_pipelines.video_tables import (  # noqa: F401  (resampling helpers re-exported)
@@ -106,6 +120,11 @@ DATA_DEFAULTS: dict[str, Any] = {
     "dir": "",
     "prefetch": 2,
     "seed": 0,
+    "semantic_tree": "",
+    "spacy_model": "en_core_web_sm",
+    "tree_max_verbs": 4,  # FVMR's limits
+    "tree_max_nouns": 6,
+    "tree_cache": "",
 }
 TEXT_MODES = ("tokens", "features", "glove")
 
@@ -193,6 +212,7 @@ class PreparedSplit:
     query_ids: list[str]
     num_truncated: int
     query_features: Callable[[np.ndarray], np.ndarray] | None = None
+    tree_summary: dict[str, float] | None = None  # semantic trees: kept nodes and drops
 
     def __len__(self) -> int:
         return len(self.query_ids)
@@ -319,6 +339,21 @@ def prepare_split(
             len(records),
             max_len,
         )
+    tree_summary = None
+    if _field(config_data, "semantic_tree"):
+        trees, tree_summary = query_trees.query_trees(
+            records,
+            _field(config_data, "semantic_tree"),
+            text_mode=text.mode,
+            word_tokens=isinstance(text.encoder, Vocabulary),
+            spacy_model=_field(config_data, "spacy_model"),
+            cache=_field(config_data, "tree_cache"),
+            max_verbs=_field(config_data, "tree_max_verbs"),
+            max_nouns=_field(config_data, "tree_max_nouns"),
+            max_words=max_len,
+            name=name,
+        )
+        query.update(trees)
     query.update(
         duration=np.asarray([r.duration_s for r in records], np.float32),
         spans=spans,
@@ -332,6 +367,7 @@ def prepare_split(
         query_ids=[r.query_id for r in records],
         num_truncated=int(truncated),
         query_features=lazy_tokens,
+        tree_summary=tree_summary,
     )
 
 
