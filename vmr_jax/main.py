@@ -2,6 +2,7 @@
 
     vmr-jax train --config configs/mgpn/synthetic.py[:arg] --workdir DIR [--config.a.b=v ...]
     vmr-jax eval  --workdir DIR [--step N|best] [--split test] [--config.a.b=v ...]
+    vmr-jax predict --workdir DIR [--split test | --features F.h5 --queries Q.json] [--output F]
     vmr-jax bench --config configs/mgpn/synthetic.py [--variant charades_i3d] [--batch_size 64]
     vmr-jax score --protocol tvr|didemo|2dtan|mmn --ground-truth GT --predictions FILE
     vmr-jax data  build|validate|stats --dataset charades_sta --features i3d --data_dir DIR
@@ -71,6 +72,78 @@ def _eval(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2, sort_keys=True))
         print(f"results: {result['results_path']}")
         print(f"predictions: {result['predictions_path']}")
+    return 0
+
+
+# --------------------------------------------------------------------------- predict
+PREDICT_EPILOG = """\
+Supported: single-video families (fvmr through its saved common-space gallery, mgpn and tan2d
+through the eval forward pass and the official 2D-TAN decoding); corpus families (xml) are
+evaluated by `vmr-jax eval`.  Own files: --features is an .h5/.hdf5 (one [T, D] dataset per
+video id) or .npz keyed by video id; --queries a JSON list of {"query_id", "video_id",
+"duration" (seconds), "query" (text)}.  They need a text_mode whose inputs can be rebuilt from
+text: 'tokens' (word vocabulary of the configured train split, or the SentencePiece file) or
+'glove' (data.glove_path); 'features' (precomputed token features) is refused.  The configured
+data must be readable, as for `vmr-jax eval`.  Output: one JSON file, format
+'vmr-jax-predictions/1' (vmr_jax/predict.py): a header (model, method, source, step,
+checkpoint, top_k, nms_thresh, time_unit) and per query {query_id, video_id, duration,
+moments: [[start_s, end_s, score], ...] best first}.
+"""
+
+
+def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = PREDICT_EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--workdir", required=True, help="a training workdir")
+    parser.add_argument("--step", default=None, help="checkpoint step, or 'best' (default: latest)")
+    parser.add_argument("--split", default=None, help="split of the configured data (evals.split)")
+    parser.add_argument("--features", default=None, help="own video features: .h5/.hdf5/.npz")
+    parser.add_argument("--queries", default=None, help="own queries: JSON list (see below)")
+    parser.add_argument(
+        "--output", default=None, help="default WORKDIR/predict/<name>_step<N>.json"
+    )
+    parser.add_argument("--top_k", type=int, default=None, help="default max(evals.recalls)")
+    parser.add_argument("--nms_thresh", type=float, default=None, help="default evals.nms_thresh")
+    parser.add_argument(
+        "--method",
+        default="auto",
+        choices=("auto", "gallery", "forward"),
+        help="auto: FVMR through its gallery, others through the forward pass",
+    )
+    parser.add_argument(
+        "--rebuild_gallery", action="store_true", help="FVMR: re-encode the saved gallery"
+    )
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from data_pipelines.annotations import DataError
+    from vmr_jax import predict, sharding
+
+    sharding.initialize_distributed()
+    step = args.step if args.step in (None, "best") else int(args.step)
+    try:
+        result = predict.predict_workdir(
+            args.workdir,
+            step=step,
+            split=args.split,
+            features=args.features,
+            queries=args.queries,
+            output=args.output,
+            top_k=args.top_k,
+            nms_thresh=args.nms_thresh,
+            method=args.method,
+            rebuild_gallery=args.rebuild_gallery,
+            overrides=args.config_overrides,
+        )
+    except (predict.PredictError, DataError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if sharding.is_main_process():
+        keys = ("model", "method", "source", "step", "num_queries", "top_k", "nms_thresh")
+        print(json.dumps({k: result[k] for k in keys}, indent=2, sort_keys=True))
+        if result["gallery"]:
+            print(f"gallery: {result['gallery']}")
+        print(f"predictions: {result['output']}")
     return 0
 
 
@@ -170,6 +243,9 @@ def _data(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Command] = {
     "train": Command("train (and evaluate) a model", _add_train_arguments, _train),
     "eval": Command("evaluate a checkpoint of a workdir", _add_eval_arguments, _eval),
+    "predict": Command(
+        "ranked moments of a checkpoint for a split or own files", _add_predict_arguments, _predict
+    ),
     "bench": Command("measure compile time, throughput, memory", _add_bench_arguments, _bench),
     "score": Command(
         "score a predictions file under an official protocol", _add_score_arguments, _score

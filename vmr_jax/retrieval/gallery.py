@@ -417,6 +417,7 @@ def search(
     top_k: int = 5,
     nms_thresh: float = 0.5,
     *,
+    durations: Any | None = None,
     query_chunk: int = 32,
     exact_nms: bool | None = None,
 ) -> Moments:
@@ -426,6 +427,7 @@ def search(
       query_emb: ``[Q, D]`` ``phi_s(s)`` (:func:`encode_queries`).
       video_index: ``[Q]`` gallery rows (:meth:`Gallery.rows` maps video ids to rows).
       top_k: moments kept per query; nms_thresh: drop IoU ``> nms_thresh`` with a kept one.
+      durations: ``[Q]`` seconds of each query's video (default: the gallery's).
       query_chunk: queries scored at once per device (memory ``chunk * C * D`` floats).
       exact_nms: float64 NMS (default: where the backend has float64).
     Returns: :class:`Moments` (``times [Q, top_k, 2]``, ``scores [Q, top_k]``).
@@ -445,6 +447,9 @@ def search(
         )
     if int(top_k) < 1:
         raise GalleryError(f"top_k must be >= 1, got {top_k}")
+    if durations is None:
+        durations = gallery.durations[rows]
+    durations = _check_durations(durations, len(rows))
     devices = _data_size(gallery.mesh)
     per_shard = gallery.moments.shape[0] // devices
     shard = rows // per_shard
@@ -462,7 +467,7 @@ def search(
     slot_durations = np.ones(total, np.float32)
     slot_query[slots] = query_emb
     slot_rows[slots] = rows - shard * per_shard
-    slot_durations[slots] = gallery.durations[rows]
+    slot_durations[slots] = durations
     exact = _exact_nms(exact_nms)
     plan = _SearchPlan(
         gallery.num_clips,
