@@ -195,6 +195,9 @@ class Parse:
 def word_char_spans(text: str) -> list[tuple[int, int]]:
     """Character span in ``text`` of every word of ``split_words(text)`` (which lower-cases
     first; a character may lower-case to several, so offsets are mapped back)."""
+    low = text.lower()
+    if len(low) == len(text):
+        return [m.span() for m in _WORD.finditer(low)]
     owner: list[int] = []
     lowered = []
     for i, ch in enumerate(text):
