@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from vmr_jax.models import fvmr, mgpn
+from vmr_jax.models import fvmr, mgpn, tan2d
 
 
 def mgpn_benchmark(
@@ -182,6 +182,99 @@ def fvmr_benchmark(
     config.evals.recalls = (1, 5)
     config.evals.ious = tuple(ious)
     config.evals.nms_thresh = nms_thresh
+    config.evals.every = 0 if runlocal else steps_per_epoch
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.shape = (-1, 1)  # ('data', 'model')
+    config.mesh.fsdp = False
+
+    config.lock()
+    return config
+
+
+def tan2d_benchmark(
+    arg: str | None,
+    *,
+    dataset: str,
+    features: str,
+    yamls: dict[str, dict],
+    steps_per_epoch: int,
+) -> ml_collections.ConfigDict:
+    """2D-TAN on a built benchmark with the official training values (microsoft/2D-TAN YAML).
+
+    Args:
+      arg: the config file's argument, comma-separated: ``conv`` (default) or ``pool`` picks the
+        YAML (``SparsePropConv`` / ``SparsePropMaxPool``), ``runlocal`` a few steps with a small
+        batch; e.g. ``"pool,runlocal"``.
+      dataset, features: the built dataset (``vmr-jax data build --dataset D --features F``),
+        expected in ``data/vmr_jax/<D>-<F>`` unless ``--config.data.dir`` says otherwise.
+      yamls: ``{'conv': values, 'pool': values}``; values hold ``variant`` (key of
+        ``tan2d.VARIANTS``), ``nms_thresh``, ``ious`` (TEST.TIOU) and ``eval_split`` (``test``
+        for ``NO_VAL: True``, else ``val``).
+      steps_per_epoch: training queries // batch size, so that evaluation and checkpoints come
+        once per epoch as in the official loop.
+
+    Shared by every 2D-TAN YAML: TRAIN.BATCH_SIZE 32, LR 1e-4, WEIGHT_DECAY 0, MAX_EPOCH 100,
+    Adam betas 0.9/0.999, ``clip_grad_norm_`` 10 (``moment_localization/train.py``),
+    TEST.BATCH_SIZE 32, RECALL 1,5, DATASET.NUM_SAMPLE_CLIPS 256, NORMALIZE True.  The official
+    ``ReduceLROnPlateau`` (factor 0.8, patience 20 epochs, on the val loss of the YAMLs with a
+    val split) has no counterpart in the trainer: the LR stays constant.
+    """
+    tokens = [t for t in (arg or "").split(",") if t]
+    unknown = sorted(set(tokens) - {"conv", "pool", "runlocal"})
+    if unknown or ("conv" in tokens and "pool" in tokens):
+        raise ValueError(f"config arg {arg!r}: expected 'conv' or 'pool', optionally ',runlocal'")
+    runlocal = "runlocal" in tokens
+    official = yamls["pool" if "pool" in tokens else "conv"]
+    batch_size = 32
+
+    config = ml_collections.ConfigDict()
+
+    config.model = ml_collections.ConfigDict(dict(tan2d.VARIANTS[official["variant"]]))
+    config.model.name = "tan2d"
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = dataset
+    config.data.features = features
+    config.data.dir = f"data/vmr_jax/{dataset}-{features}"
+    config.data.seed = 0
+    # DATASET.NUM_SAMPLE_CLIPS = clips x TARGET_STRIDE, averaged with the 2D-TAN rule.
+    config.data.num_input_clips = config.model.num_clips * config.model.frame_stride
+    config.data.clip_sampling = "resample"
+    config.data.normalize = True  # DATASET.NORMALIZE
+    # GloVe 840B 300-d vectors, as the datasets' torchtext vocab (see mgpn_benchmark).
+    config.data.text_mode = "glove"
+    config.data.glove_path = "data/glove.840B.300d.txt"
+    config.data.glove_missing = "zero"
+    config.data.max_query_len = 64
+    config.data.max_spans = 1
+    config.data.prefetch = 2
+
+    config.train = ml_collections.ConfigDict()
+    config.train.seed = 0
+    config.train.batch_size = 4 if runlocal else batch_size
+    config.train.num_epochs = 0 if runlocal else 100
+    config.train.num_steps = 4 if runlocal else 0
+    config.train.lr = 1e-4
+    config.train.b1 = 0.9
+    config.train.b2 = 0.999
+    config.train.milestones = ()
+    config.train.grad_clip_norm = 10.0
+    config.train.log_every = 1 if runlocal else 50
+    config.train.checkpoint_every = 2 if runlocal else steps_per_epoch
+    config.train.keep = 3
+    config.train.best_metric = "R@1,IoU=0.5"
+    config.train.best_mode = "max"
+    config.train.async_checkpointing = True
+    config.train.progress_bar = True
+
+    config.evals = ml_collections.ConfigDict()
+    config.evals.split = official["eval_split"]
+    config.evals.batch_size = 4 if runlocal else batch_size
+    config.evals.protocol = "2dtan"
+    config.evals.recalls = (1, 5)
+    config.evals.ious = tuple(official["ious"])
+    config.evals.nms_thresh = official["nms_thresh"]
     config.evals.every = 0 if runlocal else steps_per_epoch
 
     config.mesh = ml_collections.ConfigDict()

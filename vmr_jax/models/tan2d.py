@@ -153,21 +153,22 @@ VARIANTS: dict[str, dict[str, Any]] = {
         **_K9L4,
     ),
     # Small and fast, for tests and the synthetic benchmark: two scales (the official code can
-    # run this one: the second scale starts on an odd length), three 5x5 map convs.
+    # run this one: the second scale starts on an odd length), three 3x3 map convs whose first
+    # pads by 3 (16 -> 20 -> 18 -> 16, the official grow-then-shrink pattern).
     "tiny": dict(
         DEFAULTS,
         feature_dim=32,
-        hidden=32,
+        hidden=16,
         num_clips=16,
         frame_stride=2,
         num_scale_layers=(8, 4),
         word_dim=32,
-        txt_hidden=32,
+        txt_hidden=16,
         lstm_layers=1,
-        map_hidden=(32, 32, 32),
-        map_kernels=(5, 5, 5),
+        map_hidden=(16, 16, 16),
+        map_kernels=(3, 3, 3),
         map_strides=(1, 1, 1),
-        map_paddings=(6, 0, 0),
+        map_paddings=(3, 0, 0),
         map_dilations=(1, 1, 1),
     ),
 }
