@@ -17,6 +17,7 @@ GOLDEN_DIR = Path(
 # fixture name -> golden file prefix; each test taking the fixture runs once per file.
 GOLDEN_FIXTURES = {
     "mgpn_golden": "mgpn",
+    "tan2d_golden": "tan2d",
     "didemo_eval_golden": "eval_didemo",
     "tvr_eval_golden": "eval_tvr",
     "xml_golden": "xml",
