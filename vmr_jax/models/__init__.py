@@ -36,6 +36,9 @@ spans                [B, S, 2] f32       ground-truth [start, end] seconds (S >=
 span_mask            [B, S] f32          1 for real spans
 query_index          [B] i32             record index in its split, -1 for padding
 valid                [B] f32             1 for real examples, 0 for eval padding
+tree_verbs           [B, Nv, 2] i32      semantic role tree (``config.data.semantic_tree``,
+tree_nouns           [B, Nn, 2] i32      FVMR): inclusive word spans of the verb / noun
+tree_edges           [B, Nv, Nn] f32     nodes (-1 = absent) and verb-noun argument links
 ===================  ==================  ===================================================
 """
 
