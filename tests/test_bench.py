@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vmr_jax import bench, config_cli
+from vmr_jax import bench, config_cli, query_speed
 from vmr_jax.models import mgpn
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "mgpn" / "synthetic.py")
@@ -65,3 +65,40 @@ def test_search_bench_reports_every_corpus_size(jax_compilation_cache):
     ratio = report["search"][1]["index_mib"] / report["search"][0]["index_mib"]
     assert ratio == pytest.approx(30 / 12)
     assert report["clips_per_video"] == 20 and report["queries_per_batch"] == 5
+
+
+@pytest.mark.slow
+def test_query_speed_report_structure(jax_compilation_cache):
+    """TE / CML / ALL of FVMR and 2D-TAN on tiny shapes: every number there, ALL = TE + CML,
+    FVMR's CML dot costs C * D multiply-adds (XLA cost analysis)."""
+    report = query_speed.run_query_speed_bench(
+        ("tiny",), query_len=6, queries=4, videos=3, pairs=2, steps=1, warmup=0
+    )
+    assert report["platform"] == "cpu" and report["query_len"] == 6 and report["top_k"] == 5
+    entry = report["shapes"]["tiny"]
+    assert entry["cells"] == 114 and entry["embed_dim"] == 64  # 16 clips, (8, 4); D = 64
+    for family in ("fvmr", "tan2d"):
+        e = entry[family]
+        assert e["variant"] == "tiny"
+        for how in ("batch1", "amortised"):
+            for part in ("te_ms", "cml_ms"):
+                assert np.isfinite(e[part][how]) and e[part][how] > 0, (family, part, how)
+                assert e[part][f"{how}_repeats"] == 1
+            assert e["all_ms"][how] == pytest.approx(e["te_ms"][how] + e["cml_ms"][how])
+    cml = entry["fvmr"]["cml_ms"]
+    assert (cml["queries"], cml["videos"], entry["tan2d"]["cml_ms"]["pairs"]) == (4, 3, 2)
+    assert cml["flops"]["batch1_dot"] == cml["flops"]["expected_dot_2CD"] == 2 * 114 * 64
+    assert cml["flops"]["batch1"] >= cml["flops"]["batch1_dot"]
+    assert entry["fvmr"]["search_ms"]["queries"] == 4
+    assert set(entry["cml_speedup"]) == {"batch1", "amortised"}
+    assert "paper_table1_ms" not in entry
+    table = query_speed.format_table(report).splitlines()
+    assert len(table) == 1 + 4 and table[1].split()[:3] == ["tiny", "fvmr", "batch1"]
+
+
+def test_timed_ms_stops_after_the_budget_and_takes_the_median():
+    calls = []
+    out = query_speed.timed_ms(lambda: calls.append(1), steps=10, warmup=2, budget_s=0.0)
+    assert out["repeats"] == 3 and len(calls) == 5  # 2 warm-up calls, then the minimum 3
+    out = query_speed.timed_ms(lambda: calls.append(1), steps=4, warmup=0, budget_s=1e9)
+    assert out["repeats"] == 4 and out["ms"] >= 0

@@ -15,6 +15,12 @@ compile), ``train_steps_per_s`` and ``train_examples_per_s`` (steady state, afte
 where the backend reports it, ``device_peak_memory_mib`` plus the compiled temp sizes.
 Speed is measured here, never asserted by tests.
 
+``--query-speed tacos,activitynet`` measures the test-time cost of one query in the FVMR paper's
+Table 1 terms (TE, CML, ALL in ms; FVMR and 2D-TAN at the paper's shapes, batch-1 and
+amortised): :mod:`vmr_jax.query_speed`, whose text table also goes to stderr::
+
+    vmr-jax bench --config configs/mgpn/synthetic.py --query-speed tacos,activitynet --steps 5
+
 ``--data-only`` times the config's input pipeline instead (:func:`run_data_bench`): host
 batches per second at the config's (or ``--batch_size``) batch, from the synthetic benchmark
 or the built dataset in ``config.data.dir``::
@@ -427,6 +433,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--clips", type=int, default=100, help="clips per video (--search)")
     parser.add_argument(
+        "--query-speed",
+        "--query_speed",
+        dest="query_speed",
+        default=None,
+        help="shapes, e.g. tacos,activitynet: TE/CML/ALL ms per query (FVMR paper, Table 1)",
+    )
+    parser.add_argument("--videos", type=int, default=64, help="--query-speed: gallery videos")
+    parser.add_argument("--pairs", type=int, default=2, help="--query-speed: 2D-TAN CML batch")
+    parser.add_argument(
+        "--budget_s", type=float, default=60.0, help="--query-speed: timed seconds per number"
+    )
+    parser.add_argument(
+        "--no_tan2d", action="store_true", help="--query-speed: FVMR only, no 2D-TAN beside it"
+    )
+    parser.add_argument(
         "--data-only",
         "--data_only",
         dest="data_only",
@@ -446,7 +467,24 @@ def main(args: argparse.Namespace) -> int:
     for key, value in getattr(args, "config_overrides", ()):
         config_cli.apply_override(config, key, value)
     config.lock()
-    if args.search:
+    if args.query_speed:
+        from vmr_jax import query_speed
+
+        report = query_speed.run_query_speed_bench(
+            tuple(x for x in args.query_speed.split(",") if x),
+            query_len=args.query_len or 20,
+            queries=args.eval_batch_size or 64,
+            videos=args.videos,
+            pairs=args.pairs,
+            top_k=max(int(n) for n in config.evals.get("recalls", (1, 5))),
+            nms_thresh=float(config.evals.get("nms_thresh", 0.5)),
+            steps=args.steps,
+            warmup=args.warmup,
+            budget_s=args.budget_s,
+            compare_tan2d=not args.no_tan2d,
+        )
+        print(query_speed.format_table(report), file=sys.stderr)
+    elif args.search:
         report = run_search_bench(
             config,
             tuple(int(x) for x in args.search.split(",") if x),
