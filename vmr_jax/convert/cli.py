@@ -4,6 +4,9 @@
         --workdir DIR [--config configs/mgpn/charades_i3d.py] [--config.x=y ...]
     vmr-jax convert --model xml --checkpoint model.ckpt [--opt opt.json] --workdir DIR \
         [--config configs/xml/tvr.py] [--config.x=y ...]
+    vmr-jax convert --model tan2d --checkpoint iter005418-0.4277-0.8062.pkl \
+        --yaml experiments/charades/2D-TAN-16x16-K5L8-conv.yaml --workdir DIR \
+        [--config configs/tan2d/charades.py:conv] [--config.x=y ...]
 
 XML (jayleicn/TVRetrieval): the official ``model.ckpt`` holds the state_dict and the model
 config; ``--opt`` (the run's ``opt.json``) gives the options instead.  Model fields come from
@@ -12,9 +15,11 @@ them (``vmr_jax.convert.xml.config_from_official``); the rest of the config from
 
 The config is ``--config`` (a vmr_jax config file) with the model, optimiser and evaluation
 fields of ``--yaml`` written over it; with ``--yaml`` alone the rest of the config (mesh,
-logging, checkpoint policy) comes from ``configs/mgpn/synthetic.py`` and the data fields from
-the YAML.  The converted weights are saved as the step-0 checkpoint of the workdir, next to
-``config.json``, so ``vmr-jax eval --workdir DIR`` evaluates them like a trained run.
+logging, checkpoint policy) comes from ``configs/<model>/synthetic.py`` and the data fields from
+the YAML.  2D-TAN (microsoft/2D-TAN): official checkpoints are ``torch.save``'d state_dicts;
+the YAML is read by ``vmr_jax.convert.tan2d.config_from_yaml``.  The converted weights are
+saved as the step-0 checkpoint of the workdir, next to ``config.json``, so
+``vmr-jax eval --workdir DIR`` evaluates them like a trained run.
 """
 
 from __future__ import annotations
@@ -25,15 +30,18 @@ import os
 import jax
 import ml_collections
 
-CONVERTERS = {"mgpn": "vmr_jax.convert.mgpn", "xml": "vmr_jax.convert.xml"}
+CONVERTERS = {
+    "mgpn": "vmr_jax.convert.mgpn",
+    "tan2d": "vmr_jax.convert.tan2d",
+    "xml": "vmr_jax.convert.xml",
+}
 _CONFIGS = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "configs")
-_DEFAULT_CONFIG = os.path.join(_CONFIGS, "mgpn", "synthetic.py")
 _DEFAULT_XML_CONFIG = os.path.join(_CONFIGS, "xml", "tvr.py")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="official state_dict (.pkl/.pth/.npz)")
-    parser.add_argument("--yaml", default=None, help="official experiment YAML (MGPN)")
+    parser.add_argument("--yaml", default=None, help="official experiment YAML (MGPN, 2D-TAN)")
     parser.add_argument("--opt", default=None, help="official opt.json (XML)")
     parser.add_argument("--config", default=None, help="vmr_jax config file, path.py[:arg]")
     parser.add_argument("--model", default="mgpn", choices=sorted(CONVERTERS))
@@ -41,15 +49,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_config(
-    config_spec: str | None, yaml_path: str | None, overrides=()
+    config_spec: str | None, yaml_path: str | None, overrides=(), model_name: str = "mgpn"
 ) -> ml_collections.ConfigDict:
-    """The run config: config file (or the synthetic default) with the YAML's fields on top."""
-    from vmr_jax import config_cli
-    from vmr_jax.convert.mgpn import config_from_yaml
+    """The run config: config file (or the family's synthetic default) with the YAML's fields
+    on top (``model_name``: ``mgpn`` or ``tan2d``, whose YAML reader is used)."""
+    import importlib
 
+    from vmr_jax import config_cli
+
+    config_from_yaml = importlib.import_module(CONVERTERS[model_name]).config_from_yaml
     if config_spec is None and yaml_path is None:
         raise ValueError("convert needs --config, --yaml or both")
-    base = config_cli.load_config(config_spec or os.path.normpath(_DEFAULT_CONFIG))
+    default = os.path.join(_CONFIGS, model_name, "synthetic.py")
+    base = config_cli.load_config(config_spec or os.path.normpath(default))
     config = ml_collections.ConfigDict(base.to_dict())
     if yaml_path is not None:
         official = config_from_yaml(yaml_path)
@@ -117,12 +129,14 @@ def convert_to_workdir(
         variables = converter.convert_xml(
             converter.load_checkpoint(checkpoint), config.model, reference
         )
+    elif model_name == "tan2d":
+        variables = converter.convert_tan2d(load_state_dict(checkpoint), config.model, reference)
     else:
         variables = converter.convert_mgpn(load_state_dict(checkpoint), config.model, reference)
     shard = lambda new, old: jax.device_put(new, old.sharding)  # noqa: E731
     state = state.replace(
         params=jax.tree.map(shard, variables["params"], state.params),
-        batch_stats=jax.tree.map(shard, variables["batch_stats"], state.batch_stats),
+        batch_stats=jax.tree.map(shard, variables.get("batch_stats", {}), state.batch_stats),
     )
     os.makedirs(workdir, exist_ok=True)
     checkpointing.save_config(config, workdir)
@@ -137,7 +151,7 @@ def main(args: argparse.Namespace) -> int:
     if args.model == "xml":
         config = build_xml_config(args.config, args.checkpoint, args.opt, overrides)
     else:
-        config = build_config(args.config, args.yaml, overrides)
+        config = build_config(args.config, args.yaml, overrides, args.model)
     path = convert_to_workdir(args.checkpoint, config, args.workdir, args.model)
     print(f"converted {args.checkpoint} -> {path} (step 0); config: {args.workdir}/config.json")
     return 0

@@ -208,7 +208,10 @@ def config_from_yaml(path: str | os.PathLike) -> ml_collections.ConfigDict:
             name={"Charades": "charades_sta", "TACoS": "tacos", "ActivityNet": "activitynet"}.get(
                 name, name.lower()
             ),
-            features=str(dataset.get("VIS_INPUT_TYPE", "")),
+            # VIS_INPUT_TYPE: vgg_rgb (Charades-STA) is the "vgg" feature set here; c3d is c3d.
+            features={"vgg_rgb": "vgg"}.get(
+                str(dataset.get("VIS_INPUT_TYPE", "")), str(dataset.get("VIS_INPUT_TYPE", ""))
+            ),
             num_input_clips=num_sample,
             normalize=bool(dataset.get("NORMALIZE", False)),
             text_mode="features",
