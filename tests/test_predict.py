@@ -13,9 +13,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+from data_pipelines.input_pipeline import TextInputs
 from vmr_jax import checkpointing, config_cli, main, predict, sharding, trainer
 from vmr_jax.models import get_family
 from vmr_jax.retrieval import gallery
+from vmr_jax.text.tokenizer import Vocabulary
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "mgpn" / "synthetic.py")
 
@@ -212,3 +214,26 @@ def test_bad_requests_name_the_input(tmp_path, capsys):
     checkpointing.save_config(config, str(xml_dir))
     assert main.main(["predict", "--workdir", str(xml_dir)]) == 2
     assert "vmr-jax eval" in capsys.readouterr().err
+
+
+def test_query_text_is_encoded_as_the_pipeline_does(tmp_path):
+    """Tokens: the training vocabulary (unknown words -> 1), cut at max_query_len.  GloVe: the
+    training table, words it never saw read from the GloVe file (zeros when absent)."""
+    vocab = Vocabulary(["<pad>", "<unk>", "person", "opens", "door"])
+    config_data = ml_collections.ConfigDict({"max_query_len": 3, "glove_path": ""})
+    tokens = predict._text_arrays(
+        ["Person opens the door", "door"], TextInputs("tokens", vocab), config_data, "q.json"
+    )
+    np.testing.assert_array_equal(tokens["query_tokens"], [[2, 3, 1], [4, 0, 0]])
+    np.testing.assert_array_equal(tokens["query_mask"], [[1, 1, 1], [1, 0, 0]])
+    glove = tmp_path / "glove.txt"
+    glove.write_text("closes 1.5 -2.0\nperson 9.0 9.0\n")
+    table = np.array([[0, 0], [0, 0], [1, 2], [3, 4], [5, 6]], np.float32)
+    config_data.glove_path = str(glove)
+    out = predict._text_arrays(
+        ["person closes the door"], TextInputs("glove", vocab, table), config_data, "q.json"
+    )
+    # 'person' keeps its training row (not the file's), 'closes' is read, 'the' is absent.
+    np.testing.assert_array_equal(out["query_features"][0], [[1, 2], [1.5, -2.0], [0, 0]])
+    with pytest.raises(predict.PredictError, match="text_mode='features'"):
+        predict._text_arrays(["door"], TextInputs("features"), config_data, "q.json")
