@@ -34,7 +34,7 @@ Output (``--output``, default ``WORKDIR/predict/<name>_step<N>.json``)::
 
 ``predictions`` are in input order (split records / queries file); ``moments`` best first after
 NMS (``nms_thresh``, default ``evals.nms_thresh``), at most ``top_k`` (default
-``max(evals.recalls)``), scores in (0, 1).
+``max(evals.recalls)``), scores in (0, 1).  One process (any number of local devices).
 """
 
 from __future__ import annotations
@@ -433,6 +433,8 @@ def predict_workdir(
         raise PredictError("give either --split or --features/--queries, not both")
     if method not in METHODS:
         raise PredictError(f"method must be one of {METHODS}, got {method!r}")
+    if jax.process_count() > 1:
+        raise PredictError("vmr-jax predict runs in a single process")
     config = checkpointing.load_config(workdir)
     for key, value in overrides:
         config_cli.apply_override(config, key, value)

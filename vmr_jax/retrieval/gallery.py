@@ -1,40 +1,36 @@
 """FVMR's common-space gallery: every moment of every video encoded once, queries answered by
-dot products (Gao & Xu, ICCV 2021, section 3.3 "Inference": "the visual moment features
-phi_m(m_i) can be pre-calculated and stored in a gallery database").
+dot products (Gao & Xu, ICCV 2021, 3.3 "Inference": "the visual moment features phi_m(m_i) can
+be pre-calculated and stored in a gallery database").
 
-Gallery (:func:`build_gallery`): ``moments [V_pad, C, D]``, ``phi_m(m)`` of the ``C`` valid cells
-of the sparse 2D map (``moment_map.valid_cells`` order) of every video, in batches sharded on
-the mesh's ``data`` axis, kept as one global array sharded on ``data`` along the video axis.
-``V`` is padded to a multiple of the ``data`` size with zero rows that no query can reach.  With
-it: ``video_ids``, ``durations`` (seconds, float32 as the input pipeline holds them), the map
-geometry (``num_clips``, ``pooling_counts``) and free-form JSON ``metadata`` (e.g. the
-checkpoint it was encoded with).  Memory: ``V * C * D * 4`` bytes (TACoS test, 25 videos x
-2,548 cells x 512: 130 MB; ActivityNet val, ~4,900 videos x 1,104 x 512: 11 GB), held once on
-the host while it is built.  :meth:`Gallery.save` / :meth:`Gallery.load` use orbax (plus
-``gallery.json``); ``load`` places the array straight onto any mesh (orbax pads or drops the
-zero padding rows), so a gallery is encoded once.
+Gallery (:func:`build_gallery`): ``moments [V_pad, C, D]`` = ``phi_m(m)`` of the ``C`` valid cells
+(``moment_map.valid_cells`` order) of every video, encoded in batches sharded on the mesh's
+``data`` axis and kept sharded on ``data`` along the video axis; ``V`` is padded to a multiple of
+the ``data`` size with zero rows no query reaches.  With it: ``video_ids``, ``durations``
+(float32 seconds, as the input pipeline holds them), the map geometry and JSON ``metadata``
+(e.g. the checkpoint it was encoded with).  Size ``V * C * D * 4`` bytes (TACoS test: 25 videos
+x 2,548 cells x 512 = 130 MB; ActivityNet val, ~4,900 x 1,104 x 512: 11 GB); it is filled in a
+host buffer, then placed.  :meth:`Gallery.save` / :meth:`Gallery.load`: orbax plus
+``gallery.json``; ``load`` restores straight onto any mesh (orbax pads or drops zero rows).
 
-Single-video search (:func:`search`): query ``q`` with embedding ``phi_s(s_q)`` asks about video
-``video_index[q]``.  Queries are routed on the host to the device holding their video (``S =
-V_pad / data`` videos per device; every device gets the same number of query slots, padded),
-so the jitted ``shard_map`` program needs no communication: each device gathers its queries'
-rows ``[chunk, C, D]``, one batched matmul with ``[chunk, D]`` gives the logits ``p`` (eq. 6),
-``sigmoid`` the scores, and the top ``top_k`` moments after greedy NMS are decoded as the 2D-TAN
-evaluator does (:func:`vmr_jax.ops.segments.decode_topk`: float32 seconds ``[i, j + 1] / N *
-duration``, fixed-slot NMS dropping IoU ``> nms_thresh``).  Results equal the model's forward +
-``fvmr.decode`` + ``evaluation.svmr.decode_predictions`` (tests), with three documented
-differences: (1) only the valid cells are candidates: when the NMS keeps fewer than ``top_k``
-of them the remaining slots are empty (NaN), where the official decoding would go on with the
-zero-score cells outside the mask; (2) equal scores rank the later cell first (a stable
-ascending sort reversed), the official ``np.argsort`` order of ties is unspecified; (3) the NMS
-runs in float64 (exactly the official arithmetic: on a grid, IoU equal to the threshold is
-common) where the backend has float64 (CPU, GPU), in float32 elsewhere (``exact_nms``).
+Single-video search (:func:`search`): query ``q`` (``phi_s(s_q)``) asks about video
+``video_index[q]``.  The host routes each query to the device holding its video (the same
+number of slots per device, padded), so the jitted ``shard_map`` program needs no
+communication: a device gathers its queries' rows ``[chunk, C, D]``, one batched matmul with
+``[chunk, D]`` gives the logits ``p`` (eq. 6), ``sigmoid`` the scores, and the top ``top_k``
+after greedy NMS are decoded as the 2D-TAN evaluator does (:func:`vmr_jax.ops.segments
+.decode_topk`: float32 seconds ``[i, j + 1] / N * duration``, NMS dropping IoU
+``> nms_thresh``).  Results equal the model's forward + ``fvmr.decode`` +
+``evaluation.svmr.decode_predictions`` (tests) but for: (1) only valid cells are candidates
+(when the NMS keeps fewer than ``top_k`` the other slots are NaN; the official decoding would
+go on with the zero-score cells outside the mask); (2) equal scores rank the later cell first
+(``np.argsort``'s order of ties is unspecified); (3) the NMS runs in float64, the official
+arithmetic, where the backend has it (CPU, GPU), else in float32 (``exact_nms``): on the cell
+grid an IoU exactly at the threshold is common, and float32 can decide it the other way.
 
-Gallery-wide search (:func:`search_all`): each query against every video (the corpus setting
-of the paper's introduction).  Queries are replicated; each device scores its videos in blocks
-(``[Q, block, C]``), keeps a running top ``M``, and the ``data`` devices' candidates are merged
-into the global top ``M``; on the host, the moments of one video are NMS-ed among themselves
-(:func:`vmr_jax.ops.segments.grouped_nms_keep`) and the first ``top_k`` kept.
+Gallery-wide search (:func:`search_all`): each query against every video.  Queries are
+replicated; each device scores its videos in blocks (``[Q, block, C]``) keeping a running top
+``M``; the devices' candidates are merged into the global top ``M``; on the host, moments of
+the same video are NMS-ed (:func:`vmr_jax.ops.segments.grouped_nms_keep`), ``top_k`` kept.
 
 Single process only (``jax.process_count() == 1``), as :mod:`vmr_jax.retrieval.corpus`.
 """
