@@ -115,7 +115,7 @@ _EIGHT_DEVICES = textwrap.dedent(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["mgpn", "xml"])
+@pytest.mark.parametrize("model", ["mgpn", "tan2d", "xml"])
 def test_eight_devices_match_one_device(tmp_path, request, model):
     """Same global batch on 1, 4x2 and 8x1 meshes: same losses and eval metrics.  XML's
     in-batch negatives come from the whole global batch and its corpus search shards the
