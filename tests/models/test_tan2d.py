@@ -290,3 +290,22 @@ def test_tan2d_learns_the_synthetic_benchmark_above_chance(tmp_path):
     assert metrics["R@1,IoU=0.5"] > 2 * chance["R@1,IoU=0.5"], (metrics, chance)
     assert metrics["R@1,IoU=0.7"] > 3 * chance["R@1,IoU=0.7"], (metrics, chance)
     assert metrics["R@5,IoU=0.7"] > chance["R@5,IoU=0.7"] + 0.1, (metrics, chance)
+
+
+# --------------------------------------------------------------------------- configs
+@pytest.mark.parametrize("dataset", ["charades", "tacos", "activitynet"])
+@pytest.mark.parametrize("arg", ["", "conv", "pool", "pool,runlocal", "runlocal,conv"])
+def test_dataset_configs_pick_the_yaml_variant(dataset, arg):
+    path = Path(SYNTHETIC).with_name(f"{dataset}.py")
+    config = config_cli.load_config(f"{path}:{arg}")
+    prop = "pool" if "pool" in arg else "conv"
+    for key, value in tan2d.VARIANTS[f"{dataset}_{prop}"].items():
+        assert config.model[key] == value, key
+    assert config.data.num_input_clips == 256  # NUM_SAMPLE_CLIPS of every 2D-TAN YAML
+    assert (config.train.lr, config.train.grad_clip_norm) == (1e-4, 10.0)
+    assert (config.train.num_steps > 0) == ("runlocal" in arg)
+
+
+def test_dataset_config_rejects_an_unknown_arg():
+    with pytest.raises(ValueError, match="expected 'conv' or 'pool'"):
+        config_cli.load_config(f"{Path(SYNTHETIC).with_name('tacos.py')}:max")
