@@ -132,7 +132,9 @@ def fvmr_cross_modal(
         return jax.lax.top_k(jax.nn.sigmoid(moments @ query), top_k)
 
     def grid(moments, query):  # [V, C, D], [Q, D]: every query against every video
-        return jax.lax.top_k(jax.nn.sigmoid(jnp.einsum("qd,vcd->qvc", query, moments)), top_k)
+        # One [Q, D] x [D, V * C] matmul: XLA:CPU runs the equivalent einsum 3x slower.
+        logits = (query @ moments.reshape(-1, dim).T).reshape(len(query), *moments.shape[:2])
+        return jax.lax.top_k(jax.nn.sigmoid(logits), top_k)
 
     run1, compiled1 = _compiled(one, _random(1, (cells, dim)), _random(2, (dim,)))
     run, compiled = _compiled(grid, _random(1, (videos, cells, dim)), _random(2, (queries, dim)))

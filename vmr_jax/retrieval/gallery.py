@@ -500,7 +500,9 @@ def _search_all_program(mesh: Mesh, plan: _AllPlan) -> Callable:
         def merge(best, best_index, start, rows):
             """Folds the videos ``rows [b, C, D]`` (first local row ``start``) into the
             running top ``M``."""
-            probs = jax.nn.sigmoid(jnp.einsum("qd,vcd->qvc", query, rows))
+            # One [Q, D] x [D, b * C] matmul (XLA:CPU runs the einsum form 3x slower).
+            flat = query @ rows.reshape(-1, rows.shape[-1]).T
+            probs = jax.nn.sigmoid(flat.reshape(num_q, *rows.shape[:2]))
             video = first + start + jnp.arange(rows.shape[0])
             probs = jnp.where((video < plan.num_videos)[None, :, None], probs, -jnp.inf)
             top, index = lax.top_k(probs.reshape(num_q, -1), min(plan.candidates, probs[0].size))
