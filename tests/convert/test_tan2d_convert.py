@@ -16,6 +16,8 @@ from vmr_jax.convert.state_dict import ConversionError, load_state_dict
 from vmr_jax.convert.tan2d import config_from_yaml, convert_tan2d, tan2d_rules
 from vmr_jax.models import tan2d
 
+pytestmark = pytest.mark.usefixtures("jax_compilation_cache")  # speed only
+
 CONV2D_1X1 = ("fusion_layer.vis_conv", "pred_layer")
 
 

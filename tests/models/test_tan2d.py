@@ -18,6 +18,8 @@ from vmr_jax import config_cli, trainer
 from vmr_jax.models import tan2d
 from vmr_jax.ops import moment_map
 
+pytestmark = pytest.mark.usefixtures("jax_compilation_cache")  # speed only
+
 SYNTHETIC = str(Path(__file__).resolve().parents[2] / "configs" / "tan2d" / "synthetic.py")
 
 
@@ -258,7 +260,6 @@ def test_token_input_uses_learned_embedding():
 
 # --------------------------------------------------------------------------- learning
 @pytest.mark.slow
-@pytest.mark.usefixtures("jax_compilation_cache")
 def test_tan2d_learns_the_synthetic_benchmark_above_chance(tmp_path):
     """400 steps of the synthetic config (400 videos; about a minute on 2 cores): R@1 at
     IoU 0.5 / 0.7 above 2x / 3x the random-scoring chance of the same map (0.28 / 0.15 against

@@ -21,6 +21,8 @@ from vmr_jax.convert.tan2d import convert_tan2d, model_config_from_golden
 from vmr_jax.evaluation import svmr
 from vmr_jax.models import tan2d
 
+pytestmark = pytest.mark.usefixtures("jax_compilation_cache")  # speed only
+
 ATOL = 1e-4
 
 

@@ -21,7 +21,10 @@ Pipeline (official module names in brackets):
    the pool variant chains max-pools, i.e. each cell is the max of its clips, computed in one
    vectorised gather (``ops.moment_map.span_max_cells``, exact).  The mask is the same as
    MGPN's ``valid_cell_mask`` with ``pooling_counts_from_tan2d(num_scale_layers)``.  Layer
-   outputs are placed on the dense map with one scatter (no loop over cells).
+   outputs are placed on the dense map with one scatter (no loop over cells).  The official
+   code sizes a scale's map as ``floor(L / 2)`` for an input of length ``L`` and fails when
+   the stride-2 layer yields another length (``L`` even); every YAML has ``L`` odd.  Here
+   every window a layer yields is placed, which is the official placement whenever it runs.
 3. Fusion [BaseFusion]: an ``nn.LSTM`` (``lstm_layers``, width ``txt_hidden``, unidirectional
    in every yaml) runs over the zero-padded words without packing; the model keeps the output
    row at index ``sum(mask) - 1`` (the last real word; PyTorch's ``-1`` wraps to the last slot
@@ -112,46 +115,23 @@ DEFAULTS = dict(
     bias=0.0,
 )
 
+# experiments/tacos/2D-TAN-128x128-K5L8-*.yaml (C3D features)
+_TACOS = dict(
+    num_clips=128, frame_stride=2, num_scale_layers=(16, 8, 8, 8), min_iou=0.3, max_iou=0.7
+)
+# experiments/activitynet/2D-TAN-64x64-K9L4-*.yaml (500-d C3D features)
+_ACTIVITYNET = dict(
+    feature_dim=500, num_clips=64, frame_stride=4, num_scale_layers=(16, 8, 8), **_K9L4
+)
+
 VARIANTS: dict[str, dict[str, Any]] = {
     # experiments/charades/2D-TAN-16x16-K5L8-{conv,pool}.yaml (VGG features)
     "charades_conv": dict(DEFAULTS),
     "charades_pool": dict(DEFAULTS, prop="pool"),
-    # experiments/tacos/2D-TAN-128x128-K5L8-{conv,pool}.yaml (C3D features)
-    "tacos_conv": dict(
-        DEFAULTS,
-        num_clips=128,
-        frame_stride=2,
-        num_scale_layers=(16, 8, 8, 8),
-        min_iou=0.3,
-        max_iou=0.7,
-    ),
-    "tacos_pool": dict(
-        DEFAULTS,
-        num_clips=128,
-        frame_stride=2,
-        num_scale_layers=(16, 8, 8, 8),
-        prop="pool",
-        min_iou=0.3,
-        max_iou=0.7,
-    ),
-    # experiments/activitynet/2D-TAN-64x64-K9L4-{conv,pool}.yaml (500-d C3D features)
-    "activitynet_conv": dict(
-        DEFAULTS,
-        feature_dim=500,
-        num_clips=64,
-        frame_stride=4,
-        num_scale_layers=(16, 8, 8),
-        **_K9L4,
-    ),
-    "activitynet_pool": dict(
-        DEFAULTS,
-        feature_dim=500,
-        num_clips=64,
-        frame_stride=4,
-        num_scale_layers=(16, 8, 8),
-        prop="pool",
-        **_K9L4,
-    ),
+    "tacos_conv": dict(DEFAULTS, **_TACOS),
+    "tacos_pool": dict(DEFAULTS, **_TACOS, prop="pool"),
+    "activitynet_conv": dict(DEFAULTS, **_ACTIVITYNET),
+    "activitynet_pool": dict(DEFAULTS, **_ACTIVITYNET, prop="pool"),
     # Small and fast, for tests and the synthetic benchmark: two scales (the official code can
     # run this one: the second scale starts on an odd length), three 3x3 map convs whose first
     # pads by 3 (16 -> 20 -> 18 -> 16, the official grow-then-shrink pattern).
@@ -265,7 +245,18 @@ def _dense(features: int, fan_in: int) -> nn.Dense:
 
 
 class TAN2D(nn.Module):
-    """2D-TAN score map.  Fields: see ``VARIANTS`` (official yaml names in the docstring)."""
+    """2D-TAN score map.  Fields and the official YAML values they hold:
+
+    ``feature_dim`` FRAME_MODULE.INPUT_SIZE; ``hidden`` the HIDDEN_SIZE of FRAME_MODULE,
+    PROP_MODULE and FUSION_MODULE (= MAP_MODULE.INPUT_SIZE); ``num_clips`` NUM_SAMPLE_CLIPS /
+    TARGET_STRIDE; ``frame_stride`` TARGET_STRIDE (= FRAME_MODULE KERNEL_SIZE = STRIDE);
+    ``num_scale_layers`` PROP_MODULE.NUM_SCALE_LAYERS; ``prop`` 'conv' (SparsePropConv) or
+    'pool' (SparsePropMaxPool); ``word_dim`` TXT_INPUT_SIZE; ``txt_hidden`` TXT_HIDDEN_SIZE;
+    ``lstm_layers``/``bidirectional`` FUSION_MODULE.LSTM; ``map_hidden``/``map_kernels``/
+    ``map_strides``/``map_paddings``/``map_dilations`` MAP_MODULE HIDDEN_SIZES, KERNEL_SIZES,
+    STRIDES, PADDINGS, DILATIONS (PRED_INPUT_SIZE = the last width); ``min_iou``/``max_iou``/
+    ``bias`` LOSS.PARAMS.  ``vocab_size > 0`` adds a learned word embedding (not official).
+    """
 
     feature_dim: int = 4096
     hidden: int = 512
@@ -337,10 +328,6 @@ class TAN2D(nn.Module):
         ]
         self.pred = _dense(1, channels[-1])
 
-    def cells(self) -> np.ndarray:
-        """The proposal mask ``[N, N]`` bool."""
-        return proposal_mask(self.num_clips, tuple(self.num_scale_layers))
-
     def encode_query(self, batch: dict[str, jnp.ndarray]) -> jnp.ndarray:
         """Text vector ``[B, H]`` ("TE"): LSTM over the padded words, last real word's row,
         ``tex_linear``."""
@@ -390,7 +377,8 @@ class TAN2D(nn.Module):
             values = moment_map.span_max_cells(frame, starts, ends)
         map_h = moment_map.scatter_cells(values, starts, ends, n)
         self.sow("intermediates", "prop_map_h", map_h)
-        mask = jnp.broadcast_to(jnp.asarray(self.cells(), jnp.float32), (b, n, n))
+        mask = proposal_mask(n, tuple(self.num_scale_layers))
+        mask = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), (b, n, n))
         map_h = self.vis_conv(map_h)
         self.sow("intermediates", "fusion_vis_conv", map_h)
         return map_h, mask
