@@ -169,3 +169,7 @@ def test_split_methods_compose_to_the_forward(run):
     assert map_h.shape[1:] == (run["config"].num_clips,) * 2 + (run["config"].hidden,)
     prediction = model.apply(variables, text, map_h, map_mask, method="cross_modal")
     np.testing.assert_array_equal(np.asarray(prediction), np.asarray(run["outputs"]["prediction"]))
+    # One video map against both queries: row 0 is the (query 0, video 0) pair of the forward.
+    one_video = model.apply(variables, text, map_h[:1], map_mask[:1], method="cross_modal")
+    assert one_video.shape == prediction.shape
+    np.testing.assert_allclose(np.asarray(one_video)[0], np.asarray(prediction)[0], atol=1e-6)

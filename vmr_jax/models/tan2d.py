@@ -387,7 +387,8 @@ class TAN2D(nn.Module):
         self, text: jnp.ndarray, map_h: jnp.ndarray, map_mask: jnp.ndarray
     ) -> jnp.ndarray:
         """Prediction ``[B, N, N]`` (masked logits; "CML") from ``text [B, H]`` and the
-        video side ``map_h [B, N, N, H]``, ``map_mask [B, N, N]``."""
+        video side ``map_h [B, N, N, H]``, ``map_mask [B, N, N]``.  The batch axes broadcast:
+        one video (``[1, N, N, H]``, ``[1, N, N]``) against ``B`` queries works as is."""
         fused = l2_normalize(text[:, None, None, :] * map_h, axis=-1) * map_mask[..., None]
         self.sow("intermediates", "fusion", fused)
         x, mask = fused, map_mask
