@@ -85,7 +85,8 @@ def _ours(name, r):
         "intermediate/fusion_layer": "fusion",
         "intermediate/map_layer": "map_layer",
     }
-    maps.update({f"intermediate/map_layer.convs.{k}": f"map_conv_{k}" for k in range(8)})
+    convs = range(len(config.map_hidden))
+    maps.update({f"intermediate/map_layer.convs.{k}": f"map_conv_{k}" for k in convs})
     if name in maps:
         return inter[maps[name]].transpose(0, 3, 1, 2)
     table = {
