@@ -209,6 +209,7 @@ def test_prediction_is_masked_and_the_map_grows_then_shrinks():
     batch = _batch(config)
     _, out, inter = _forward(config, batch)
     mask = tan2d.proposal_mask(16, (8, 4))
+    np.testing.assert_array_equal(tan2d.create_model(config).cells(), mask)  # outside apply
     prediction = np.asarray(out["prediction"])
     assert prediction.shape == (3, 16, 16)
     assert np.all(prediction[:, ~mask] == 0) and np.all(prediction[:, mask] != 0)

@@ -328,6 +328,10 @@ class TAN2D(nn.Module):
         ]
         self.pred = _dense(1, channels[-1])
 
+    def cells(self) -> np.ndarray:
+        """The proposal mask ``[N, N]`` bool (static; callable outside ``apply``)."""
+        return proposal_mask(self.num_clips, tuple(self.num_scale_layers))
+
     def encode_query(self, batch: dict[str, jnp.ndarray]) -> jnp.ndarray:
         """Text vector ``[B, H]`` ("TE"): LSTM over the padded words, last real word's row,
         ``tex_linear``."""
@@ -377,8 +381,7 @@ class TAN2D(nn.Module):
             values = moment_map.span_max_cells(frame, starts, ends)
         map_h = moment_map.scatter_cells(values, starts, ends, n)
         self.sow("intermediates", "prop_map_h", map_h)
-        mask = proposal_mask(n, tuple(self.num_scale_layers))
-        mask = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), (b, n, n))
+        mask = jnp.broadcast_to(jnp.asarray(self.cells(), jnp.float32), (b, n, n))
         map_h = self.vis_conv(map_h)
         self.sow("intermediates", "fusion_vis_conv", map_h)
         return map_h, mask
