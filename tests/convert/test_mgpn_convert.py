@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from data_pipelines.benchmarks import get_benchmark
 from vmr_jax.convert.mgpn import UNUSED_KEYS, config_from_yaml, convert_mgpn, mgpn_rules
 from vmr_jax.convert.state_dict import ConversionError, load_state_dict
 from vmr_jax.models import mgpn
@@ -166,6 +167,17 @@ def test_yaml_translation_matches_the_tacos_variant(tmp_path):
     assert config.train.milestones == (16, 19) and config.train.batch_size == 32
     assert config.evals.ious == (0.1, 0.3, 0.5, 0.7) and config.evals.nms_thresh == 0.4
     assert config.data.num_input_clips == 256
+    # The YAML's DATASET.NAME becomes the data registry key.
+    assert config.data.name == "tacos" and get_benchmark(config.data.name).NAME == "tacos"
+    charades = config_from_yaml(_with_dataset(tmp_path, "Charades"))
+    assert charades.data.name == "charades_sta"
+    assert get_benchmark(charades.data.name).NAME == "charades_sta"
+
+
+def _with_dataset(tmp_path, name):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(OFFICIAL_TACOS_YAML.replace("NAME: TACoS", f"NAME: {name}"))
+    return path
 
 
 def test_yaml_with_unknown_module_or_missing_field_fails(tmp_path):

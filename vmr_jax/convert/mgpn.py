@@ -174,7 +174,7 @@ def config_from_yaml(path: str | os.PathLike) -> ml_collections.ConfigDict:
     dataset = str(need("DATASET", "NAME"))
     config.data = ml_collections.ConfigDict(
         dict(
-            name={"Charades": "charades", "TACoS": "tacos", "ActivityNet": "activitynet"}.get(
+            name={"Charades": "charades_sta", "TACoS": "tacos", "ActivityNet": "activitynet"}.get(
                 dataset, dataset.lower()
             ),
             features=str(raw["DATASET"].get("VIS_INPUT_TYPE", "")),
