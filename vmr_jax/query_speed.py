@@ -187,7 +187,7 @@ def fvmr_search(
 def tan2d_cross_modal(model, variables, model_config, pairs: int, **timing) -> dict[str, Any]:
     """2D-TAN CML: ``cross_modal`` on precomputed maps, batch-1 and over ``pairs`` pairs."""
     n, h = int(model_config.num_clips), int(model_config.hidden)
-    mask = np.asarray(model.cells(), np.float32)
+    mask = tan2d.proposal_mask(n, tuple(model_config.num_scale_layers)).astype(np.float32)
     out: dict[str, Any] = {"pairs": pairs}
     for name, size in (("batch1", 1), ("amortised", pairs)):
         args = (

@@ -181,6 +181,18 @@ class Gallery:
 
 
 # --------------------------------------------------------------------------- build
+@functools.lru_cache(maxsize=16)
+def _encode_program(model: Any, mesh: Mesh, method: str) -> Callable:
+    """``model.<method>`` jitted: variables replicated, batch sharded on ``data``, output
+    replicated (linen modules hash by their fields: one program per configuration)."""
+    rep = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        lambda variables, batch: model.apply(variables, batch, method=method),
+        in_shardings=(rep, NamedSharding(mesh, PartitionSpec(DATA_AXIS))),
+        out_shardings=rep,
+    )
+
+
 def _check_durations(durations: Any, num_videos: int | None) -> np.ndarray:
     durations = np.asarray(durations, np.float32)
     if durations.ndim != 1 or (num_videos is not None and len(durations) != num_videos):
@@ -239,14 +251,9 @@ def build_gallery(
     ids = _check_video_ids(video_ids, num_videos)
     devices = _data_size(mesh)
     batch_size = _round_up(max(1, int(batch_size)), devices)
-    rep = NamedSharding(mesh, PartitionSpec())
     batch_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-    encode = jax.jit(
-        lambda v, b: model.apply(v, b, method="encode_moments"),
-        in_shardings=(rep, batch_sharding),
-        out_shardings=rep,
-    )
-    variables = jax.device_put(variables, rep)
+    encode = _encode_program(model, mesh, "encode_moments")
+    variables = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
     host = None
     for start in range(0, num_videos, batch_size):
         rows = np.arange(start, min(start + batch_size, num_videos))
@@ -296,13 +303,9 @@ def encode_queries(
     num = len(batch["query_mask"])
     padded = _round_up(num, _data_size(mesh))
     batch = {k: np.concatenate([v, v[np.zeros(padded - num, np.int64)]]) for k, v in batch.items()}
-    rep = NamedSharding(mesh, PartitionSpec())
-    program = jax.jit(
-        lambda v, b: model.apply(v, b, method="encode_queries"),
-        in_shardings=(rep, NamedSharding(mesh, PartitionSpec(DATA_AXIS))),
-        out_shardings=rep,
-    )
-    return np.asarray(program(jax.device_put(variables, rep), batch))[:num]
+    program = _encode_program(model, mesh, "encode_queries")
+    variables = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
+    return np.asarray(program(variables, batch))[:num]
 
 
 # --------------------------------------------------------------------------- search
