@@ -78,7 +78,8 @@ import optax
 
 from vmr_jax.layers.map_conv import sparse_group_conv
 from vmr_jax.layers.recurrent import StackedRNN
-from vmr_jax.models.mgpn import MapBatchNorm, cell_targets
+from vmr_jax.models import common
+from vmr_jax.models.mgpn import MapBatchNorm, _torch_uniform, cell_targets
 from vmr_jax.ops import moment_map
 
 TREE_KEYS = ("tree_verbs", "tree_nouns", "tree_edges")
@@ -138,16 +139,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
         distill_start_epoch=1,
     ),
 }
-
-
-def _torch_uniform(fan_in: int):
-    """PyTorch's default Linear/Conv init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / np.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
 
 
 class CellConv(nn.Module):
@@ -470,22 +461,6 @@ def example_tree(batch_size: int, max_verbs: int, max_nouns: int) -> dict[str, n
 
 def example_batch(model_config, batch_size: int = 1, query_len: int = 10) -> dict[str, np.ndarray]:
     """Zeros with the shapes and dtypes FVMR reads in training (initialisation, benchmarks)."""
-    t = int(model_config.num_clips) * int(model_config.frame_stride)
-    batch = {
-        "video_features": np.zeros((batch_size, t, int(model_config.feature_dim)), np.float32),
-        "video_mask": np.ones((batch_size, t), np.float32),
-        "query_mask": np.ones((batch_size, query_len), np.float32),
-        "duration": np.ones((batch_size,), np.float32),
-        "spans": np.tile(np.array([[[0.0, 0.5]]], np.float32), (batch_size, 1, 1)),
-        "span_mask": np.ones((batch_size, 1), np.float32),
-        "query_index": np.arange(batch_size, dtype=np.int32),
-        "valid": np.ones((batch_size,), np.float32),
-    }
-    if int(model_config.get("vocab_size", 0)) > 0:
-        batch["query_tokens"] = np.ones((batch_size, query_len), np.int32)
-    else:
-        batch["query_features"] = np.zeros(
-            (batch_size, query_len, int(model_config.word_dim)), np.float32
-        )
+    batch = common.example_batch(model_config, batch_size, query_len)
     batch.update(example_tree(batch_size, int(model_config.max_verbs), int(model_config.max_nouns)))
     return batch

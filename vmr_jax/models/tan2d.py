@@ -78,6 +78,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vmr_jax.layers.recurrent import StackedRNN
+from vmr_jax.models import common
 from vmr_jax.models.mgpn import _torch_uniform, l2_normalize
 from vmr_jax.ops import moment_map
 
@@ -501,21 +502,4 @@ def decode(outputs, batch, model_config) -> dict[str, Any]:
 
 def example_batch(model_config, batch_size: int = 1, query_len: int = 10) -> dict[str, np.ndarray]:
     """Zeros with the shapes and dtypes 2D-TAN reads (initialisation, benchmarks)."""
-    t = int(model_config.num_clips) * int(model_config.frame_stride)
-    batch = {
-        "video_features": np.zeros((batch_size, t, int(model_config.feature_dim)), np.float32),
-        "video_mask": np.ones((batch_size, t), np.float32),
-        "query_mask": np.ones((batch_size, query_len), np.float32),
-        "duration": np.ones((batch_size,), np.float32),
-        "spans": np.tile(np.array([[[0.0, 0.5]]], np.float32), (batch_size, 1, 1)),
-        "span_mask": np.ones((batch_size, 1), np.float32),
-        "query_index": np.arange(batch_size, dtype=np.int32),
-        "valid": np.ones((batch_size,), np.float32),
-    }
-    if int(model_config.get("vocab_size", 0)) > 0:
-        batch["query_tokens"] = np.ones((batch_size, query_len), np.int32)
-    else:
-        batch["query_features"] = np.zeros(
-            (batch_size, query_len, int(model_config.word_dim)), np.float32
-        )
-    return batch
+    return common.example_batch(model_config, batch_size, query_len)
