@@ -14,6 +14,86 @@ import ml_collections
 from vmr_jax.models import fvmr, mgpn, tan2d
 
 
+def _map_benchmark(
+    model: ml_collections.ConfigDict,
+    *,
+    dataset: str,
+    features: str,
+    max_query_len: int,
+    batch_size: int,
+    num_epochs: int,
+    lr: float,
+    milestones: Sequence[int],
+    grad_clip_norm: float,
+    eval_split: str,
+    nms_thresh: float,
+    ious: Sequence[float],
+    steps_per_epoch: int,
+    runlocal: bool,
+) -> ml_collections.ConfigDict:
+    """The sections every 2D-map family shares on a built benchmark (unlocked).
+
+    Data: ``data/vmr_jax/<dataset>-<features>`` (``vmr-jax data build``); 2D-TAN's
+    DATASET.NUM_SAMPLE_CLIPS = clips x TARGET_STRIDE, averaged with the 2D-TAN rule, every
+    native clip L2-normalised (DATASET.NORMALIZE); GloVe 840B 300-d vectors (the datasets'
+    torchtext vocab).  Words are lower-cased runs of letters and digits
+    (text.tokenizer.split_words); the official code splits on whitespace, so a word glued to
+    punctuation ("door.") misses GloVe there and hits it here.  Adam (betas 0.9/0.999, no
+    weight decay), LR x0.1 at the ``milestones`` (epochs), evaluation and checkpoints once per
+    epoch under the ``2dtan`` protocol.  ``runlocal``: a few steps with a small batch.
+    """
+    config = ml_collections.ConfigDict()
+    config.model = model
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = dataset
+    config.data.features = features
+    config.data.dir = f"data/vmr_jax/{dataset}-{features}"
+    config.data.seed = 0
+    config.data.num_input_clips = model.num_clips * model.frame_stride
+    config.data.clip_sampling = "resample"
+    config.data.normalize = True
+    config.data.text_mode = "glove"
+    config.data.glove_path = "data/glove.840B.300d.txt"
+    config.data.glove_missing = "zero"
+    config.data.max_query_len = max_query_len
+    config.data.max_spans = 1
+    config.data.prefetch = 2
+
+    config.train = ml_collections.ConfigDict()
+    config.train.seed = 0
+    config.train.batch_size = 4 if runlocal else batch_size
+    config.train.num_epochs = 0 if runlocal else num_epochs
+    config.train.num_steps = 4 if runlocal else 0
+    config.train.lr = lr
+    config.train.b1 = 0.9
+    config.train.b2 = 0.999
+    config.train.milestones = tuple(milestones)
+    config.train.gamma = 0.1
+    config.train.grad_clip_norm = grad_clip_norm
+    config.train.log_every = 1 if runlocal else 50
+    config.train.checkpoint_every = 2 if runlocal else steps_per_epoch
+    config.train.keep = 3
+    config.train.best_metric = "R@1,IoU=0.5"
+    config.train.best_mode = "max"
+    config.train.async_checkpointing = True
+    config.train.progress_bar = True
+
+    config.evals = ml_collections.ConfigDict()
+    config.evals.split = eval_split
+    config.evals.batch_size = 4 if runlocal else batch_size
+    config.evals.protocol = "2dtan"
+    config.evals.recalls = (1, 5)
+    config.evals.ious = tuple(ious)
+    config.evals.nms_thresh = nms_thresh
+    config.evals.every = 0 if runlocal else steps_per_epoch
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.shape = (-1, 1)  # ('data', 'model')
+    config.mesh.fsdp = False
+    return config
+
+
 def mgpn_benchmark(
     *,
     variant: str,
@@ -41,62 +121,24 @@ def mgpn_benchmark(
       eval_split: ``NO_VAL: True`` in every MGPN YAML: the test split is the one evaluated.
       runlocal: a few steps with a small batch, to check the set-up on a CPU.
     """
-    config = ml_collections.ConfigDict()
-
-    config.model = ml_collections.ConfigDict(dict(mgpn.VARIANTS[variant]))
-    config.model.name = "mgpn"
-
-    config.data = ml_collections.ConfigDict()
-    config.data.name = dataset
-    config.data.features = features
-    config.data.dir = f"data/vmr_jax/{dataset}-{features}"
-    config.data.seed = 0
-    # DATASET.NUM_SAMPLE_CLIPS = clips x TARGET_STRIDE, averaged with the 2D-TAN rule.
-    config.data.num_input_clips = config.model.num_clips * config.model.frame_stride
-    config.data.clip_sampling = "resample"
-    config.data.normalize = True  # DATASET.NORMALIZE: F.normalize of every native clip
-    # GloVe 840B 300-d vectors (the datasets' torchtext vocab).  Words are lower-cased runs of
-    # letters and digits (text.tokenizer.split_words); the official code splits on whitespace,
-    # so a word glued to punctuation ("door.") misses GloVe there and hits it here.
-    config.data.text_mode = "glove"
-    config.data.glove_path = "data/glove.840B.300d.txt"
-    config.data.glove_missing = "zero"
-    config.data.max_query_len = 64
-    config.data.max_spans = 1
-    config.data.prefetch = 2
-
-    config.train = ml_collections.ConfigDict()
-    config.train.seed = 0
-    config.train.batch_size = 4 if runlocal else batch_size
-    config.train.num_epochs = 0 if runlocal else num_epochs
-    config.train.num_steps = 4 if runlocal else 0
-    config.train.lr = 1e-3  # TRAIN.LR; WEIGHT_DECAY 0
-    config.train.b1 = 0.9
-    config.train.b2 = 0.999
-    config.train.milestones = tuple(milestones)
-    config.train.gamma = 0.1  # TRAIN.GAMMA
-    config.train.grad_clip_norm = 10.0  # clip_grad_norm_(..., 10) of moment_localization/train.py
-    config.train.log_every = 1 if runlocal else 50
-    config.train.checkpoint_every = 2 if runlocal else steps_per_epoch
-    config.train.keep = 3
-    config.train.best_metric = "R@1,IoU=0.5"
-    config.train.best_mode = "max"
-    config.train.async_checkpointing = True
-    config.train.progress_bar = True
-
-    config.evals = ml_collections.ConfigDict()
-    config.evals.split = eval_split
-    config.evals.batch_size = 4 if runlocal else batch_size
-    config.evals.protocol = "2dtan"
-    config.evals.recalls = (1, 5)
-    config.evals.ious = tuple(ious)
-    config.evals.nms_thresh = nms_thresh
-    config.evals.every = 0 if runlocal else steps_per_epoch
-
-    config.mesh = ml_collections.ConfigDict()
-    config.mesh.shape = (-1, 1)  # ('data', 'model')
-    config.mesh.fsdp = False
-
+    model = ml_collections.ConfigDict(dict(mgpn.VARIANTS[variant]))
+    model.name = "mgpn"
+    config = _map_benchmark(
+        model,
+        dataset=dataset,
+        features=features,
+        max_query_len=64,
+        batch_size=batch_size,
+        num_epochs=num_epochs,
+        lr=1e-3,  # TRAIN.LR; WEIGHT_DECAY 0; TRAIN.GAMMA 0.1
+        milestones=milestones,
+        grad_clip_norm=10.0,  # clip_grad_norm_(..., 10) of moment_localization/train.py
+        eval_split=eval_split,
+        nms_thresh=nms_thresh,
+        ious=ious,
+        steps_per_epoch=steps_per_epoch,
+        runlocal=runlocal,
+    )
     config.lock()
     return config
 
@@ -131,63 +173,30 @@ def fvmr_benchmark(
       steps_per_epoch: training queries // 32, so that evaluation runs once per epoch.
       without_distillation: the paper's "FVMR (w/o SD)" ablation (``distill_weight = 0``).
     """
-    config = ml_collections.ConfigDict()
-    config.model = ml_collections.ConfigDict(dict(fvmr.VARIANTS[variant]))
-    config.model.name = "fvmr"
+    model = ml_collections.ConfigDict(dict(fvmr.VARIANTS[variant]))
+    model.name = "fvmr"
     if without_distillation:
-        config.model.distill_weight = 0.0
-
-    config.data = ml_collections.ConfigDict()
-    config.data.name = dataset
-    config.data.features = features
-    config.data.dir = f"data/vmr_jax/{dataset}-{features}"
-    config.data.seed = 0
-    config.data.num_input_clips = config.model.num_clips * config.model.frame_stride
-    config.data.clip_sampling = "resample"
-    config.data.normalize = True  # 2D-TAN's DATASET.NORMALIZE
-    config.data.text_mode = "glove"
-    config.data.glove_path = "data/glove.840B.300d.txt"
-    config.data.glove_missing = "zero"
-    config.data.max_query_len = 20  # "truncate all text queries that have maximum 20 words"
-    config.data.max_spans = 1
-    config.data.prefetch = 2
+        model.distill_weight = 0.0
+    config = _map_benchmark(
+        model,
+        dataset=dataset,
+        features=features,
+        max_query_len=20,  # "truncate all text queries that have maximum 20 words"
+        batch_size=32,
+        num_epochs=num_epochs,
+        lr=2e-4,
+        milestones=(),
+        grad_clip_norm=0.0,  # the paper names no clipping
+        eval_split=eval_split,
+        nms_thresh=nms_thresh,
+        ious=ious,
+        steps_per_epoch=steps_per_epoch,
+        runlocal=runlocal,
+    )
     config.data.semantic_tree = "spacy"
     config.data.spacy_model = "en_core_web_sm"
-    config.data.tree_max_verbs = config.model.max_verbs
-    config.data.tree_max_nouns = config.model.max_nouns
-
-    config.train = ml_collections.ConfigDict()
-    config.train.seed = 0
-    config.train.batch_size = 4 if runlocal else 32
-    config.train.num_epochs = 0 if runlocal else num_epochs
-    config.train.num_steps = 4 if runlocal else 0
-    config.train.lr = 2e-4
-    config.train.b1 = 0.9
-    config.train.b2 = 0.999
-    config.train.milestones = ()
-    config.train.gamma = 0.1
-    config.train.grad_clip_norm = 0.0
-    config.train.log_every = 1 if runlocal else 50
-    config.train.checkpoint_every = 2 if runlocal else steps_per_epoch
-    config.train.keep = 3
-    config.train.best_metric = "R@1,IoU=0.5"
-    config.train.best_mode = "max"
-    config.train.async_checkpointing = True
-    config.train.progress_bar = True
-
-    config.evals = ml_collections.ConfigDict()
-    config.evals.split = eval_split
-    config.evals.batch_size = 4 if runlocal else 32
-    config.evals.protocol = "2dtan"
-    config.evals.recalls = (1, 5)
-    config.evals.ious = tuple(ious)
-    config.evals.nms_thresh = nms_thresh
-    config.evals.every = 0 if runlocal else steps_per_epoch
-
-    config.mesh = ml_collections.ConfigDict()
-    config.mesh.shape = (-1, 1)  # ('data', 'model')
-    config.mesh.fsdp = False
-
+    config.data.tree_max_verbs = model.max_verbs
+    config.data.tree_max_nouns = model.max_nouns
     config.lock()
     return config
 
@@ -226,60 +235,23 @@ def tan2d_benchmark(
         raise ValueError(f"config arg {arg!r}: expected 'conv' or 'pool', optionally ',runlocal'")
     runlocal = "runlocal" in tokens
     official = yamls["pool" if "pool" in tokens else "conv"]
-    batch_size = 32
-
-    config = ml_collections.ConfigDict()
-
-    config.model = ml_collections.ConfigDict(dict(tan2d.VARIANTS[official["variant"]]))
-    config.model.name = "tan2d"
-
-    config.data = ml_collections.ConfigDict()
-    config.data.name = dataset
-    config.data.features = features
-    config.data.dir = f"data/vmr_jax/{dataset}-{features}"
-    config.data.seed = 0
-    # DATASET.NUM_SAMPLE_CLIPS = clips x TARGET_STRIDE, averaged with the 2D-TAN rule.
-    config.data.num_input_clips = config.model.num_clips * config.model.frame_stride
-    config.data.clip_sampling = "resample"
-    config.data.normalize = True  # DATASET.NORMALIZE
-    # GloVe 840B 300-d vectors, as the datasets' torchtext vocab (see mgpn_benchmark).
-    config.data.text_mode = "glove"
-    config.data.glove_path = "data/glove.840B.300d.txt"
-    config.data.glove_missing = "zero"
-    config.data.max_query_len = 64
-    config.data.max_spans = 1
-    config.data.prefetch = 2
-
-    config.train = ml_collections.ConfigDict()
-    config.train.seed = 0
-    config.train.batch_size = 4 if runlocal else batch_size
-    config.train.num_epochs = 0 if runlocal else 100
-    config.train.num_steps = 4 if runlocal else 0
-    config.train.lr = 1e-4
-    config.train.b1 = 0.9
-    config.train.b2 = 0.999
-    config.train.milestones = ()
-    config.train.grad_clip_norm = 10.0
-    config.train.log_every = 1 if runlocal else 50
-    config.train.checkpoint_every = 2 if runlocal else steps_per_epoch
-    config.train.keep = 3
-    config.train.best_metric = "R@1,IoU=0.5"
-    config.train.best_mode = "max"
-    config.train.async_checkpointing = True
-    config.train.progress_bar = True
-
-    config.evals = ml_collections.ConfigDict()
-    config.evals.split = official["eval_split"]
-    config.evals.batch_size = 4 if runlocal else batch_size
-    config.evals.protocol = "2dtan"
-    config.evals.recalls = (1, 5)
-    config.evals.ious = tuple(official["ious"])
-    config.evals.nms_thresh = official["nms_thresh"]
-    config.evals.every = 0 if runlocal else steps_per_epoch
-
-    config.mesh = ml_collections.ConfigDict()
-    config.mesh.shape = (-1, 1)  # ('data', 'model')
-    config.mesh.fsdp = False
-
+    model = ml_collections.ConfigDict(dict(tan2d.VARIANTS[official["variant"]]))
+    model.name = "tan2d"
+    config = _map_benchmark(
+        model,
+        dataset=dataset,
+        features=features,
+        max_query_len=64,
+        batch_size=32,
+        num_epochs=100,
+        lr=1e-4,
+        milestones=(),
+        grad_clip_norm=10.0,
+        eval_split=official["eval_split"],
+        nms_thresh=official["nms_thresh"],
+        ious=official["ious"],
+        steps_per_epoch=steps_per_epoch,
+        runlocal=runlocal,
+    )
     config.lock()
     return config
