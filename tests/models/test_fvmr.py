@@ -250,7 +250,8 @@ def test_distillation_loss_by_hand():
 def test_loss_terms_weights_and_warm_up(setup):
     """Eq. 10: BCE(p) + BCE(q) + lambda * L_dis, lambda switched on at epoch 8 of the paper
     (``distill_start_epoch`` of the config), 0 for the w/o-SD ablation."""
-    config, model, batch, variables = setup
+    _, model, batch, variables = setup
+    config = _config()  # a copy: this test edits it, the module fixture is shared
     out = model.apply(variables, batch, train=False)
     starts, ends = moment_map.valid_cells(config.num_clips, tuple(config.pooling_counts))
     # Independent labels: IoU of every valid cell [i, j+1] * duration / N with the span.
