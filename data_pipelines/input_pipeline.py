@@ -2,8 +2,11 @@
 
 The batches follow the contract in ``vmr_jax/models/__init__.py`` (keys ``video_features``,
 ``video_mask``, ``query_tokens`` or ``query_features``, ``query_mask``, ``duration``, ``spans``,
-``span_mask``, ``query_index``, ``valid``).  The pipeline is model-agnostic: it yields spans,
-never targets.
+``span_mask``, ``query_index``, ``video_index``, ``valid``).  The pipeline is model-agnostic: it
+yields spans, never targets.  ``video_index [B] int32`` is the query's row in its split's video
+table (:attr:`PreparedSplit.video_row`): two queries of the same video share it, which is what
+a weakly supervised contrastive loss needs to keep a video's other queries out of its
+negatives.
 
 Steps.  A split is prepared once in NumPy (:func:`prepare_split`): every video is resampled to
 ``num_input_clips`` with the 2D-TAN rule (:func:`resample_clips`), every query is encoded and
@@ -414,10 +417,16 @@ def _stored_token_reader(split: StoredSplit, max_len: int) -> Callable[[np.ndarr
 
 
 def gather_batch(split: PreparedSplit, index: np.ndarray) -> dict[str, np.ndarray]:
-    """The batch of record indices ``index [B]``; ``-1`` marks a padding row (record 0 copy)."""
+    """The batch of record indices ``index [B]``; ``-1`` marks a padding row (record 0 copy).
+
+    ``video_index [B] int32`` is each row's video in the split's video table (record 0's for
+    padding rows, like every other field).
+    """
     batch = split.query_batch(index)
     rows = np.maximum(np.asarray(index, np.int64), 0)
-    batch.update(split.videos.take(split.video_row[rows]))
+    video_rows = split.video_row[rows]
+    batch.update(split.videos.take(video_rows))
+    batch["video_index"] = np.asarray(video_rows, np.int32)
     return batch
 
 

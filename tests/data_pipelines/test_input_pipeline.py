@@ -120,9 +120,11 @@ def test_tokens_padding_and_masks():
         )
     np.testing.assert_array_equal(batch["query_index"], [0, 1, 2])
     np.testing.assert_array_equal(batch["valid"], [1, 1, 1])
+    np.testing.assert_array_equal(batch["video_index"], [0, 1, 2])  # videos v0, v1, v2
     dtypes = {k: v.dtype for k, v in batch.items()}
-    assert dtypes["query_tokens"] == dtypes["query_index"] == np.int32
-    assert all(dtypes[k] == np.float32 for k in dtypes if k not in ("query_tokens", "query_index"))
+    integers = ("query_tokens", "query_index", "video_index")
+    assert all(dtypes[k] == np.int32 for k in integers)
+    assert all(dtypes[k] == np.float32 for k in dtypes if k not in integers)
 
 
 def test_feature_text_mode_and_fixed_span_slots():
