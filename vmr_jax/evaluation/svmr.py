@@ -14,6 +14,12 @@ Protocols (:data:`PROTOCOLS`):
   hit rule of MCG-NJU/MMN ``evaluation.py``; its own decoding (non-zero cells only,
   ``index * duration / N``, float32 IoU) is not reproduced here.
 
+Proposal-based models (sliding windows, e.g. MCN/VLANet-style candidate lists) give each query
+a list of candidate moments in seconds with scores instead of a score map;
+:func:`decode_moment_lists` ranks the candidates with a finite score by descending score (ties:
+lower index first) and runs the same greedy NMS (float64, stop at ``top_k`` kept), so both
+kinds of model are scored by the same rule.
+
 Results are **fractions in [0, 1]** (R@n and mIoU alike; multiply by 100 for the papers'
 tables), keyed ``"R@1,IoU=0.5"`` and ``"mIoU"``, plus ``"protocol"``, ``"rule"`` and
 ``"num_queries"``.  Padded queries (``valid`` False) never count.
@@ -112,6 +118,54 @@ def decode_predictions(
         times[q, : len(rows)] = rows[:, :2]  # float32 values: the cast is exact
         scores[q, : len(rows)] = rows[:, 2]
     return (times, scores) if return_scores else times
+
+
+def decode_moment_lists(
+    moments: np.ndarray,
+    scores: np.ndarray,
+    nms_thresh: float,
+    top_k: int = 5,
+    return_scores: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Decoding of proposal-based (sliding-window) models: ranked candidates, greedy NMS.
+
+    Per query, the candidates with a finite score, by descending score (a stable sort: lower
+    index first on ties), then :func:`vmr_jax.ops.segments.nms` on their float64 times with
+    ``nms_thresh``, stopping at ``top_k`` kept -- the walk of :func:`decode_predictions`.
+
+    Args:
+      moments: ``[Q, P, 2]`` candidate ``[start, end]`` seconds.
+      scores: ``[Q, P]``, higher is better; ``-inf`` (any non-finite value) = not a candidate.
+      nms_thresh: NMS suppression threshold; top_k: moments kept per query.
+    Returns: ``times [Q, top_k, 2]`` float32 seconds, NaN rows where fewer than ``top_k``
+      survive; with ``return_scores`` also ``scores [Q, top_k]`` float32 (NaN likewise).
+    """
+    moments = np.asarray(moments)
+    scores = np.asarray(scores)
+    if moments.ndim != 3 or moments.shape[-1] != 2:
+        raise ValueError(f"moments must be [Q, P, 2], got {moments.shape}")
+    if scores.shape != moments.shape[:2]:
+        raise ValueError(f"scores must be [Q, P]={moments.shape[:2]}, got {scores.shape}")
+    candidate = np.isfinite(scores)
+    with np.errstate(invalid="ignore"):
+        bad = candidate & ~(np.isfinite(moments).all(-1) & (moments[..., 1] >= moments[..., 0]))
+    if bad.any():
+        q, k = (int(x) for x in np.argwhere(bad)[0])
+        raise ValueError(
+            f"query row {q}, candidate {k}: moment {moments[q, k].tolist()} has a finite score "
+            "but is not a segment with finite end >= start"
+        )
+    thresh = as_threshold(nms_thresh)
+    num_queries = moments.shape[0]
+    times = np.full((num_queries, top_k, 2), np.nan, np.float32)
+    kept_scores = np.full((num_queries, top_k), np.nan, np.float32)
+    for q in range(num_queries):
+        index = np.flatnonzero(candidate[q])
+        order = index[np.argsort(-scores[q, index], kind="stable")]
+        keep = order[segments.nms(moments[q, order].astype(np.float64), None, thresh, top_k)]
+        times[q, : len(keep)] = moments[q, keep]
+        kept_scores[q, : len(keep)] = scores[q, keep]
+    return (times, kept_scores) if return_scores else times
 
 
 def _check_valid(valid: np.ndarray | None, num_queries: int) -> np.ndarray:
