@@ -304,6 +304,66 @@ def test_rankings_from_times():
             didemo.rankings_from_times(np.array(bad))
 
 
+def test_moment_seconds():
+    # (s, e) spans [5 s, 5 (e + 1)]: (0,0) = [0, 5], (5,5) = [25, 30], (1,3) = [5, 20].
+    np.testing.assert_array_equal(
+        didemo.moment_seconds(np.array([IDX[(0, 0)], IDX[(5, 5)], IDX[(1, 3)]])),
+        [[0, 5], [25, 30], [5, 20]],
+    )
+    assert didemo.moment_seconds().shape == (21, 2)
+
+
+def test_rankings_from_moments():
+    rest = [m for m in OFFICIAL_MOMENTS if m not in [(0, 0), (1, 2), (5, 5)]]
+    moments = np.array(
+        [
+            [
+                [5.0, 15.0],  # (1,2), 0.3
+                [0.0, 5.0],  # (0,0), 0.9
+                [25.0, 30.0],  # (5,5), 0.3: tied with candidate 0, comes after it
+                [5.00005, 14.99995],  # (1,2) within 1e-4 s, 0.8: its best place
+                [7.0, 12.0],  # off the grid, but -inf: not a candidate
+                [np.nan, np.nan],  # NaN score: not a candidate
+            ],
+            [[0.0, 5.0], [5.0, 10.0], [0.0, 30.0], [1.0, 2.0], [0, 0], [0, 0]],
+        ]
+    )
+    inf = np.inf
+    scores = np.array([[0.3, 0.9, 0.3, 0.8, -inf, np.nan], [-inf, -inf, inf, -inf, np.nan, -inf]])
+    rankings, ranked_scores = didemo.rankings_from_moments(moments, scores, return_scores=True)
+    expected0 = [IDX[m] for m in [(0, 0), (1, 2), (5, 5)] + rest]
+    assert rankings[0].tolist() == expected0
+    np.testing.assert_array_equal(ranked_scores[0], [0.9, 0.8, 0.3] + [np.nan] * 18)
+    # No finite score at all (+inf included): the 21 moments in official order, no score.
+    assert rankings[1].tolist() == list(range(21))
+    assert np.isnan(ranked_scores[1]).all()
+    assert didemo.rankings_from_moments(moments, scores).tolist() == rankings.tolist()
+    # The result is a valid ranking for the official evaluation.
+    didemo.check_rankings(rankings)
+
+
+@pytest.mark.parametrize(
+    "times, message",
+    [
+        ([5.0, 14.9], r"query row 1, candidate 0: moment \[5.0, 14.9\] s is not on the"),
+        ([5.0002, 15.0], r"query row 1, candidate 0"),  # 2e-4 s off
+        ([np.nan, 15.0], r"query row 1, candidate 0"),
+        ([30.0, 35.0], r"query row 1, candidate 0"),  # a seventh chunk is not a moment
+    ],
+)
+def test_rankings_from_moments_refuses_candidates_off_the_grid(times, message):
+    moments = np.array([[[0.0, 5.0]], [times]])
+    with pytest.raises(ValueError, match=message):
+        didemo.rankings_from_moments(moments, np.array([[1.0], [0.5]]))
+
+
+def test_rankings_from_moments_shapes():
+    with pytest.raises(ValueError, match=r"moments must be \[Q, P, 2\]"):
+        didemo.rankings_from_moments(np.zeros((2, 3)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"scores must be \[Q, P\]"):
+        didemo.rankings_from_moments(np.zeros((2, 3, 2)), np.zeros((2, 2)))
+
+
 # --------------------------------------------------------------------------- predictions file
 
 

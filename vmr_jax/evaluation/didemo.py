@@ -244,6 +244,76 @@ def rankings_from_score_map(score_maps: np.ndarray, higher_is_better: bool = Tru
     return rankings_from_scores(maps[:, MOMENTS[:, 0], MOMENTS[:, 1]], higher_is_better)
 
 
+def moment_seconds(
+    index: np.ndarray | None = None, chunk_seconds: float = CHUNK_SECONDS
+) -> np.ndarray:
+    """``[start, end]`` seconds of moments: ``(s, e)`` spans ``[s * chunk_seconds,
+    (e + 1) * chunk_seconds]``.
+
+    Args:
+      index: ``[...]`` indices into :data:`MOMENTS` (None: all 21 in order).
+    Returns: ``[..., 2]`` float64.
+    """
+    chunks = MOMENTS if index is None else MOMENTS[np.asarray(index, np.int64)]
+    return np.stack([chunks[..., 0], chunks[..., 1] + 1], axis=-1) * float(chunk_seconds)
+
+
+GRID_TOLERANCE_S = 1e-4  # how far a proposal may lie from a chunk boundary
+
+
+def rankings_from_moments(
+    moments: np.ndarray,
+    scores: np.ndarray,
+    return_scores: bool = False,
+    chunk_seconds: float = CHUNK_SECONDS,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Full 21-moment rankings of proposal lists on the chunk grid (MCN-style models).
+
+    Every candidate with a finite score must be one of the 21 moments in seconds,
+    ``[s * chunk_seconds, (e + 1) * chunk_seconds]`` within :data:`GRID_TOLERANCE_S` in both
+    ends.  Candidates are ranked by descending score (stable: lower index first on ties), with
+    no NMS (the official evaluation ranks all 21 moments); a moment proposed twice takes its
+    best place.  Moments without a finite-scored candidate follow, in :data:`MOMENTS` order.
+
+    Args:
+      moments: ``[Q, P, 2]`` candidate ``[start, end]`` seconds.
+      scores: ``[Q, P]``, higher is better; non-finite = not a candidate.
+      return_scores: also return each ranked moment's best candidate score.
+    Returns: ``[Q, 21]`` int64 indices into :data:`MOMENTS`, best first; with
+      ``return_scores`` also ``[Q, 21]`` float64 scores, NaN for the appended moments.
+    """
+    times = np.asarray(moments, np.float64)
+    values = np.asarray(scores, np.float64)
+    if times.ndim != 3 or times.shape[-1] != 2:
+        raise ValueError(f"moments must be [Q, P, 2], got shape {times.shape}")
+    if values.shape != times.shape[:2]:
+        raise ValueError(f"scores must be [Q, P]={times.shape[:2]}, got shape {values.shape}")
+    grid = moment_seconds(chunk_seconds=chunk_seconds)  # [21, 2]
+    with np.errstate(invalid="ignore"):
+        on_moment = (np.abs(times[:, :, None, :] - grid) <= GRID_TOLERANCE_S).all(-1)  # [Q,P,21]
+    finite = np.isfinite(values)
+    off_grid = finite & ~on_moment.any(-1)
+    if off_grid.any():
+        q, k = (int(x) for x in np.argwhere(off_grid)[0])
+        raise ValueError(
+            f"query row {q}, candidate {k}: moment {times[q, k].tolist()} s is not on the "
+            f"{chunk_seconds:g}-second chunk grid ([s * {chunk_seconds:g}, (e + 1) * "
+            f"{chunk_seconds:g}] for a DiDeMo moment (s, e), within {GRID_TOLERANCE_S:g} s)"
+        )
+    rankings = np.empty((times.shape[0], NUM_MOMENTS), np.int64)
+    ranked_scores = np.full((times.shape[0], NUM_MOMENTS), np.nan)
+    for q in range(times.shape[0]):
+        candidates = np.flatnonzero(finite[q])
+        order = candidates[np.argsort(-values[q, candidates], kind="stable")]
+        proposed = np.argmax(on_moment[q, order], axis=-1)
+        ranked, first = np.unique(proposed, return_index=True)  # best place of each moment
+        ranked = ranked[np.argsort(first)]
+        rest = np.setdiff1d(np.arange(NUM_MOMENTS), ranked)  # sorted: MOMENTS order
+        rankings[q] = np.concatenate([ranked, rest])
+        ranked_scores[q, : len(ranked)] = values[q, order[np.sort(first)]]
+    return (rankings, ranked_scores) if return_scores else rankings
+
+
 def rankings_from_times(pred_times: np.ndarray, chunk_seconds: float = CHUNK_SECONDS) -> np.ndarray:
     """Turn ranked continuous predictions (seconds) into full 21-moment rankings.
 
@@ -273,7 +343,7 @@ def rankings_from_times(pred_times: np.ndarray, chunk_seconds: float = CHUNK_SEC
             f"query {q}, prediction {k}: {np.asarray(pred_times)[q, k].tolist()} is not a "
             f"segment with end > start inside [0, {NUM_CHUNKS * chunk_seconds:g}] s"
         )
-    spans = np.stack([MOMENTS[:, 0], MOMENTS[:, 1] + 1], axis=-1) * float(chunk_seconds)
+    spans = moment_seconds(chunk_seconds=chunk_seconds)
     iou = segments.temporal_iou(pred[:, :, None, :], spans[None, None])  # [Q, K, 21]
     snapped = np.argmax(iou, axis=-1)  # [Q, K], first maximum on ties
     num_pred = pred.shape[1]
@@ -361,7 +431,8 @@ def evaluate(
 
     Args:
       rankings: ``[Q, 21]`` indices into :data:`MOMENTS`, best first (see
-        :func:`rankings_from_scores`, :func:`rankings_from_score_map`, :func:`rankings_from_times`).
+        :func:`rankings_from_scores`, :func:`rankings_from_score_map`, :func:`rankings_from_times`,
+        :func:`rankings_from_moments`).
       gt_times: ``[Q, T, 2]`` annotator moments, ``-1`` padded (:class:`DidemoGroundTruth`).
       n_times: ``[Q]`` or None (counted from the padding).
       valid: optional ``[Q]`` bool; padded queries (False) are ignored.
