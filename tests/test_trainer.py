@@ -218,3 +218,149 @@ def test_final_checkpoint_restores_trained_state(reference_run):
     reference = read_metrics(str(reference_dir), "train")
     param_norm = float(optax.tree.norm(state.params))
     assert param_norm == pytest.approx(reference[STEPS]["param_norm"], rel=1e-6)
+
+
+# --------------------------------------------------------------------------- DiDeMo protocol
+# Four hand-built queries (moments (s, e) = chunks s..e, seconds [5 s, 5 (e + 1)]):
+#   A: annotators (0,0) x4; candidates (0,0) .9, (1,1) .5 -> ranks 1,1,1,1: avg_rank 1;
+#      top-1 (0,0): IoU 1 with each -> avg_iou 1.
+#   B: annotators (1,2), (1,2), (2,2), (4,5); candidates (1,2) .2, (2,2) .7, (4,5) .1 ->
+#      ranking (2,2), (1,2), (4,5), ...: ranks 2, 2, 1, 3 -> best three 1, 2, 2: 5/3.
+#      top-1 (2,2): chunk IoU with (1,2) = 1/2 (overlap 1, hull 2), (2,2) 1, (4,5) 0 ->
+#      best three 1, 1/2, 1/2: 2/3.
+#   C: annotators (3,5), (3,5), (0,5); one candidate (0,0) 1.0 -> the rest in MOMENTS order:
+#      (1,1)..(5,5) at 2..6, (0,1)..(0,5) at 7..11, (1,2)..(1,5) at 12..15, (2,3)..(2,5) at
+#      16..18, (3,4) 19, (3,5) 20 -> ranks 20, 20, 11: 17.  top-1 (0,0): IoU 0, 0, 1/6
+#      (overlap 1, hull 6) -> 1/18.
+#   D: two annotators (5,5), (4,5); candidates (4,5) .4, (5,5) .3 -> ranks 2, 1: mean of the
+#      two, 3/2.  top-1 (4,5): IoU 1/2 with (5,5), 1 with itself -> 3/4.
+# R@1 = 1/4 (A), R@5 = 3/4 (A, B, D), mIoU = (1 + 2/3 + 1/18 + 3/4) / 4 = 89/144.
+NEG = -np.inf
+DIDEMO_PREDICTED = {
+    "moments": np.float32(
+        [
+            [[0, 5], [5, 10], [0, 0], [0, 0]],
+            [[5, 15], [10, 15], [20, 30], [7, 8]],
+            [[0, 5], [0, 0], [0, 0], [0, 0]],
+            [[20, 30], [25, 30], [0, 0], [0, 0]],
+        ]
+    ),
+    "moment_scores": np.float32(
+        [[0.9, 0.5, NEG, NEG], [0.2, 0.7, 0.1, NEG], [1.0, NEG, NEG, NEG], [0.4, 0.3, NEG, NEG]]
+    ),
+}
+DIDEMO_TIMES = [
+    [(0, 0)] * 4,
+    [(1, 2), (1, 2), (2, 2), (4, 5)],
+    [(3, 5), (3, 5), (0, 5)],
+    [(5, 5), (4, 5)],
+]
+
+
+def didemo_annotations() -> list:
+    """The four queries as DiDeMo annotations (chunk pairs in ``extras['times']``)."""
+    from data_pipelines.annotations import Annotation
+
+    return [
+        Annotation(
+            query_id=str(100 + q),
+            video_id=f"video{q}",
+            duration_s=30.0,
+            spans_s=np.asarray([[5.0 * s, 5.0 * (e + 1)] for s, e in times]),
+            query_text="a query",
+            extras={"annotation_id": 100 + q, "times": [list(t) for t in times]},
+        )
+        for q, times in enumerate(DIDEMO_TIMES)
+    ]
+
+
+def didemo_data() -> trainer.DataSources:
+    """DataSources of the runlocal config whose 'val' split is the four DiDeMo queries."""
+    data = trainer.DataSources(runlocal_config(**{"evals.protocol": "didemo"}))
+    data.datasets.splits["val"] = didemo_annotations()
+    return data
+
+
+def test_score_predictions_under_didemo_by_hand():
+    gt = didemo_data().didemo_ground_truth_fn("val")(np.arange(4))
+    metrics, predictions = trainer.score_predictions(
+        DIDEMO_PREDICTED, {"protocol": "didemo"}, gt_chunks=gt
+    )
+    assert metrics["R@1"] == 0.25
+    assert metrics["R@5"] == 0.75
+    assert metrics["mIoU"] == pytest.approx(89 / 144, rel=1e-12)
+    assert metrics["num_queries"] == 4
+    moments = [(c, c) for c in range(6)] + [(s, e) for s in range(6) for e in range(s + 1, 6)]
+    index = {m: i for i, m in enumerate(moments)}
+    assert predictions["rankings"][1, :3].tolist() == [index[(2, 2)], index[(1, 2)], index[(4, 5)]]
+    assert predictions["rankings"][2].tolist() == list(range(21))
+    # The top five in seconds for the writers; NaN where no candidate was proposed.
+    nan = [np.nan, np.nan]
+    np.testing.assert_array_equal(predictions["times"][0], [[0, 5], [5, 10], nan, nan, nan])
+    np.testing.assert_array_equal(
+        predictions["scores"][1], np.float32([0.7, 0.2, 0.1] + [np.nan] * 2)
+    )
+    np.testing.assert_array_equal(predictions["times"][3, :2], [[20, 30], [25, 30]])
+
+
+def test_evaluate_under_didemo_reads_the_records_ground_truth():
+    # trainer.evaluate over padded batches (last row padding), queries out of order; a stub
+    # eval step returns each query's hand-built candidates.
+    data = didemo_data()
+    mesh = sharding.make_mesh({"shape": (-1, 1)})
+    size = jax.device_count()
+    order = np.array([2, 0, 3, 1] + [-1] * ((-4) % size + size))
+
+    def eval_step(state, batch):
+        index = np.asarray(batch["query_index"])
+        rows = np.maximum(index, 0)
+        return {
+            "moments": DIDEMO_PREDICTED["moments"][rows],
+            "moment_scores": DIDEMO_PREDICTED["moment_scores"][rows],
+            "query_index": index,
+            "valid": (index >= 0).astype(np.float32),
+        }
+
+    batches = [{"query_index": order[k : k + size]} for k in range(0, len(order), size)]
+    metrics, predictions = trainer.evaluate(
+        eval_step,
+        None,
+        batches,
+        mesh,
+        {"protocol": "didemo"},
+        gt_chunks_fn=data.didemo_ground_truth_fn("val"),
+    )
+    assert (metrics["R@1"], metrics["R@5"], metrics["num_queries"]) == (0.25, 0.75, 4)
+    assert metrics["mIoU"] == pytest.approx(89 / 144, rel=1e-12)
+    assert predictions["query_index"].tolist() == [0, 1, 2, 3]
+    assert predictions["rankings"].shape == (4, 21)
+    packed = data.didemo_ground_truth("val")
+    assert packed.annotation_ids.tolist() == [100, 101, 102, 103]
+    assert packed.n_times.tolist() == [4, 4, 3, 2]
+
+
+def test_didemo_protocol_errors():
+    gt = didemo_data().didemo_ground_truth_fn("val")(np.arange(4))
+    # Ground truth absent.
+    with pytest.raises(ValueError, match="gt_chunks"):
+        trainer.score_predictions(DIDEMO_PREDICTED, {"protocol": "didemo"})
+    # A score-map family cannot be ranked on the chunk grid.
+    score_map = {"score_map": np.zeros((4, 6, 6), np.float32), "duration": np.full(4, 30.0)}
+    with pytest.raises(ValueError, match="proposal lists on the 5-second chunk grid"):
+        trainer.score_predictions(score_map, {"protocol": "didemo"}, gt_chunks=gt)
+    # A finite-scored candidate off the grid: query row 1, [7, 8] s.
+    off_grid = dict(DIDEMO_PREDICTED, moment_scores=DIDEMO_PREDICTED["moment_scores"].copy())
+    off_grid["moment_scores"][1, 3] = 0.05
+    with pytest.raises(ValueError, match=r"query row 1, candidate 3: moment \[7.0, 8.0\]"):
+        trainer.score_predictions(off_grid, {"protocol": "didemo"}, gt_chunks=gt)
+    # Records without extras['times'] (the synthetic benchmark).
+    synthetic_data = trainer.DataSources(runlocal_config(**{"evals.protocol": "didemo"}))
+    first = synthetic_data.datasets.splits["val"][0].query_id
+    with pytest.raises(ValueError, match=rf"split 'val', record '{first}': no field extras"):
+        synthetic_data.didemo_ground_truth_fn("val")
+
+
+def test_train_and_evaluate_refuses_didemo_protocol_on_other_data(tmp_path):
+    config = runlocal_config(**{"evals.protocol": "didemo"})
+    with pytest.raises(ValueError, match=r"extras\['times'\].*'synthetic'"):
+        trainer.train_and_evaluate(config, str(tmp_path))

@@ -13,6 +13,11 @@ decoding and metrics of ``evaluation.svmr``).  Outputs, under ``WORKDIR/eval/`` 
   format that ``vmr-jax score --protocol 2dtan --ground-truth <dir>/<split>.queries.jsonl``
   re-scores without the model.
 
+Under ``evals.protocol = 'didemo'`` (proposal lists on the chunk grid) the JSONL lists the top
+five ranked chunk moments, and ``<split>_step<N>_didemo.json`` holds the full 21-moment
+rankings in the official format (:func:`vmr_jax.evaluation.didemo.write_predictions_json`),
+which ``vmr-jax score --protocol didemo --ground-truth <split>_data.json`` re-scores.
+
 Corpus families (XML; ``TASK == 'vcmr'``) are evaluated by searching every query of the split
 against all its videos (:mod:`vmr_jax.retrieval.evaluate`); their predictions file is the
 official TVR submission ``<split>_step<N>_submission.json`` (``video2idx``, ``VCMR``,
@@ -32,7 +37,7 @@ import jax
 import numpy as np
 
 from vmr_jax import checkpointing, config_cli, sharding
-from vmr_jax.evaluation import svmr, vcmr
+from vmr_jax.evaluation import didemo, svmr, vcmr
 from vmr_jax.trainer import (
     DataSources,
     abstract_train_state,
@@ -90,17 +95,26 @@ def evaluate_workdir(
     suffix = "_submission.json" if corpus else "_predictions.jsonl"
     predictions_path = os.path.join(out_dir, f"{split}_step{step}{suffix}")
     protocol = "tvr" if corpus else config.evals.get("protocol", "2dtan")
-    rule = vcmr.PROTOCOLS["tvr"] if corpus else svmr.get_protocol(protocol).rule
+    on_chunks = protocol == didemo.PROTOCOL
+    nms_thresh = float(config.evals.get("nms_thresh", -1.0 if corpus else 0.5))
+    if corpus:
+        rule = vcmr.PROTOCOLS["tvr"]
+    elif on_chunks:
+        rule, nms_thresh = didemo.RULE, None  # all 21 moments ranked, no NMS
+    else:
+        rule = svmr.get_protocol(protocol).rule
+    rankings_path = os.path.join(out_dir, f"{split}_step{step}_didemo.json") if on_chunks else None
     results = {
         "split": split,
         "protocol": protocol,
         "rule": rule,
-        "nms_thresh": float(config.evals.get("nms_thresh", -1.0 if corpus else 0.5)),
+        "nms_thresh": nms_thresh,
         "step": int(step),
         "checkpoint": os.path.join(str(manager.directory), str(step)),
         "num_queries": int(metrics["num_queries"]),
         **_ground_truth_identity(data, split),
         "predictions": predictions_path,
+        **({"rankings": rankings_path} if on_chunks else {}),
         "metrics": metrics,
         "config": json.loads(config.to_json_best_effort()),
     }
@@ -118,6 +132,9 @@ def evaluate_workdir(
             with open(predictions_path, "w", encoding="utf-8") as f:
                 for q, record in enumerate(records):
                     f.write(json.dumps(_prediction_line(record, predictions, q)) + "\n")
+            if on_chunks:
+                ids = data.didemo_ground_truth(split).annotation_ids[predictions["query_index"]]
+                didemo.write_predictions_json(rankings_path, ids, predictions["rankings"])
     return {**results, "results_path": results_path, "predictions_path": predictions_path}
 
 

@@ -17,8 +17,21 @@ Sections run in a fixed order: mesh -> data -> model/optimizer -> shardings -> j
   the batch is one global array sharded on ``data``, the batch statistics a model computes
   (``jnp.mean`` over the batch axis) are over the global batch under ``jit`` -- XLA inserts the
   cross-device reductions -- so results do not depend on the device count.
+* Supervision (``config.train.supervision``, :func:`training_supervision`): ``'full'`` (the
+  default) trains on the ground-truth spans; ``'weak'`` (query-video pairs only) removes
+  ``spans`` and ``span_mask`` from every training batch and from the sample batch the state is
+  initialised on, so a model or loss that reads them in training fails with a ``KeyError``.
+  A family that can learn without spans says so with ``SUPERVISION = ('weak',)`` (no attribute:
+  ``('full',)``).  Evaluation is the same under both: eval batches carry spans.
 * Evaluation runs the padded eval iterator; only rows with ``valid == 1`` are kept, so every
-  query counts once.  Scores are decoded into moments and scored by ``evaluation.svmr``.
+  query counts once.  A family's ``decode`` returns either a ``score_map [B, N, N]`` (decoded
+  by ``svmr.decode_predictions``) or a proposal list ``moments [B, P, 2]`` seconds with
+  ``moment_scores [B, P]`` (non-finite = no candidate; ``svmr.decode_moment_lists``); the
+  moments are scored by ``evaluation.svmr`` under ``config.evals.protocol``.  Protocol
+  ``'didemo'`` (proposal lists on the 5-second chunk grid) ranks the 21 chunk moments of every
+  query (``didemo.rankings_from_moments``, no NMS) and scores them against the records'
+  annotator chunk pairs (``extras['times']``) by the official DiDeMo rule: ``R@1``, ``R@5``,
+  ``mIoU``.
 * Data order on resume: the train iterator is deterministic given its seed; a resumed run
   skips the batches already consumed.
 """
@@ -42,7 +55,7 @@ from flax.training import train_state
 
 from data_pipelines import input_pipeline
 from vmr_jax import checkpointing, sharding
-from vmr_jax.evaluation import svmr
+from vmr_jax.evaluation import didemo, svmr
 from vmr_jax.metrics_writer import MetricsWriter
 from vmr_jax.models import get_family
 
@@ -182,6 +195,35 @@ def family_optimizer(
     return create_optimizer(config.train, steps_per_epoch, mask)
 
 
+# --------------------------------------------------------------------------- supervision
+SUPERVISIONS = ("full", "weak")
+SPAN_FIELDS = ("spans", "span_mask")  # what weak supervision keeps out of training
+
+
+def training_supervision(config: ml_collections.ConfigDict) -> str:
+    """``config.train.supervision`` (``'full'`` when absent), checked against the family.
+
+    ``'weak'`` needs a family that learns without spans: its module says ``SUPERVISION =
+    ('weak',)`` (or ``('full', 'weak')``); families without the attribute are fully
+    supervised, ``('full',)``.  ``'full'`` suits every family (one that ignores the spans too).
+    """
+    kind = config.train.get("supervision", "full")
+    if kind not in SUPERVISIONS:
+        raise ValueError(f"config.train.supervision must be one of {SUPERVISIONS}, got {kind!r}")
+    supported = tuple(getattr(get_family(config.model.name), "SUPERVISION", ("full",)))
+    if kind == "weak" and kind not in supported:
+        raise ValueError(
+            f"config.train.supervision={kind!r} but model family {config.model.name!r} "
+            f"trains only under {supported} (its module attribute SUPERVISION)"
+        )
+    return kind
+
+
+def without_spans(batch: Batch) -> dict[str, Any]:
+    """``batch`` less ``spans`` and ``span_mask`` (removed, not zeroed)."""
+    return {k: v for k, v in batch.items() if k not in SPAN_FIELDS}
+
+
 # --------------------------------------------------------------------------- model / state
 def create_model(model_config: Mapping[str, Any]):
     """The linen module of ``config.model.name`` (registry ``vmr_jax.models.MODELS``)."""
@@ -297,15 +339,29 @@ def train_step(
 
 # Batch fields the evaluation needs on the host, returned by eval_step next to the scores.
 EVAL_FIELDS = ("duration", "spans", "span_mask", "query_index", "valid")
+# The two forms of a family's decoded predictions.
+SCORE_MAP_FIELDS = ("score_map",)
+MOMENT_LIST_FIELDS = ("moments", "moment_scores")
+
+
+def prediction_fields(decoded: Mapping[str, Any]) -> tuple[str, ...]:
+    """Which form ``decode`` returned: :data:`SCORE_MAP_FIELDS` or :data:`MOMENT_LIST_FIELDS`."""
+    for fields in (SCORE_MAP_FIELDS, MOMENT_LIST_FIELDS):
+        if all(k in decoded for k in fields):
+            return fields
+    raise KeyError(
+        f"decode must return {SCORE_MAP_FIELDS} or {MOMENT_LIST_FIELDS}, got {sorted(decoded)}"
+    )
 
 
 def eval_step(
     state: TrainState, batch: Batch, *, decode_fn: Callable, model_config: Any
 ) -> dict[str, jax.Array]:
-    """Eval-mode forward pass and decoding: ``score_map [B, N, N]`` plus ``EVAL_FIELDS``."""
+    """Eval-mode forward pass and decoding plus ``EVAL_FIELDS``: ``score_map [B, N, N]`` or
+    ``moments [B, P, 2]`` and ``moment_scores [B, P]``, as the family decodes."""
     outputs = state.apply_fn(_variables(state.params, state.batch_stats), batch, train=False)
     decoded = decode_fn(outputs, batch, model_config)
-    out = {"score_map": decoded["score_map"]}
+    out = {k: decoded[k] for k in prediction_fields(decoded)}
     out.update({k: batch[k] for k in EVAL_FIELDS})
     return out
 
@@ -351,8 +407,8 @@ def predict(
 ) -> dict[str, np.ndarray]:
     """Runs the eval step over padded host batches; keeps each real query once.
 
-    Returns arrays over the queries sorted by ``query_index``: ``score_map [Q, N, N]`` and
-    the ``EVAL_FIELDS``.
+    Returns arrays over the queries sorted by ``query_index``: ``score_map [Q, N, N]`` (or
+    ``moments [Q, P, 2]`` and ``moment_scores [Q, P]``) and the ``EVAL_FIELDS``.
     """
     chunks: dict[str, list[np.ndarray]] = {}
     for batch in batches:
@@ -371,25 +427,48 @@ def predict(
     return result
 
 
+def decode_moments(
+    predicted: Mapping[str, np.ndarray], nms_thresh: float, top_k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ranked moments after NMS, ``(times [Q, top_k, 2], scores [Q, top_k])`` (NaN padded):
+    ``svmr.decode_predictions`` of score maps, ``svmr.decode_moment_lists`` of proposal lists."""
+    if "score_map" in predicted:
+        return svmr.decode_predictions(
+            predicted["score_map"], predicted["duration"], nms_thresh, top_k, return_scores=True
+        )
+    return svmr.decode_moment_lists(
+        predicted["moments"], predicted["moment_scores"], nms_thresh, top_k, return_scores=True
+    )
+
+
 def score_predictions(
     predicted: Mapping[str, np.ndarray],
     evals_config: Mapping[str, Any],
     gt_spans: np.ndarray | None = None,
+    gt_chunks: didemo.DidemoGroundTruth | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Decodes score maps into ranked moments and scores them under ``evals.protocol``.
+    """Decodes predictions into ranked moments and scores them under ``evals.protocol``.
 
-    Decoding is the official NumPy one (``svmr.decode_predictions``: ranked cells, greedy NMS
-    with ``nms_thresh``, ``max(recalls)`` kept).  ``gt_spans [Q, 2]`` defaults to the first span
-    of the batches (float32); pass the records' float64 spans for official-exact scoring.
-    Returns ``({'R@n,IoU=m': .., 'mIoU': .., 'num_queries': ..}, {'times', 'scores'})``.
+    Decoding is the official NumPy one (:func:`decode_moments`: ranked cells or proposals,
+    greedy NMS with ``nms_thresh``, ``max(recalls)`` kept).  ``gt_spans [Q, 2]`` defaults to
+    the first span of the batches (float32); pass the records' float64 spans for
+    official-exact scoring.  Returns ``({'R@n,IoU=m': .., 'mIoU': .., 'num_queries': ..},
+    {'times', 'scores'})``.
+
+    Protocol ``'didemo'``: :func:`score_didemo_predictions` against ``gt_chunks`` (the
+    annotator chunk pairs of the queries, required).
     """
+    protocol = evals_config.get("protocol", "2dtan")
+    if protocol == didemo.PROTOCOL:
+        if gt_chunks is None:
+            raise ValueError(
+                "config.evals.protocol='didemo' scores against the annotator chunk pairs: "
+                "pass gt_chunks (DataSources.didemo_ground_truth_fn)"
+            )
+        return score_didemo_predictions(predicted, gt_chunks)
     recalls = tuple(int(n) for n in evals_config.get("recalls", (1, 5)))
-    times, scores = svmr.decode_predictions(
-        predicted["score_map"],
-        predicted["duration"],
-        float(evals_config.get("nms_thresh", 0.5)),
-        top_k=max(recalls),
-        return_scores=True,
+    times, scores = decode_moments(
+        predicted, float(evals_config.get("nms_thresh", 0.5)), top_k=max(recalls)
     )
     gt = predicted["spans"][:, 0] if gt_spans is None else np.asarray(gt_spans)
     results = svmr.evaluate(
@@ -397,11 +476,44 @@ def score_predictions(
         gt,
         recalls=recalls,
         ious=tuple(float(m) for m in evals_config.get("ious", (0.3, 0.5, 0.7))),
-        protocol=evals_config.get("protocol", "2dtan"),
+        protocol=protocol,
     )
     metrics = {k: float(v) for k, v in results.items() if k not in ("protocol", "rule")}
     metrics["num_queries"] = int(results["num_queries"])
     return metrics, {"times": times, "scores": scores}
+
+
+DIDEMO_TOP_K = 5  # moments kept in the predictions for the writers (R@5)
+
+
+def score_didemo_predictions(
+    predicted: Mapping[str, np.ndarray], gt_chunks: didemo.DidemoGroundTruth
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Official DiDeMo scoring of proposal lists on the 5-second chunk grid.
+
+    ``predicted['moments'] [Q, P, 2]`` / ``['moment_scores'] [Q, P]`` become full rankings of
+    the 21 chunk moments (:func:`didemo.rankings_from_moments`, no NMS), scored against
+    ``gt_chunks`` (same query order) by :func:`didemo.evaluate`.  Returns ``({'R@1', 'R@5',
+    'mIoU': fraction, 'num_queries'}, {'rankings' [Q, 21], 'times' [Q, 5, 2] seconds,
+    'scores' [Q, 5]})``; ``times``/``scores`` are the first five ranked moments that had a
+    finite-scored candidate, NaN rows after them.
+    """
+    if "moments" not in predicted:
+        raise ValueError(
+            "config.evals.protocol='didemo' ranks proposal lists on the 5-second chunk grid "
+            f"(decode returning {MOMENT_LIST_FIELDS}); got {sorted(predicted)}"
+        )
+    rankings, ranked_scores = didemo.rankings_from_moments(
+        predicted["moments"], predicted["moment_scores"], return_scores=True
+    )
+    results = didemo.evaluate(rankings, gt_chunks.times, gt_chunks.n_times)
+    metrics = {k: float(results[k]) for k in ("R@1", "R@5", "mIoU")}
+    metrics["num_queries"] = int(results["num_queries"])
+    top = rankings[:, :DIDEMO_TOP_K]
+    scores = ranked_scores[:, :DIDEMO_TOP_K].astype(np.float32)
+    times = didemo.moment_seconds(top).astype(np.float32)
+    times[np.isnan(scores)] = np.nan
+    return metrics, {"rankings": rankings, "times": times, "scores": scores}
 
 
 def evaluate(
@@ -411,26 +523,31 @@ def evaluate(
     mesh,
     evals_config: Mapping[str, Any],
     gt_spans_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    gt_chunks_fn: Callable[[np.ndarray], didemo.DidemoGroundTruth] | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Metrics of one pass over a padded eval iterator, and the per-query predictions.
 
-    ``gt_spans_fn(query_index) -> [Q, 2]`` supplies exact ground truth (else the batches').
+    ``gt_spans_fn(query_index) -> [Q, 2]`` supplies exact ground truth (else the batches');
+    ``gt_chunks_fn(query_index)`` the annotator chunk pairs protocol ``'didemo'`` needs.
     Predictions: ``query_index [Q]``, ``times [Q, K, 2]`` and ``scores [Q, K]`` (NaN rows
-    where the NMS kept fewer than K moments).
+    where the NMS kept fewer than K moments); under ``'didemo'`` also ``rankings [Q, 21]``.
     """
     predicted = predict(eval_step_fn, state, batches, mesh)
-    gt = gt_spans_fn(predicted["query_index"]) if gt_spans_fn else None
-    metrics, moments = score_predictions(predicted, evals_config, gt)
-    return metrics, {"query_index": predicted["query_index"], **moments}
+    index = predicted["query_index"]
+    gt = gt_spans_fn(index) if gt_spans_fn else None
+    chunks = gt_chunks_fn(index) if gt_chunks_fn else None
+    metrics, moments = score_predictions(predicted, evals_config, gt, chunks)
+    return metrics, {"query_index": index, **moments}
 
 
 def make_state_evaluator(config, data: DataSources, state_sharding: PyTree, mesh) -> Callable:
     """``evaluate_state(state, split) -> (metrics, predictions)`` for the model's task.
 
-    Single-video families: :func:`evaluate` (score maps, official decoding, ``config.evals``
-    protocol).  Corpus families (``TASK == 'vcmr'``): every query of the split searched
-    against all the split's videos (:func:`vmr_jax.retrieval.evaluate.evaluate_split`), scored
-    under the ``tvr`` protocol; predictions ``{task: RankedPredictions}`` plus ``ground_truth``.
+    Single-video families: :func:`evaluate` (score maps or proposal lists, official decoding,
+    ``config.evals`` protocol; ``'didemo'`` scores against the split's annotator chunk pairs).
+    Corpus families (``TASK == 'vcmr'``): every query of the split searched against all the
+    split's videos (:func:`vmr_jax.retrieval.evaluate.evaluate_split`), scored under the ``tvr``
+    protocol; predictions ``{task: RankedPredictions}`` plus ``ground_truth``.
     """
     from vmr_jax.retrieval import evaluate as corpus_eval
 
@@ -453,6 +570,7 @@ def make_state_evaluator(config, data: DataSources, state_sharding: PyTree, mesh
         return evaluate_corpus
 
     p_eval_step = make_eval_step(config, state_sharding, mesh)
+    on_chunks = config.evals.get("protocol", "2dtan") == didemo.PROTOCOL
 
     def evaluate_moments(state: TrainState, split: str):
         return evaluate(
@@ -462,6 +580,7 @@ def make_state_evaluator(config, data: DataSources, state_sharding: PyTree, mesh
             mesh,
             config.evals,
             data.gt_spans_fn(split),
+            data.didemo_ground_truth_fn(split) if on_chunks else None,
         )
 
     return evaluate_moments
@@ -475,6 +594,7 @@ class DataSources:
         self.config = config
         self.datasets = input_pipeline.get_datasets(config)
         self._prepared: dict[str, input_pipeline.PreparedSplit] = {}
+        self._didemo_gt: dict[str, didemo.DidemoGroundTruth] = {}
 
     def prepared(self, split: str) -> input_pipeline.PreparedSplit:
         if split not in self._prepared:
@@ -489,7 +609,8 @@ class DataSources:
         return max(1, len(self.prepared("train")) // int(self.config.train.batch_size))
 
     def train_iterator(self, start_step: int = 0):
-        """Endless train batches, positioned after the first ``start_step`` batches."""
+        """Endless train batches, positioned after the first ``start_step`` batches; without
+        ``spans``/``span_mask`` under weak supervision (:func:`training_supervision`)."""
         it = input_pipeline.make_train_iterator(
             self.prepared("train"),
             self.config.data,
@@ -498,6 +619,8 @@ class DataSources:
             text=self.datasets.text,
             start_step=start_step,
         )
+        if training_supervision(self.config) == "weak":
+            return map(without_spans, it)
         return it
 
     def eval_iterator(self, split: str):
@@ -509,7 +632,9 @@ class DataSources:
         )
 
     def sample_batch(self) -> dict[str, np.ndarray]:
-        return input_pipeline.gather_batch(self.prepared("train"), np.zeros(1, np.int64))
+        """One training example, shaped as the train batches (no spans under weak supervision)."""
+        batch = input_pipeline.gather_batch(self.prepared("train"), np.zeros(1, np.int64))
+        return without_spans(batch) if training_supervision(self.config) == "weak" else batch
 
     def query_records(self, split: str, query_index: np.ndarray) -> list[Any]:
         records = self.datasets.splits[split]
@@ -523,6 +648,41 @@ class DataSources:
             return np.asarray([np.asarray(r.spans_s, np.float64)[0] for r in records])
 
         return gt_spans
+
+    def didemo_ground_truth(self, split: str) -> didemo.DidemoGroundTruth:
+        """The annotator chunk pairs (``extras['times']``) of every record of ``split``, packed
+        as the official evaluation reads them (``didemo.ground_truth_from_records``)."""
+        if split not in self._didemo_gt:
+            records = self.datasets.splits[split]
+            rows = []
+            for q, r in enumerate(records):
+                extras = getattr(r, "extras", None) or {}
+                if "times" not in extras:
+                    raise ValueError(
+                        f"split {split!r}, record {r.query_id!r}: no field extras['times'] "
+                        "(annotator chunk pairs); config.evals.protocol='didemo' needs DiDeMo "
+                        f"records, config.data.name is {self.config.data.name!r}"
+                    )
+                rows.append({"annotation_id": extras.get("annotation_id", q), **extras})
+            self._didemo_gt[split] = didemo.ground_truth_from_records(rows, f"split {split!r}")
+        return self._didemo_gt[split]
+
+    def didemo_ground_truth_fn(
+        self, split: str
+    ) -> Callable[[np.ndarray], didemo.DidemoGroundTruth]:
+        """``query_index ->`` :class:`didemo.DidemoGroundTruth` of those records (in that order).
+
+        Reads the whole split at once, so a non-DiDeMo split fails here, not after inference.
+        """
+        packed = self.didemo_ground_truth(split)
+
+        def gt_chunks(query_index: np.ndarray) -> didemo.DidemoGroundTruth:
+            index = np.asarray(query_index, np.int64)
+            return didemo.DidemoGroundTruth(
+                packed.annotation_ids[index], packed.times[index], packed.n_times[index]
+            )
+
+        return gt_chunks
 
 
 def num_train_steps(config, steps_per_epoch: int) -> int:
@@ -561,10 +721,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logger.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
 
     # Data.
+    supervision = training_supervision(config)
+    logger.info("supervision %r", supervision)
     data = DataSources(config)
     steps_per_epoch = data.steps_per_epoch()
     total_steps = num_train_steps(config, steps_per_epoch)
     eval_split = config.evals.get("split", "val")
+    if config.evals.get("protocol", "2dtan") == didemo.PROTOCOL:
+        data.didemo_ground_truth(eval_split)  # a non-DiDeMo split fails before training
     sample = data.sample_batch()
 
     # Model and optimizer.
