@@ -6,6 +6,8 @@ checks the decoding against the score-map decoding on the same moments.
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 
@@ -128,3 +130,19 @@ def test_trainer_scores_moment_lists_under_2dtan():
     assert metrics["R@5,IoU=0.7"] == 1.0  # query 1's second moment has IoU 0.8
     assert metrics["mIoU"] == pytest.approx(0.5)  # (1 + 0) / 2
     assert metrics["num_queries"] == 2
+
+
+def test_eval_step_passes_either_decoded_form_through():
+    batch = {k: np.zeros(2, np.float32) for k in trainer.EVAL_FIELDS}
+    batch["video_features"] = np.ones((2, 3, 4), np.float32)
+    state = types.SimpleNamespace(
+        params={}, batch_stats={}, apply_fn=lambda variables, b, train: {"logits": b["valid"]}
+    )
+    moment_list = {"moments": np.zeros((2, 3, 2)), "moment_scores": np.zeros((2, 3)), "n": 3}
+    out = trainer.eval_step(state, batch, decode_fn=lambda *a: moment_list, model_config=None)
+    assert set(out) == {"moments", "moment_scores", *trainer.EVAL_FIELDS}
+    score_map = {"score_map": np.zeros((2, 4, 4)), "num_clips": 4}
+    out = trainer.eval_step(state, batch, decode_fn=lambda *a: score_map, model_config=None)
+    assert set(out) == {"score_map", *trainer.EVAL_FIELDS}
+    with pytest.raises(KeyError, match=r"decode must return \('score_map',\) or"):
+        trainer.eval_step(state, batch, decode_fn=lambda *a: {"moments": 0}, model_config=None)
