@@ -14,14 +14,14 @@ and mesh come from the workdir's ``config.json`` as for ``vmr-jax eval``), and e
   from ``data.glove_path``, zeros when absent).  ``text_mode='features'`` (precomputed token
   features, e.g. RoBERTa) cannot be rebuilt from text and is refused.
 
-Families: single-video ones (``TASK`` ``'svmr'``: fvmr, mgpn, tan2d).  FVMR answers through its
-common-space gallery (:mod:`vmr_jax.retrieval.gallery`; ``method='gallery'``, the default):
-every video's ``phi_m(m)`` encoded once and saved under ``WORKDIR/gallery/<name>_step<N>`` with
-the step, checkpoint and inputs it was built from, reused by the next call when they match;
-each query is then one ``phi_s(s)`` and one dot product per moment.  The others (and FVMR with
-``method='forward'``) run the eval forward pass and the official 2D-TAN decoding
-(:func:`vmr_jax.evaluation.svmr.decode_predictions`).  Corpus families (xml) are refused:
-``vmr-jax eval`` writes their TVR submission.
+Families: single-video ones (``TASK`` ``'svmr'``: fvmr, mgpn, tan2d, vlanet).  FVMR answers
+through its common-space gallery (:mod:`vmr_jax.retrieval.gallery`; ``method='gallery'``, the
+default): every video's ``phi_m(m)`` encoded once and saved under
+``WORKDIR/gallery/<name>_step<N>`` with the step, checkpoint and inputs it was built from,
+reused by the next call when they match; each query is then one ``phi_s(s)`` and one dot product
+per moment.  The others (and FVMR with ``method='forward'``) run the eval forward pass and the
+official 2D-TAN decoding (:func:`vmr_jax.evaluation.svmr.decode_predictions`).  Corpus families
+(xml) are refused: ``vmr-jax eval`` writes their TVR submission.
 
 Output (``--output``, default ``WORKDIR/predict/<name>_step<N>.json``)::
 
@@ -57,7 +57,6 @@ from data_pipelines.feature_stores import Hdf5Store, check_feature_array
 from data_pipelines.input_pipeline import DATA_DEFAULTS, TextInputs
 from data_pipelines.video_tables import InMemoryVideos, fit_clips
 from vmr_jax import checkpointing, config_cli, sharding, trainer
-from vmr_jax.evaluation import svmr
 from vmr_jax.models import get_family
 from vmr_jax.retrieval import gallery
 from vmr_jax.text.glove import read_glove
@@ -320,15 +319,14 @@ def _padded_batches(num: int, batch_size: int) -> Iterator[np.ndarray]:
 def answer_with_forward(
     config, state, queries: QuerySet, mesh, top_k: int, nms_thresh: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Eval forward pass + ``family.decode`` + the official decoding: ``(times, scores)``."""
+    """Eval forward pass + ``family.decode`` + the official decoding: ``(times, scores)``
+    (score maps: 2D-TAN's cell decoding; moment lists of proposal families: the same NMS)."""
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     eval_step = trainer.make_eval_step(config, state_sharding, mesh)
     size = int(config.evals.get("batch_size", config.train.batch_size))
     batches = (queries.batch(index) for index in _padded_batches(len(queries), size))
     predicted = trainer.predict(eval_step, state, batches, mesh)
-    return svmr.decode_predictions(
-        predicted["score_map"], predicted["duration"], nms_thresh, top_k, return_scores=True
-    )
+    return trainer.decode_moments(predicted, nms_thresh, top_k)
 
 
 def _source_fingerprint(source: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,11 @@ Every family module (``vmr_jax/models/<family>.py``) exposes:
 * ``loss_fn(outputs, batch, model_config) -> (scalar, dict of scalar metrics)``; targets are
   built here from ``batch['spans']``.
 * ``decode(outputs, batch, model_config) -> dict`` with ``score_map [B, N, N]`` ranking
-  scores (0 outside the valid cells) and ``num_clips``; evaluation turns it into moments.
+  scores (0 outside the valid cells) and ``num_clips``, or for proposal (sliding-window)
+  families such as ``vlanet`` a moment list ``moments [B, P, 2]`` seconds with
+  ``moment_scores [B, P]`` (non-finite = not a candidate); evaluation turns either into moments.
+* ``SUPERVISION`` (optional, default ``('full',)``): ``('weak',)`` for families that learn
+  without spans (``config.train.supervision = 'weak'`` keeps spans out of training batches).
 
 Corpus families (video corpus moment retrieval: ``TASK = 'vcmr'``, e.g. ``xml``) have no
 ``decode``; their module has the methods the corpus engine (``vmr_jax/retrieval``) calls:
@@ -35,6 +39,7 @@ duration             [B] f32             seconds
 spans                [B, S, 2] f32       ground-truth [start, end] seconds (S >= 1)
 span_mask            [B, S] f32          1 for real spans
 query_index          [B] i32             record index in its split, -1 for padding
+video_index          [B] i32             row of the query's video in its split's video table
 valid                [B] f32             1 for real examples, 0 for eval padding
 tree_verbs           [B, Nv, 2] i32      semantic role tree (``config.data.semantic_tree``,
 tree_nouns           [B, Nn, 2] i32      FVMR): inclusive word spans of the verb / noun
@@ -46,9 +51,15 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from vmr_jax.models import fvmr, mgpn, tan2d, xml
+from vmr_jax.models import fvmr, mgpn, tan2d, vlanet, xml
 
-MODELS: dict[str, ModuleType] = {"fvmr": fvmr, "mgpn": mgpn, "tan2d": tan2d, "xml": xml}
+MODELS: dict[str, ModuleType] = {
+    "fvmr": fvmr,
+    "mgpn": mgpn,
+    "tan2d": tan2d,
+    "vlanet": vlanet,
+    "xml": xml,
+}
 
 
 def get_family(name: str) -> ModuleType:
