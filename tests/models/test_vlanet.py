@@ -329,11 +329,6 @@ def test_didemo_proposals_are_the_21_chunk_moments():
     assert moment_set(out["times"][1], out["candidates"][1]) == short_moments
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="clip_ranges clamps a proposal's first clip to T - 1: a proposal that starts after "
-    "the last input clip becomes a candidate with that clip's feature",
-)
 def test_proposal_past_the_last_input_clip_is_no_candidate():
     """Docstring 2: a candidate overlaps at least one real clip.  20 one-second clips (all
     real) and a 30-s duration (features shorter than the video): group 5's ``[20, 28]`` ends

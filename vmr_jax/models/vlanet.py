@@ -173,17 +173,19 @@ def proposal_times(duration: jnp.ndarray, model_config) -> tuple[jnp.ndarray, jn
 
 
 def clip_ranges(times, duration, num_clips: int, clip_seconds: float):
-    """First and one-past-last input clip ``[B, K, L]`` int32 overlapped by each proposal."""
+    """First and one-past-last input clip ``[B, K, L]`` int32 overlapped by each proposal
+    (an empty range when it starts past the last clip)."""
     if clip_seconds > 0:
         clip_len = jnp.full_like(jnp.asarray(duration, jnp.float32), clip_seconds)
     else:
         clip_len = jnp.asarray(duration, jnp.float32) / num_clips
     clip_len = clip_len[:, None, None]
-    first = jnp.floor(times[..., 0] / clip_len + 1e-4)
+    first_raw = jnp.floor(times[..., 0] / clip_len + 1e-4)
     last = jnp.ceil(times[..., 1] / clip_len - 1e-4)
-    first = jnp.clip(first, 0, num_clips - 1).astype(jnp.int32)
+    first = jnp.clip(first_raw, 0, num_clips - 1).astype(jnp.int32)
     last = jnp.clip(last, 1, num_clips).astype(jnp.int32)
-    return first, jnp.maximum(last, first + 1)
+    # A proposal starting past the last input clip overlaps none: an empty range.
+    return first, jnp.where(first_raw >= num_clips, first, jnp.maximum(last, first + 1))
 
 
 def proposal_means(video, video_mask, first, last):
