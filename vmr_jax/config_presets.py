@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from vmr_jax.models import fvmr, mgpn, tan2d
+from vmr_jax.models import fvmr, mgpn, tan2d, vlanet
 
 
 def _map_benchmark(
@@ -254,4 +254,85 @@ def tan2d_benchmark(
         runlocal=runlocal,
     )
     config.lock()
+    return config
+
+
+def vlanet_benchmark(
+    *,
+    variant: str,
+    dataset: str,
+    features: str,
+    num_input_clips: int,
+    clip_sampling: str,
+    normalize: bool,
+    protocol: str,
+    eval_split: str,
+    best_metric: str,
+    steps_per_epoch: int,
+    flags: set[str],
+) -> ml_collections.ConfigDict:
+    """VLANet, weakly supervised (``train.supervision='weak'``), on a built benchmark.
+
+    The paper gives no optimiser, batch or schedule; the choices here: Adam 1e-3 (no decay,
+    no clipping), batch 32, 30 epochs, GloVe 840B 300-d words (the paper's GloVe), queries cut
+    at 20 words.  ``flags``: Table 3's ``wo_surrogate``, ``wo_self``, ``wo_cross``, and
+    ``runlocal`` (a few steps with a small batch).
+    """
+    runlocal = "runlocal" in flags
+    model = ml_collections.ConfigDict(dict(vlanet.VARIANTS[variant]))
+    model.name = "vlanet"
+    model.surrogate = "wo_surrogate" not in flags
+    model.self_attention = "wo_self" not in flags
+    if "wo_cross" in flags:
+        model.cross_attention_steps = 0
+
+    config = ml_collections.ConfigDict()
+    config.model = model
+    config.data = ml_collections.ConfigDict()
+    config.data.name = dataset
+    config.data.features = features
+    config.data.dir = f"data/vmr_jax/{dataset}-{features}"
+    config.data.seed = 0
+    config.data.num_input_clips = num_input_clips
+    config.data.clip_sampling = clip_sampling
+    config.data.normalize = normalize
+    config.data.text_mode = "glove"
+    config.data.glove_path = "data/glove.840B.300d.txt"
+    config.data.glove_missing = "zero"
+    config.data.max_query_len = 20
+    config.data.max_spans = 0 if dataset == "didemo" else 1  # DiDeMo: one span per annotator
+    config.data.prefetch = 2
+
+    config.train = ml_collections.ConfigDict()
+    config.train.supervision = "weak"
+    config.train.seed = 0
+    config.train.batch_size = 4 if runlocal else 32
+    config.train.num_epochs = 0 if runlocal else 30
+    config.train.num_steps = 4 if runlocal else 0
+    config.train.lr = 1e-3
+    config.train.b1 = 0.9
+    config.train.b2 = 0.999
+    config.train.milestones = ()
+    config.train.gamma = 0.1
+    config.train.grad_clip_norm = 0.0
+    config.train.log_every = 1 if runlocal else 50
+    config.train.checkpoint_every = 2 if runlocal else steps_per_epoch
+    config.train.keep = 3
+    config.train.best_metric = best_metric
+    config.train.best_mode = "max"
+    config.train.async_checkpointing = True
+    config.train.progress_bar = True
+
+    config.evals = ml_collections.ConfigDict()
+    config.evals.split = eval_split
+    config.evals.batch_size = 4 if runlocal else 32
+    config.evals.protocol = protocol
+    config.evals.recalls = (1, 5)
+    config.evals.ious = (0.3, 0.5, 0.7)
+    config.evals.nms_thresh = 0.5
+    config.evals.every = 0 if runlocal else steps_per_epoch
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.shape = (-1, 1)  # ('data', 'model')
+    config.mesh.fsdp = False
     return config
