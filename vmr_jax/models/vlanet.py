@@ -148,11 +148,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 _NEG = -1e30  # masked logits (finite, so that all-masked rows stay NaN-free)
 
 
-def groups_for_duration(duration: float, stride: float) -> int:
-    """Segment groups needed to cover a video of ``duration`` seconds: every start < duration."""
-    return max(1, math.ceil(duration / stride - 1e-6))
-
-
 # --------------------------------------------------------------------------- geometry
 def proposal_times(duration: jnp.ndarray, model_config) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Proposal ``[start, end]`` seconds ``[B, K, L, 2]`` and the candidate mask ``[B, K, L]``
