@@ -224,6 +224,17 @@ def without_spans(batch: Batch) -> dict[str, Any]:
     return {k: v for k, v in batch.items() if k not in SPAN_FIELDS}
 
 
+def chance_metrics(config, data: DataSources, split: str) -> dict[str, float] | None:
+    """The metrics of ranking the candidates of ``split`` in random order, when the family
+    defines them (``random_proposal_baseline(batch, model_config)``: VLANet's proposals) and
+    the protocol is ``2dtan``; else None.  A weakly supervised model is judged against them."""
+    fn = getattr(get_family(config.model.name), "random_proposal_baseline", None)
+    if fn is None or config.evals.get("protocol", "2dtan") != "2dtan":
+        return None
+    prepared = data.prepared(split)
+    return fn(input_pipeline.gather_batch(prepared, np.arange(len(prepared))), config.model)
+
+
 # --------------------------------------------------------------------------- model / state
 def create_model(model_config: Mapping[str, Any]):
     """The linen module of ``config.model.name`` (registry ``vmr_jax.models.MODELS``)."""
@@ -709,7 +720,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     every ``config.evals.every`` steps and at the end.
 
     Returns ``{'step', 'train_metrics', 'eval_metrics', 'eval_split', 'checkpoint_dir',
-    'best_step', 'workdir'}``.
+    'best_step', 'workdir'}``, and ``'random_baseline'`` when :func:`chance_metrics` gives one.
     """
     os.makedirs(workdir, exist_ok=True)
     checkpointing.save_config(config, workdir)
@@ -730,6 +741,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.evals.get("protocol", "2dtan") == didemo.PROTOCOL:
         data.didemo_ground_truth(eval_split)  # a non-DiDeMo split fails before training
     sample = data.sample_batch()
+    chance = chance_metrics(config, data, eval_split)
+    if chance is not None:
+        logger.info(
+            "random-proposal baseline on %s: %s",
+            eval_split,
+            ", ".join(f"{k} {v:.4f}" for k, v in chance.items()),
+        )
 
     # Model and optimizer.
     model = create_model(config.model)
@@ -756,6 +774,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logger.info("resumed from %s at step %d", manager.directory, start_step)
     else:
         writer.write_text(0, "config", config.to_json_best_effort(indent=2))
+        if chance is not None:
+            writer.write(0, f"{eval_split}_random", chance)
 
     # Eval.
     def run_eval(state: TrainState, step: int) -> dict[str, float]:
@@ -813,6 +833,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ),
         "workdir": os.path.abspath(workdir),
     }
+    if chance is not None:
+        result["random_baseline"] = chance
     manager.close()
     return result
 

@@ -484,3 +484,28 @@ def test_parameter_gradients_finite_with_padding():
             float(np.abs(np.asarray(g)).sum()) for g in jax.tree_util.tree_leaves(grads[name])
         )
         assert norm > 0, name
+
+
+# --------------------------------------------------------------------------- random baseline
+def test_random_proposal_baseline_by_hand():
+    """Stride 2 s, windows 2 and 4 s, 3 groups, 1-s clips, 4 input clips.  Query A: a 6-s video
+    cut to its first 4 clips, span [0, 4]: candidates [0,2] [0,4] [2,4] [2,6] ([4,6] overlaps no
+    input clip, [4,8] ends past the video) with IoU 1/2, 1, 1/2, 1/3.  Query B: a 3-s video (3
+    real clips), span [0, 3]: the single candidate [0,2], IoU 2/3.  Query C is padding."""
+    config = ml_collections.ConfigDict(
+        dict(proposal_stride=2.0, proposal_windows=(2.0, 4.0), max_groups=3, clip_seconds=1.0)
+    )
+    batch = {
+        "duration": np.array([6.0, 3.0, 6.0], np.float32),
+        "video_mask": np.array([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1]], np.float32),
+        "spans": np.array([[[0.0, 4.0]], [[0.0, 3.0]], [[0.0, 4.0]]], np.float32),
+        "valid": np.array([1.0, 1.0, 0.0], np.float32),
+    }
+    cand, times = vlanet.candidate_proposals(batch, config)
+    assert cand.sum(1).tolist() == [4, 1, 4]
+    assert {tuple(t) for t in times[0][cand[0]].tolist()} == {(0, 2), (0, 4), (2, 4), (2, 6)}
+    got = vlanet.random_proposal_baseline(batch, config)
+    # IoU > 0.3: A 4/4, B 1/1; > 0.5: A 1/4, B 1/1; > 0.7: A 1/4, B 0/1.
+    expected = {"R@1,IoU=0.3": 1.0, "R@1,IoU=0.5": (0.25 + 1.0) / 2, "R@1,IoU=0.7": 0.25 / 2}
+    expected["mIoU"] = ((0.5 + 1.0 + 0.5 + 1 / 3) / 4 + 2 / 3) / 2
+    assert got == pytest.approx(expected, abs=1e-12)

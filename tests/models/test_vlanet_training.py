@@ -107,3 +107,19 @@ def test_ablations_train_and_evaluate(tmp_path, arg):
     assert result["step"] == config.train.num_steps
     assert np.isfinite(result["train_metrics"]["loss"])
     assert result["eval_metrics"]["num_queries"] > 0
+    # The random-proposal baseline, recomputed here proposal by proposal in plain Python.
+    model = config.model
+    shares = []
+    for record in trainer.DataSources(config).datasets.splits["val"]:
+        duration, (s0, e0) = float(record.duration_s), map(float, record.spans_s[0])
+        hits = count = 0
+        for k in range(model.max_groups):
+            start = k * model.proposal_stride
+            for w in model.proposal_windows:
+                if start + w > duration + 1e-3 or start >= duration:
+                    continue
+                inter = max(0.0, min(start + w, e0) - max(start, s0))
+                count += 1
+                hits += inter / (max(start + w, e0) - min(start, s0)) > 0.5
+        shares.append(hits / count)
+    assert result["random_baseline"]["R@1,IoU=0.5"] == pytest.approx(np.mean(shares), abs=1e-9)

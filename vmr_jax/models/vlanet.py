@@ -506,6 +506,44 @@ def decode(outputs, batch, model_config) -> dict[str, jnp.ndarray]:
     return {"moments": outputs["times"], "moment_scores": proposal_scores(outputs)}
 
 
+def candidate_proposals(batch, model_config) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate mask ``[B, K * L]`` bool (module docstring, 2) and the proposal times
+    ``[B, K * L, 2]`` seconds, from the batch's ``duration`` and ``video_mask`` alone (no
+    model parameters)."""
+    duration = jnp.asarray(batch["duration"], jnp.float32)
+    video_mask = jnp.asarray(batch["video_mask"], jnp.float32)
+    times, fits = proposal_times(duration, model_config)
+    first, last = clip_ranges(
+        times, duration, video_mask.shape[1], float(model_config.clip_seconds)
+    )
+    csum = jnp.concatenate([jnp.zeros_like(video_mask[:, :1]), jnp.cumsum(video_mask, 1)], 1)
+    take = jax.vmap(lambda a, i: a[i])
+    b = video_mask.shape[0]
+    counts = take(csum, last.reshape(b, -1)) - take(csum, first.reshape(b, -1))
+    return np.asarray(fits.reshape(b, -1) & (counts > 0)), np.asarray(times.reshape(b, -1, 2))
+
+
+def random_proposal_baseline(batch, model_config, ious=(0.3, 0.5, 0.7)) -> dict[str, float]:
+    """R@1,IoU=m and mIoU of a model that ranks the candidates in a uniformly random order: the
+    mean over the batch's real queries (``valid``) of the share of candidates whose IoU with the
+    query's first span is ``> m`` (strict, the ``2dtan`` protocol), and of their mean IoU.
+    ``batch``: ``duration``, ``video_mask``, ``spans``, e.g. a whole split from
+    ``input_pipeline.gather_batch``."""
+    from vmr_jax.ops import segments
+
+    cand, times = candidate_proposals(batch, model_config)
+    spans = np.asarray(batch["spans"], np.float64)[:, 0]
+    valid = np.asarray(batch.get("valid", np.ones(len(spans))), np.float64) > 0
+    iou = segments.temporal_iou(times.astype(np.float64), spans[:, None, :])  # [B, K * L]
+    count = np.maximum(cand.sum(1), 1)
+    out = {}
+    for m in ious:
+        share = ((iou > m) & cand).sum(1) / count
+        out[f"R@1,IoU={m}"] = float(share[valid].mean())
+    out["mIoU"] = float((np.where(cand, iou, 0.0).sum(1) / count)[valid].mean())
+    return out
+
+
 def example_batch(model_config, batch_size: int = 1, query_len: int = 10) -> dict[str, np.ndarray]:
     """Zeros with the shapes and dtypes VLANet reads (initialisation, benchmarks): as many
     input clips as the longest proposal grid needs at ``clip_seconds`` (64 resampled clips
