@@ -22,7 +22,10 @@ Sections run in a fixed order: mesh -> data -> model/optimizer -> shardings -> j
   ``spans`` and ``span_mask`` from every training batch and from the sample batch the state is
   initialised on, so a model or loss that reads them in training fails with a ``KeyError``.
   A family that can learn without spans says so with ``SUPERVISION = ('weak',)`` (no attribute:
-  ``('full',)``).  Evaluation is the same under both: eval batches carry spans.
+  ``('full',)``).  Evaluation is the same under both: eval batches carry spans.  A family
+  that ranks a fixed set of candidate proposals may define ``random_proposal_baseline(batch,
+  model_config)``; the trainer then logs the eval split's metrics under random ranking
+  (:func:`chance_metrics`) as ``{split}_random`` at step 0, the level a weak model must beat.
 * Evaluation runs the padded eval iterator; only rows with ``valid == 1`` are kept, so every
   query counts once.  A family's ``decode`` returns either a ``score_map [B, N, N]`` (decoded
   by ``svmr.decode_predictions``) or a proposal list ``moments [B, P, 2]`` seconds with
