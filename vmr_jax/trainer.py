@@ -23,7 +23,7 @@ Sections run in a fixed order: mesh -> data -> model/optimizer -> shardings -> j
   initialised on, so a model or loss that reads them in training fails with a ``KeyError``.
   A family that can learn without spans says so with ``SUPERVISION = ('weak',)`` (no attribute:
   ``('full',)``).  Evaluation is the same under both: eval batches carry spans.  A family
-  that ranks a fixed set of candidate proposals may define ``random_proposal_baseline(batch,
+  that ranks a fixed set of candidate proposals may define ``random_proposal_shares(batch,
   model_config)``; the trainer then logs the eval split's metrics under random ranking
   (:func:`chance_metrics`) as ``{split}_random`` at step 0, the level a weak model must beat.
 * Evaluation runs the padded eval iterator; only rows with ``valid == 1`` are kept, so every
@@ -227,15 +227,24 @@ def without_spans(batch: Batch) -> dict[str, Any]:
     return {k: v for k, v in batch.items() if k not in SPAN_FIELDS}
 
 
-def chance_metrics(config, data: DataSources, split: str) -> dict[str, float] | None:
+def chance_metrics(
+    config, data: DataSources, split: str, chunk: int = 256
+) -> dict[str, float] | None:
     """The metrics of ranking the candidates of ``split`` in random order, when the family
-    defines them (``random_proposal_baseline(batch, model_config)``: VLANet's proposals) and
-    the protocol is ``2dtan``; else None.  A weakly supervised model is judged against them."""
-    fn = getattr(get_family(config.model.name), "random_proposal_baseline", None)
+    defines them per query (``random_proposal_shares(batch, model_config)``: VLANet's
+    proposals) and the protocol is ``2dtan``; else None.  A weakly supervised model is judged
+    against them.  Reads the split ``chunk`` queries at a time (a built dataset's features
+    are never held whole)."""
+    fn = getattr(get_family(config.model.name), "random_proposal_shares", None)
     if fn is None or config.evals.get("protocol", "2dtan") != "2dtan":
         return None
     prepared = data.prepared(split)
-    return fn(input_pipeline.gather_batch(prepared, np.arange(len(prepared))), config.model)
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(prepared), chunk):
+        index = np.arange(start, min(start + chunk, len(prepared)))
+        for key, value in fn(input_pipeline.gather_batch(prepared, index), config.model).items():
+            parts.setdefault(key, []).append(value)
+    return {key: float(np.concatenate(values).mean()) for key, values in parts.items()}
 
 
 # --------------------------------------------------------------------------- model / state

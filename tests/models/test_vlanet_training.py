@@ -109,8 +109,8 @@ def test_ablations_train_and_evaluate(tmp_path, arg):
     assert result["eval_metrics"]["num_queries"] > 0
     # The random-proposal baseline, recomputed here proposal by proposal in plain Python.
     model = config.model
-    shares = []
-    for record in trainer.DataSources(config).datasets.splits["val"]:
+    shares, data = [], trainer.DataSources(config)
+    for record in data.datasets.splits["val"]:
         duration, (s0, e0) = float(record.duration_s), map(float, record.spans_s[0])
         hits = count = 0
         for k in range(model.max_groups):
@@ -123,3 +123,6 @@ def test_ablations_train_and_evaluate(tmp_path, arg):
                 hits += inter / (max(start + w, e0) - min(start, s0)) > 0.5
         shares.append(hits / count)
     assert result["random_baseline"]["R@1,IoU=0.5"] == pytest.approx(np.mean(shares), abs=1e-9)
+    # Read in chunks of 3 queries (the last one short), the same numbers.
+    chunked = trainer.chance_metrics(config, data, "val", chunk=3)
+    assert len(shares) % 3 and chunked == pytest.approx(result["random_baseline"], abs=1e-12)

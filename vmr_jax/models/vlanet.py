@@ -93,6 +93,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vmr_jax.layers.recurrent import RNNLayer
+from vmr_jax.ops import segments
 
 SUPERVISION = ("weak",)
 
@@ -523,25 +524,25 @@ def candidate_proposals(batch, model_config) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(fits.reshape(b, -1) & (counts > 0)), np.asarray(times.reshape(b, -1, 2))
 
 
-def random_proposal_baseline(batch, model_config, ious=(0.3, 0.5, 0.7)) -> dict[str, float]:
-    """R@1,IoU=m and mIoU of a model that ranks the candidates in a uniformly random order: the
-    mean over the batch's real queries (``valid``) of the share of candidates whose IoU with the
-    query's first span is ``> m`` (strict, the ``2dtan`` protocol), and of their mean IoU.
-    ``batch``: ``duration``, ``video_mask``, ``spans``, e.g. a whole split from
-    ``input_pipeline.gather_batch``."""
-    from vmr_jax.ops import segments
-
+def random_proposal_shares(batch, model_config, ious=(0.3, 0.5, 0.7)) -> dict[str, np.ndarray]:
+    """Per query ``[B]``: the share of its candidates whose IoU with its first span is ``> m``
+    (strict, the ``2dtan`` protocol) -- its R@1,IoU=m under a uniformly random ranking of the
+    candidates -- and their mean IoU (``mIoU``).  ``batch``: ``duration``, ``video_mask``,
+    ``spans`` (e.g. from ``input_pipeline.gather_batch``); padding rows are not dropped."""
     cand, times = candidate_proposals(batch, model_config)
     spans = np.asarray(batch["spans"], np.float64)[:, 0]
-    valid = np.asarray(batch.get("valid", np.ones(len(spans))), np.float64) > 0
     iou = segments.temporal_iou(times.astype(np.float64), spans[:, None, :])  # [B, K * L]
     count = np.maximum(cand.sum(1), 1)
-    out = {}
-    for m in ious:
-        share = ((iou > m) & cand).sum(1) / count
-        out[f"R@1,IoU={m}"] = float(share[valid].mean())
-    out["mIoU"] = float((np.where(cand, iou, 0.0).sum(1) / count)[valid].mean())
+    out = {f"R@1,IoU={m}": ((iou > m) & cand).sum(1) / count for m in ious}
+    out["mIoU"] = np.where(cand, iou, 0.0).sum(1) / count
     return out
+
+
+def random_proposal_baseline(batch, model_config, ious=(0.3, 0.5, 0.7)) -> dict[str, float]:
+    """:func:`random_proposal_shares` averaged over the batch's real queries (``valid``)."""
+    shares = random_proposal_shares(batch, model_config, ious)
+    valid = np.asarray(batch.get("valid", np.ones(len(batch["duration"]))), np.float64) > 0
+    return {k: float(v[valid].mean()) for k, v in shares.items()}
 
 
 def example_batch(model_config, batch_size: int = 1, query_len: int = 10) -> dict[str, np.ndarray]:
