@@ -335,11 +335,7 @@ def test_proposal_past_the_last_input_clip_is_no_candidate():
     inside the video but overlaps no input clip, so it is no candidate."""
     config = _config()
     duration = jnp.array([30.0])
-    times, fits = vlanet.proposal_times(duration, config)
-    first, last = vlanet.clip_ranges(times, duration, 20, float(config.clip_seconds))
-    video = jnp.ones((1, 20, 3))
-    _, counts = vlanet.proposal_means(video, jnp.ones((1, 20)), first, last)
-    candidates = np.asarray(fits & (counts > 0))[0]
+    candidates = np.asarray(vlanet.proposal_candidates(duration, jnp.ones((1, 20)), config)[3])[0]
     _, clips = _proposals(config, 30.0, 20, 20)
     assert clips[5][0] == []  # no input clip under [20, 28]
     expected = np.array([[bool(c) for c in group] for group in clips])

@@ -303,13 +303,7 @@ class FVMR(nn.Module):
 
     # -- text path --------------------------------------------------------------------------
     def _words(self, batch):
-        if self.vocab_size > 0 and "query_tokens" in batch:
-            words = self.word_embed(batch["query_tokens"])
-        else:
-            words = batch["query_features"].astype(jnp.float32)
-        mask = batch["query_mask"].astype(jnp.float32)
-        lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
-        return words, mask, lengths
+        return common.query_inputs(batch, self.word_embed if self.vocab_size > 0 else None)
 
     def sentence_feature(self, batch) -> jnp.ndarray:
         """Eq. 2: ``s = w_1 + w_L`` of the Bi-LSTM ``[B, D_s]``."""

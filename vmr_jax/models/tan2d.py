@@ -336,11 +336,8 @@ class TAN2D(nn.Module):
     def encode_query(self, batch: dict[str, jnp.ndarray]) -> jnp.ndarray:
         """Text vector ``[B, H]`` ("TE"): LSTM over the padded words, last real word's row,
         ``tex_linear``."""
-        if self.vocab_size > 0 and "query_tokens" in batch:
-            words = self.word_embed(batch["query_tokens"])
-        else:
-            words = batch["query_features"].astype(jnp.float32)
-        mask = batch["query_mask"].astype(jnp.float32)  # [B, L]
+        embed = self.word_embed if self.vocab_size > 0 else None
+        words, mask, _ = common.query_inputs(batch, embed)  # mask [B, L]
         out, (h_n, c_n) = self.textual_encoder(words)
         self.sow("intermediates", "lstm_output", out)
         self.sow("intermediates", "lstm_h_n", h_n)

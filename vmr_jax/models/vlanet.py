@@ -93,6 +93,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vmr_jax.layers.recurrent import RNNLayer
+from vmr_jax.models import common
 from vmr_jax.ops import segments
 
 SUPERVISION = ("weak",)
@@ -184,22 +185,34 @@ def clip_ranges(times, duration, num_clips: int, clip_seconds: float):
     return first, jnp.where(first_raw >= num_clips, first, jnp.maximum(last, first + 1))
 
 
-def proposal_means(video, video_mask, first, last):
-    """Mean of the real clips ``[first, last)`` of every proposal: ``([B, K, L, D], count)``,
-    by differences of a cumulative sum (no loop over proposals)."""
-    masked = video * video_mask[..., None]
-    zero = jnp.zeros_like(masked[:, :1])
-    csum = jnp.concatenate([zero, jnp.cumsum(masked, axis=1)], axis=1)  # [B, T + 1, D]
-    cnt = jnp.concatenate(
-        [jnp.zeros_like(video_mask[:, :1]), jnp.cumsum(video_mask, axis=1)], axis=1
-    )
-    b = video.shape[0]
-    flat_first, flat_last = first.reshape(b, -1), last.reshape(b, -1)
+def _range_sums(x, first, last):
+    """``sum(x[b, first:last])`` along axis 1 for every ``[B, K, L]`` range, by differences of
+    a cumulative sum (no loop over proposals): ``[B, K, L, *x.shape[2:]]``."""
+    csum = jnp.concatenate([jnp.zeros_like(x[:, :1]), jnp.cumsum(x, axis=1)], axis=1)
+    b = x.shape[0]
     take = jax.vmap(lambda a, i: a[i])
-    sums = take(csum, flat_last) - take(csum, flat_first)
-    counts = take(cnt, flat_last) - take(cnt, flat_first)
-    means = sums / jnp.maximum(counts, 1.0)[..., None]
-    return means.reshape(first.shape + (video.shape[-1],)), counts.reshape(first.shape)
+    sums = take(csum, last.reshape(b, -1)) - take(csum, first.reshape(b, -1))
+    return sums.reshape(first.shape + x.shape[2:])
+
+
+def proposal_means(video, video_mask, first, last):
+    """Mean of the real clips ``[first, last)`` of every proposal: ``([B, K, L, D], count)``."""
+    sums = _range_sums(video * video_mask[..., None], first, last)
+    counts = _range_sums(video_mask, first, last)
+    return sums / jnp.maximum(counts, 1.0)[..., None], counts
+
+
+def proposal_candidates(duration, video_mask, model_config):
+    """Proposal times ``[B, K, L, 2]``, their input-clip ranges ``first, last [B, K, L]`` and
+    the candidate mask ``[B, K, L]`` bool: the proposal fits the video and overlaps at least
+    one real clip (module docstring, 2).  The one place the candidate rule is written."""
+    duration = jnp.asarray(duration, jnp.float32)
+    video_mask = jnp.asarray(video_mask, jnp.float32)
+    times, fits = proposal_times(duration, model_config)
+    first, last = clip_ranges(
+        times, duration, video_mask.shape[1], float(model_config.clip_seconds)
+    )
+    return times, first, last, fits & (_range_sums(video_mask, first, last) > 0)
 
 
 def l2_normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
@@ -290,12 +303,8 @@ class VLANet(nn.Module):
         """Eq. 1 and everything of CCA that needs only the query: unit word features ``words
         [B, M, D]``, ``mask``, ``last`` (``w_M``), the Q2Q log-scales ``log_scale [B, M]`` and
         the projections of the words for the cross and similarity units."""
-        if self.vocab_size > 0 and "query_tokens" in batch:
-            words = self.word_embed(batch["query_tokens"])
-        else:
-            words = batch["query_features"].astype(jnp.float32)
-        mask = batch["query_mask"].astype(jnp.float32)
-        lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
+        embed = self.word_embed if self.vocab_size > 0 else None
+        words, mask, lengths = common.query_inputs(batch, embed)
         states, _ = self.gru(words, lengths)
         q = l2_normalize(self.query_fc(states)) * mask[..., None]
         last = jnp.take_along_axis(q, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
@@ -323,10 +332,9 @@ class VLANet(nn.Module):
         to ``V`` (per proposal, gathered per pair after the surrogate selection)."""
         video = batch["video_features"].astype(jnp.float32)
         video_mask = batch["video_mask"].astype(jnp.float32)
-        times, fits = proposal_times(batch["duration"], self)
-        first, last = clip_ranges(times, batch["duration"], video.shape[1], self.clip_seconds)
-        means, counts = proposal_means(video, video_mask, first, last)
-        mask = (fits & (counts > 0)).astype(jnp.float32)
+        times, first, last, candidates = proposal_candidates(batch["duration"], video_mask, self)
+        means, _ = proposal_means(video, video_mask, first, last)
+        mask = candidates.astype(jnp.float32)
         feats = l2_normalize(self.video_fc(means)) * mask[..., None]
         b = video.shape[0]
         feats = feats.reshape(b, -1, self.embed_dim)
@@ -508,20 +516,14 @@ def decode(outputs, batch, model_config) -> dict[str, jnp.ndarray]:
 
 
 def candidate_proposals(batch, model_config) -> tuple[np.ndarray, np.ndarray]:
-    """The candidate mask ``[B, K * L]`` bool (module docstring, 2) and the proposal times
-    ``[B, K * L, 2]`` seconds, from the batch's ``duration`` and ``video_mask`` alone (no
-    model parameters)."""
-    duration = jnp.asarray(batch["duration"], jnp.float32)
-    video_mask = jnp.asarray(batch["video_mask"], jnp.float32)
-    times, fits = proposal_times(duration, model_config)
-    first, last = clip_ranges(
-        times, duration, video_mask.shape[1], float(model_config.clip_seconds)
+    """:func:`proposal_candidates` of a batch (its ``duration`` and ``video_mask``; no model
+    parameters) as host arrays: the candidate mask ``[B, K * L]`` and the times ``[B, K * L,
+    2]`` seconds."""
+    times, _, _, candidates = proposal_candidates(
+        batch["duration"], batch["video_mask"], model_config
     )
-    csum = jnp.concatenate([jnp.zeros_like(video_mask[:, :1]), jnp.cumsum(video_mask, 1)], 1)
-    take = jax.vmap(lambda a, i: a[i])
-    b = video_mask.shape[0]
-    counts = take(csum, last.reshape(b, -1)) - take(csum, first.reshape(b, -1))
-    return np.asarray(fits.reshape(b, -1) & (counts > 0)), np.asarray(times.reshape(b, -1, 2))
+    b = candidates.shape[0]
+    return np.asarray(candidates.reshape(b, -1)), np.asarray(times.reshape(b, -1, 2))
 
 
 def random_proposal_shares(batch, model_config, ious=(0.3, 0.5, 0.7)) -> dict[str, np.ndarray]:
@@ -553,19 +555,6 @@ def example_batch(model_config, batch_size: int = 1, query_len: int = 10) -> dic
     span = stride * (int(model_config.max_groups) - 1) + max(model_config.proposal_windows)
     clip = float(model_config.clip_seconds)
     t = math.ceil(span / clip - 1e-6) if clip > 0 else 64
-    batch = {
-        "video_features": np.zeros((batch_size, t, int(model_config.feature_dim)), np.float32),
-        "video_mask": np.ones((batch_size, t), np.float32),
-        "query_mask": np.ones((batch_size, query_len), np.float32),
-        "duration": np.full((batch_size,), span, np.float32),
-        "query_index": np.arange(batch_size, dtype=np.int32),
-        "video_index": np.arange(batch_size, dtype=np.int32),
-        "valid": np.ones((batch_size,), np.float32),
-    }
-    if int(model_config.get("vocab_size", 0)) > 0:
-        batch["query_tokens"] = np.ones((batch_size, query_len), np.int32)
-    else:
-        batch["query_features"] = np.zeros(
-            (batch_size, query_len, int(model_config.word_dim)), np.float32
-        )
+    batch = common.zero_batch(model_config, batch_size, query_len, t, span)
+    batch["video_index"] = np.arange(batch_size, dtype=np.int32)
     return batch
