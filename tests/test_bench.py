@@ -1,4 +1,5 @@
-"""``vmr-jax bench`` inputs: random batches of the contract shapes for official variants."""
+"""``vmr-jax bench``: random batches from every family's example batch, official variants,
+and a bench run for every registered family."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from vmr_jax import bench, config_cli, query_speed
-from vmr_jax.models import mgpn
+from vmr_jax.models import FAMILIES, get_family, mgpn
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "mgpn" / "synthetic.py")
 
@@ -24,7 +25,7 @@ def test_random_batch_has_the_variant_shapes(variant, batch_size, input_clips):
     bench.apply_variant(config, variant)
     expected = mgpn.VARIANTS[variant]
     assert config.model.num_clips == expected["num_clips"]
-    batch = bench.random_batch(config.model, batch_size, query_len=12)
+    batch = bench.random_batch(get_family("mgpn"), config.model, batch_size, query_len=12)
     assert batch["video_features"].shape == (batch_size, input_clips, expected["feature_dim"])
     assert batch["query_features"].shape == (batch_size, 12, expected["word_dim"])
     lengths = batch["query_mask"].sum(1)
@@ -48,7 +49,7 @@ XML_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "xml" / "synt
 
 def test_random_batch_for_xml_has_subtitles_and_max_ctx_l_clips():
     config = config_cli.load_config_file(XML_CONFIG)
-    batch = bench.random_batch(config.model, 3, query_len=7)
+    batch = bench.random_batch(get_family("xml"), config.model, 3, query_len=7)
     clips = config.model.max_ctx_l
     assert batch["video_features"].shape == (3, clips, config.model.vid_feat_size)
     assert batch["subtitle_features"].shape == (3, clips, config.model.sub_feat_size)
@@ -102,3 +103,35 @@ def test_timed_ms_stops_after_the_budget_and_takes_the_median():
     assert out["repeats"] == 3 and len(calls) == 5  # 2 warm-up calls, then the minimum 3
     out = query_speed.timed_ms(lambda: calls.append(1), steps=4, warmup=0, budget_s=1e9)
     assert out["repeats"] == 4 and out["ms"] >= 0
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_random_batch_keeps_every_field_of_the_family_example():
+    # FVMR reads semantic role trees, VLANet a video row: the random batch has them too.
+    for name in ("fvmr", "vlanet"):
+        config = config_cli.load_config_file(str(CONFIGS / name / "synthetic.py"))
+        family = get_family(name)
+        example = family.example_batch(config.model, 2, 6)
+        batch = bench.random_batch(family, config.model, 2, 6)
+        assert set(example) <= set(batch), name
+        for key, value in example.items():
+            assert batch[key].shape == value.shape and batch[key].dtype == value.dtype, key
+        assert np.all(batch["spans"][:, 0, 1] <= batch["duration"])
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_bench_runs_for_every_registered_family(name, jax_compilation_cache):
+    """``vmr-jax bench --config configs/<family>/synthetic.py`` for every family in the
+    registry (a new family needs its synthetic config and nothing in bench)."""
+    path = CONFIGS / name / "synthetic.py"
+    assert path.exists(), f"family {name!r} has no configs/{name}/synthetic.py"
+    config = config_cli.load_config_file(str(path))
+    report = bench.run_bench(config, batch_size=2, eval_batch_size=2, steps=1, warmup=0)
+    assert report["model"] == name and report["num_params"] > 0
+    assert report["train_steps_per_s"] > 0 and np.isfinite(report["train_steps_per_s"])
+    if FAMILIES[name].is_corpus:
+        assert "eval_queries_per_s" not in report  # measured by the search bench
+    else:
+        assert report["eval_queries_per_s"] > 0

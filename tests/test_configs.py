@@ -8,7 +8,7 @@ import ml_collections
 import pytest
 
 from vmr_jax import config_cli
-from vmr_jax.models import MODELS
+from vmr_jax.models import FAMILIES
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIG_FILES = sorted(p for p in CONFIG_DIR.rglob("*.py") if p.name != "__init__.py")
@@ -25,7 +25,7 @@ def test_config_loads(path, arg):
     assert isinstance(config, ml_collections.ConfigDict)
     for section in ("model", "data", "train", "evals", "mesh"):
         assert section in config, f"{path}: no config.{section}"
-    assert config.model.name in MODELS
+    assert config.model.name in FAMILIES
     assert len(config.mesh.shape) == 2
     assert config.train.batch_size > 0
     assert config.train.get("num_steps", 0) > 0 or config.train.get("num_epochs", 0) > 0

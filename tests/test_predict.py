@@ -28,7 +28,7 @@ def tiny_config(family: str, text_mode: str = "features") -> ml_collections.Conf
     """The synthetic runlocal config with ``family``'s tiny model and ``text_mode``."""
     config = config_cli.load_config_file(f"{CONFIG}:runlocal")
     config.unlock()
-    model = dict(get_family(family).VARIANTS["tiny"], name=family)
+    model = dict(get_family(family).variants["tiny"], name=family)
     if text_mode == "tokens":
         model["vocab_size"] = 100  # > the synthetic vocabulary (64 words + 2 reserved)
     config.model = ml_collections.ConfigDict(model)

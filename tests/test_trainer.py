@@ -12,7 +12,8 @@ import optax
 import pytest
 
 from data_pipelines import synthetic
-from vmr_jax import checkpointing, config_cli, sharding, trainer
+from vmr_jax import checkpointing, config_cli, optimizers, sharding, trainer
+from vmr_jax.evaluation import evaluators
 from vmr_jax.metrics_writer import read_metrics
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "mgpn" / "synthetic.py")
@@ -46,7 +47,7 @@ def test_lr_schedule_steps_at_milestone_epochs():
     # lr 1e-3, gamma 0.1, milestones at epochs 2 and 3, 10 steps per epoch: by hand,
     # steps 0..19 -> 1e-3, 20..29 -> 1e-4, 30.. -> 1e-5.
     config = {"lr": 1e-3, "milestones": (2, 3), "gamma": 0.1}
-    schedule = trainer.lr_schedule(config, steps_per_epoch=10)
+    schedule = optimizers.lr_schedule(config, steps_per_epoch=10)
     expected = {0: 1e-3, 19: 1e-3, 20: 1e-4, 29: 1e-4, 30: 1e-5, 100: 1e-5}
     for step, lr in expected.items():
         assert float(schedule(step)) == pytest.approx(lr, rel=1e-6), step
@@ -55,7 +56,7 @@ def test_lr_schedule_steps_at_milestone_epochs():
 def test_optimizer_clips_global_norm_before_adam():
     # Adam's first update is lr * g / (|g| + eps) per coordinate whatever the clipping, so
     # compare with optax's own chain: clip to norm 10 then adam, built independently.
-    tx, _ = trainer.create_optimizer(
+    tx, _ = optimizers.create_optimizer(
         {"lr": 1e-3, "milestones": (), "grad_clip_norm": 10.0}, steps_per_epoch=1
     )
     reference = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(1e-3))
@@ -87,7 +88,7 @@ def test_bert_adam_matches_a_numpy_replay_of_tvretrieval_bertadam():
         "weight_decay": 0.01,
         "max_grad_norm": 1.0,
     }
-    tx, schedule = trainer.create_optimizer(cfg, steps_per_epoch=5)
+    tx, schedule = optimizers.create_optimizer(cfg, steps_per_epoch=5)
     params = {
         "dense": {"kernel": np.array([1.0, -2.0], np.float32), "bias": np.ones(2, np.float32)}
     }
@@ -139,7 +140,7 @@ def test_bert_adam_matches_a_numpy_replay_of_tvretrieval_bertadam():
 
 def test_unknown_optimizer_is_named():
     with pytest.raises(ValueError, match="config.train.optimizer"):
-        trainer.create_optimizer({"optimizer": "sgd", "lr": 1.0}, 1)
+        optimizers.create_optimizer({"optimizer": "sgd", "lr": 1.0}, 1)
 
 
 def test_smoke_train_and_evaluate(reference_run):
@@ -204,7 +205,7 @@ def test_final_checkpoint_restores_trained_state(reference_run):
     config = runlocal_config()
     model = trainer.create_model(config.model)
     data = trainer.DataSources(config)
-    tx, _ = trainer.create_optimizer(config.train, data.steps_per_epoch())
+    tx, _ = optimizers.create_optimizer(config.train, data.steps_per_epoch())
     mesh = sharding.make_mesh(config.mesh)
     abstract = trainer.abstract_train_state(
         config, model, jax.random.PRNGKey(0), data.sample_batch(), mesh, tx=tx
@@ -283,7 +284,7 @@ def didemo_data() -> trainer.DataSources:
 
 def test_score_predictions_under_didemo_by_hand():
     gt = didemo_data().didemo_ground_truth_fn("val")(np.arange(4))
-    metrics, predictions = trainer.score_predictions(
+    metrics, predictions = evaluators.score_predictions(
         DIDEMO_PREDICTED, {"protocol": "didemo"}, gt_chunks=gt
     )
     assert metrics["R@1"] == 0.25
@@ -304,7 +305,7 @@ def test_score_predictions_under_didemo_by_hand():
 
 
 def test_evaluate_under_didemo_reads_the_records_ground_truth():
-    # trainer.evaluate over padded batches (last row padding), queries out of order; a stub
+    # evaluators.evaluate over padded batches (last row padding), queries out of order; a stub
     # eval step returns each query's hand-built candidates.
     data = didemo_data()
     mesh = sharding.make_mesh({"shape": (-1, 1)})
@@ -322,7 +323,7 @@ def test_evaluate_under_didemo_reads_the_records_ground_truth():
         }
 
     batches = [{"query_index": order[k : k + size]} for k in range(0, len(order), size)]
-    metrics, predictions = trainer.evaluate(
+    metrics, predictions = evaluators.evaluate(
         eval_step,
         None,
         batches,
@@ -343,16 +344,16 @@ def test_didemo_protocol_errors():
     gt = didemo_data().didemo_ground_truth_fn("val")(np.arange(4))
     # Ground truth absent.
     with pytest.raises(ValueError, match="gt_chunks"):
-        trainer.score_predictions(DIDEMO_PREDICTED, {"protocol": "didemo"})
+        evaluators.score_predictions(DIDEMO_PREDICTED, {"protocol": "didemo"})
     # A score-map family cannot be ranked on the chunk grid.
     score_map = {"score_map": np.zeros((4, 6, 6), np.float32), "duration": np.full(4, 30.0)}
     with pytest.raises(ValueError, match="proposal lists on the 5-second chunk grid"):
-        trainer.score_predictions(score_map, {"protocol": "didemo"}, gt_chunks=gt)
+        evaluators.score_predictions(score_map, {"protocol": "didemo"}, gt_chunks=gt)
     # A finite-scored candidate off the grid: query row 1, [7, 8] s.
     off_grid = dict(DIDEMO_PREDICTED, moment_scores=DIDEMO_PREDICTED["moment_scores"].copy())
     off_grid["moment_scores"][1, 3] = 0.05
     with pytest.raises(ValueError, match=r"query row 1, candidate 3: moment \[7.0, 8.0\]"):
-        trainer.score_predictions(off_grid, {"protocol": "didemo"}, gt_chunks=gt)
+        evaluators.score_predictions(off_grid, {"protocol": "didemo"}, gt_chunks=gt)
     # Records without extras['times'] (the synthetic benchmark).
     synthetic_data = trainer.DataSources(runlocal_config(**{"evals.protocol": "didemo"}))
     first = synthetic_data.datasets.splits["val"][0].query_id

@@ -1,12 +1,13 @@
 """Weak supervision (``config.train.supervision``) and the ``video_index`` batch key.
 
 Under ``'weak'`` the training batches and the initialisation batch carry no ``spans`` and no
-``span_mask``; a family must declare ``SUPERVISION = ('weak',)``; evaluation is unchanged.
+``span_mask``; a family's record must declare ``supervision=('weak',)``; evaluation is
+unchanged.
 """
 
 from __future__ import annotations
 
-import types
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -32,21 +33,17 @@ def runlocal_config(supervision: str | None = None, model: str = "mgpn"):
     return config
 
 
-def weak_family(loss_fn=None) -> types.SimpleNamespace:
+def weak_family(loss_fn=None, supervision=("weak",)) -> models.Family:
     """MGPN declared weakly supervised; ``loss_fn`` defaults to MGPN's (which reads spans)."""
-    return types.SimpleNamespace(
-        VARIANTS=mgpn.VARIANTS,
-        create_model=mgpn.create_model,
-        decode=mgpn.decode,
-        loss_fn=loss_fn or mgpn.loss_fn,
-        SUPERVISION=("weak",),
+    return dataclasses.replace(
+        mgpn.FAMILY, loss_fn=loss_fn or mgpn.loss_fn, supervision=supervision
     )
 
 
 @pytest.fixture
 def weak_mgpn(monkeypatch):
     """Registers :func:`weak_family` as ``'weak_mgpn'`` for one test."""
-    monkeypatch.setitem(models.MODELS, "weak_mgpn", weak_family())
+    monkeypatch.setitem(models.FAMILIES, "weak_mgpn", weak_family())
     return "weak_mgpn"
 
 
@@ -73,9 +70,8 @@ def test_weak_family_is_accepted_under_both(weak_mgpn, monkeypatch):
     assert trainer.training_supervision(runlocal_config("weak", model=weak_mgpn)) == "weak"
     # Spans in the batches do not hurt a family that does not read them.
     assert trainer.training_supervision(runlocal_config("full", model=weak_mgpn)) == "full"
-    family = weak_family()
-    family.SUPERVISION = ("full", "weak")
-    monkeypatch.setitem(models.MODELS, "both_mgpn", family)
+    family = weak_family(supervision=("full", "weak"))
+    monkeypatch.setitem(models.FAMILIES, "both_mgpn", family)
     assert trainer.training_supervision(runlocal_config("weak", model="both_mgpn")) == "weak"
 
 

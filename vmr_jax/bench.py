@@ -1,9 +1,9 @@
 """``vmr-jax bench``: compile time, throughput and memory of a config's train and eval steps.
 
-Random inputs of the contract shapes (``vmr_jax/models/__init__.py``) are built from the model
-config (``num_clips * frame_stride`` input clips of ``feature_dim``, ``query_len`` words of
-``word_dim`` or token ids when ``vocab_size > 0``), so no data is read and any official shape
-can be measured, e.g. MGPN on Charades-STA I3D and TACoS::
+Random inputs are the family's example batch (``Family.example_batch``: every field the model
+and its loss read, at the model config's shapes) filled with random values
+(:func:`random_batch`), so no data is read, every registered family can be measured, and any
+official shape too, e.g. MGPN on Charades-STA I3D and TACoS::
 
     vmr-jax bench --config configs/mgpn/synthetic.py --variant charades_i3d --batch_size 64
     vmr-jax bench --config configs/mgpn/synthetic.py --variant tacos --batch_size 32
@@ -42,45 +42,39 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from data_pipelines.sources import without_spans
 from vmr_jax import config_cli, sharding, trainer
-from vmr_jax.models import get_family
+from vmr_jax.evaluation import evaluators
+from vmr_jax.models import Family, get_family
 
 
 def random_batch(
-    model_config: Any, batch_size: int, query_len: int, seed: int = 0
+    family: Family, model_config: Any, batch_size: int, query_len: int, seed: int = 0
 ) -> dict[str, np.ndarray]:
-    """A host batch of the contract with random features, lengths and spans."""
+    """The family's example batch (every field it reads, ``Family.example_batch``) filled with
+    random values: normal features, query lengths in ``[query_len / 2, query_len]``, token ids
+    when the family embeds tokens, and one span per query inside its video (added when the
+    example has none, since evaluation reads spans)."""
     rng = np.random.default_rng(seed)
-    if "num_clips" in model_config:  # 2D-map families
-        clips = int(model_config.num_clips) * int(model_config.get("frame_stride", 1))
-    else:  # corpus families (XML): max_ctx_l clips
-        clips = int(model_config.max_ctx_l)
-    feature_dim = int(model_config.get("feature_dim", model_config.get("vid_feat_size", 0)))
-    duration = rng.uniform(20.0, 120.0, size=batch_size).astype(np.float32)
+    batch = {
+        k: np.array(v) for k, v in family.example_batch(model_config, batch_size, query_len).items()
+    }
+    lengths = rng.integers(max(1, query_len // 2), query_len + 1, size=batch_size)
+    batch["query_mask"] = (np.arange(query_len)[None] < lengths[:, None]).astype(np.float32)
+    for key in ("video_features", "subtitle_features", "query_features"):
+        if key in batch:
+            batch[key] = rng.normal(size=batch[key].shape).astype(np.float32)
+    if "query_features" in batch:
+        batch["query_features"] *= batch["query_mask"][..., None]
+    if "query_tokens" in batch:
+        vocab = int(model_config.vocab_size)
+        tokens = rng.integers(2, vocab, size=batch["query_tokens"].shape).astype(np.int32)
+        batch["query_tokens"] = tokens * batch["query_mask"].astype(np.int32)
+    duration = batch["duration"].astype(np.float64)
     start = rng.uniform(0.0, 0.7, size=batch_size) * duration
     end = np.minimum(start + rng.uniform(0.1, 0.3, size=batch_size) * duration, duration)
-    lengths = rng.integers(max(1, query_len // 2), query_len + 1, size=batch_size)
-    batch = {
-        "video_features": rng.normal(size=(batch_size, clips, feature_dim)).astype(np.float32),
-        "video_mask": np.ones((batch_size, clips), np.float32),
-        "query_mask": (np.arange(query_len)[None] < lengths[:, None]).astype(np.float32),
-        "duration": duration,
-        "spans": np.stack([start, end], -1)[:, None, :].astype(np.float32),
-        "span_mask": np.ones((batch_size, 1), np.float32),
-        "query_index": np.arange(batch_size, dtype=np.int32),
-        "valid": np.ones(batch_size, np.float32),
-    }
-    vocab = int(model_config.get("vocab_size", 0) or 0)
-    if vocab > 0:
-        tokens = rng.integers(2, vocab, size=(batch_size, query_len)).astype(np.int32)
-        batch["query_tokens"] = tokens * batch["query_mask"].astype(np.int32)
-    else:
-        width = int(model_config.get("word_dim", model_config.get("q_feat_size", 300)))
-        feats = rng.normal(size=(batch_size, query_len, width)).astype(np.float32)
-        batch["query_features"] = feats * batch["query_mask"][..., None]
-    if "sub" in str(model_config.get("ctx_mode", "")):
-        width = int(model_config.sub_feat_size)
-        batch["subtitle_features"] = rng.normal(size=(batch_size, clips, width)).astype(np.float32)
+    batch["spans"] = np.stack([start, end], -1)[:, None, :].astype(np.float32)
+    batch["span_mask"] = np.ones((batch_size, 1), np.float32)
     return batch
 
 
@@ -144,18 +138,21 @@ def run_bench(
     batch_size = int(batch_size or config.train.batch_size)
     eval_batch_size = int(eval_batch_size or config.evals.get("batch_size", batch_size))
     query_len = int(query_len or config.data.get("max_query_len", 20))
-    train_batch = random_batch(config.model, batch_size, query_len, seed=0)
-    eval_batch = random_batch(config.model, eval_batch_size, query_len, seed=1)
+    family = get_family(config.model.name)
+    train_batch = random_batch(family, config.model, batch_size, query_len, seed=0)
+    if trainer.training_supervision(config, family) == "weak":
+        train_batch = without_spans(train_batch)
+    eval_batch = random_batch(family, config.model, eval_batch_size, query_len, seed=1)
 
-    model = trainer.create_model(config.model)
-    tx, schedule = trainer.family_optimizer(config, steps_per_epoch=1000)
+    model = family.create_model(config.model)
+    tx, schedule = trainer.family_optimizer(config, 1000, family)
     rng = jax.random.PRNGKey(0)
     state = trainer.create_train_state(config, model, rng, train_batch, mesh, tx=tx)
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
 
     # Train step: compile, then steady state (state is donated: thread it through).
-    train_step = trainer.make_train_step(config, state_sharding, mesh, schedule, 1000)
+    train_step = trainer.make_train_step(config, state_sharding, mesh, schedule, 1000, family)
     batch = sharding.put_batch(train_batch, mesh)
     start = time.perf_counter()
     train_compiled = train_step.lower(state, batch, rng).compile()
@@ -169,10 +166,9 @@ def run_bench(
     _timed(one_train_step, warmup)
     train_s = _timed(one_train_step, steps)
 
-    family = get_family(config.model.name)
     evals = {}
-    if hasattr(family, "decode"):  # corpus families are measured by run_search_bench
-        eval_step = trainer.make_eval_step(config, state_sharding, mesh)
+    if not family.is_corpus:  # corpus families are measured by run_search_bench
+        eval_step = evaluators.make_eval_step(config, state_sharding, mesh, family)
         ebatch = sharding.put_batch(eval_batch, mesh)
         start = time.perf_counter()
         eval_compiled = eval_step.lower(holder["state"], ebatch).compile()
@@ -183,9 +179,9 @@ def run_bench(
         evals["eval_step_flops"] = _flops(eval_compiled)
         evals["eval_step_memory"] = _compiled_memory(eval_compiled)
 
-    # The 2D-map construction alone, where the family exposes it.
+    # The 2D-map construction alone, where the family declares it.
     map_build = {}
-    if hasattr(family, "map_builders"):
+    if family.map_builders is not None:
         feats = (
             np.random.default_rng(2)
             .normal(size=(batch_size, int(config.model.num_clips), int(config.model.hidden)))
@@ -268,14 +264,14 @@ def run_data_bench(
     }
 
 
-def _random_index(adapter, variables, num_videos: int, clips: int, model_config, mesh, seed=0):
+def _random_index(stages, variables, num_videos: int, video_batch, mesh, seed=0):
     """A corpus index of ``num_videos`` random encodings of the family's shapes (what
-    ``build_index`` would store for videos of ``clips`` clips), made directly on the mesh."""
+    ``build_index`` would store for videos like ``video_batch``'s), made directly on the
+    mesh."""
     from vmr_jax.retrieval import corpus
 
-    one = {k: v[:1] for k, v in random_batch(model_config, 1, 2).items()}
-    one = {k: v[:, :clips] if v.ndim >= 2 and k != "query_features" else v for k, v in one.items()}
-    shapes = jax.eval_shape(adapter.encode_videos, variables, one)
+    one = {k: v[:1] for k, v in video_batch.items()}
+    shapes = jax.eval_shape(stages.encode_videos, variables, one)
     devices = int(mesh.shape["data"])
     padded = -(-num_videos // devices) * devices
     placed = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
@@ -312,52 +308,46 @@ def run_search_bench(
     For each size ``V`` a corpus of ``V`` videos of ``clips`` clips is made of random encodings
     of the family's shapes, placed on the mesh as ``build_index`` places them; a batch of
     ``num_queries`` random queries (``evals.batch_size``) is searched with the config's
-    inference settings (top ``max_vcmr_video`` videos, band ranking, NMS ``evals.nms_thresh``).
+    inference settings (the family's stages: videos localised, combine rule; NMS
+    ``evals.nms_thresh``).
     Reported per size: seconds per batch, queries/s, index bytes, the compiled search
     and the process's peak RSS.  The index build (``encode_videos`` of random features,
     compiled first) is timed separately on the smallest corpus.
     """
     from vmr_jax.retrieval import corpus
-    from vmr_jax.retrieval.evaluate import ModelAdapter
 
     mesh = sharding.make_mesh(config.mesh)
+    family = get_family(config.model.name)
     model_config = config.model.copy_and_resolve_references()
     with model_config.ignore_type():
         model_config.max_ctx_l = max(int(model_config.max_ctx_l), clips)
     num_queries = int(num_queries or config.evals.get("batch_size", 50))
     query_len = int(config.data.get("max_query_len", 30))
-    model = trainer.create_model(model_config)
-    sample = random_batch(model_config, 1, query_len)
-    sample = {
-        k: v[:, :clips] if k in ("video_features", "video_mask", "subtitle_features") else v
-        for k, v in sample.items()
-    }
+    model = family.create_model(model_config)
+    stages = family.corpus(model, model_config)
+    video_keys = ("video_features", "video_mask", "subtitle_features")
+
+    def videos_of(batch):
+        return {k: batch[k][:, :clips] for k in video_keys if k in batch}
+
+    sample = random_batch(family, model_config, 1, query_len)
+    sample.update(videos_of(sample))
     variables = jax.jit(lambda key: model.init(key, sample, train=False))(jax.random.PRNGKey(0))
-    adapter = ModelAdapter(model)
-    queries = random_batch(model_config, num_queries, query_len, seed=3)
+    queries = random_batch(family, model_config, num_queries, query_len, seed=3)
     queries = {k: queries[k] for k in ("query_features", "query_mask")}
     nms = float(config.evals.get("nms_thresh", -1.0))
-    options = dict(
-        alpha=float(model_config.q2c_alpha),
-        min_pred_l=int(model_config.min_pred_l),
-        max_pred_l=int(model_config.max_pred_l),
-        clip_length=float(model_config.clip_length),
-        max_before_nms=int(model_config.max_before_nms),
-        nms_threshold=nms if nms > 0 else None,
-        block_size=block_size,
-    )
+    options = dict(nms_threshold=nms if nms > 0 else None, block_size=block_size)
     # Index build: encode_videos over the smallest corpus (random features).
     smallest = min(corpus_sizes)
-    feats = random_batch(model_config, min(smallest, 256), query_len, seed=4)
+    feats = videos_of(random_batch(family, model_config, min(smallest, 256), query_len, seed=4))
 
     class _Videos:
         def take(self, rows):
-            rows = np.asarray(rows) % len(feats["video_features"])
-            keys = ("video_features", "video_mask", "subtitle_features")
-            return {k: feats[k][rows][:, :clips] for k in keys if k in feats}
+            rows = np.asarray(rows) % len(feats["video_mask"])
+            return {k: v[rows] for k, v in feats.items()}
 
     build = lambda: corpus.build_index(  # noqa: E731
-        adapter, variables, _Videos(), mesh, batch_size=64, num_videos=smallest
+        stages, variables, _Videos(), mesh, batch_size=64, num_videos=smallest
     )
     build()  # compile
     start = time.perf_counter()
@@ -365,11 +355,10 @@ def run_search_bench(
     build_s = time.perf_counter() - start
     sizes = []
     for num_videos in corpus_sizes:
-        index = _random_index(adapter, variables, num_videos, clips, model_config, mesh)
-        top = min(int(model_config.max_vcmr_video), num_videos)
+        index = _random_index(stages, variables, num_videos, feats, mesh)
 
-        def run(index=index, top=top):
-            return corpus.search(adapter, variables, index, queries, top_videos=top, **options)
+        def run(index=index):
+            return corpus.search(stages, variables, index, queries, **options)
 
         start = time.perf_counter()
         run()
@@ -377,7 +366,7 @@ def run_search_bench(
         _timed(run, max(warmup - 1, 0))
         per_batch = _timed(run, steps)
         index_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(index.encodings))
-        memory = corpus.search_memory(adapter, variables, index, queries, top_videos=top, **options)
+        memory = corpus.search_memory(stages, variables, index, queries, **options)
         temp = None if memory is None else memory.temp_size_in_bytes / 2**20
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         sizes.append(
@@ -400,7 +389,8 @@ def run_search_bench(
         "ctx_mode": model_config.get("ctx_mode", ""),
         "clips_per_video": clips,
         "queries_per_batch": num_queries,
-        "top_videos": int(model_config.max_vcmr_video),
+        "top_videos": int(stages.top_videos),
+        "retrieve_videos": int(stages.retrieve_videos),
         "nms_threshold": options["nms_threshold"],
         "index_build_videos_per_s": smallest / build_s,
         "search": sizes,
@@ -411,10 +401,10 @@ def run_search_bench(
 def apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     """Replaces ``config.model``'s fields by the family's ``VARIANTS[variant]``."""
     family = get_family(config.model.name)
-    if variant not in family.VARIANTS:
-        raise KeyError(f"unknown variant {variant!r}; known: {sorted(family.VARIANTS)}")
+    if variant not in family.variants:
+        raise KeyError(f"unknown variant {variant!r}; known: {sorted(family.variants)}")
     with config.ignore_type():
-        for key, value in family.VARIANTS[variant].items():
+        for key, value in family.variants[variant].items():
             config.model[key] = value
 
 

@@ -57,6 +57,7 @@ from data_pipelines.feature_stores import Hdf5Store, check_feature_array
 from data_pipelines.input_pipeline import DATA_DEFAULTS, TextInputs
 from data_pipelines.video_tables import InMemoryVideos, fit_clips
 from vmr_jax import checkpointing, config_cli, sharding, trainer
+from vmr_jax.evaluation import evaluators
 from vmr_jax.models import get_family
 from vmr_jax.retrieval import gallery
 from vmr_jax.text.glove import read_glove
@@ -322,11 +323,11 @@ def answer_with_forward(
     """Eval forward pass + ``family.decode`` + the official decoding: ``(times, scores)``
     (score maps: 2D-TAN's cell decoding; moment lists of proposal families: the same NMS)."""
     state_sharding = jax.tree.map(lambda x: x.sharding, state)
-    eval_step = trainer.make_eval_step(config, state_sharding, mesh)
+    eval_step = evaluators.make_eval_step(config, state_sharding, mesh)
     size = int(config.evals.get("batch_size", config.train.batch_size))
     batches = (queries.batch(index) for index in _padded_batches(len(queries), size))
-    predicted = trainer.predict(eval_step, state, batches, mesh)
-    return trainer.decode_moments(predicted, nms_thresh, top_k)
+    predicted = evaluators.predict(eval_step, state, batches, mesh)
+    return evaluators.decode_moments(predicted, nms_thresh, top_k)
 
 
 def _source_fingerprint(source: Mapping[str, Any]) -> dict[str, Any]:
@@ -437,14 +438,16 @@ def predict_workdir(
     for key, value in overrides:
         config_cli.apply_override(config, key, value)
     family = get_family(config.model.name)
-    if getattr(family, "TASK", "svmr") != "svmr" or not hasattr(family, "decode"):
+    if family.is_corpus:
         raise PredictError(
-            f"vmr-jax predict answers single-video families; {config.model.name!r} retrieves "
+            f"vmr-jax predict answers single-video families; {family.name!r} retrieves "
             "from a corpus: `vmr-jax eval` writes its TVR submission"
         )
-    use_gallery = method == "gallery" or (method == "auto" and config.model.name == "fvmr")
-    if use_gallery and config.model.name != "fvmr":
-        raise PredictError(f"method 'gallery' needs an FVMR checkpoint, not {config.model.name!r}")
+    use_gallery = method == "gallery" or (method == "auto" and family.gallery)
+    if use_gallery and not family.gallery:
+        raise PredictError(
+            f"method 'gallery' needs a family with a moment gallery (fvmr), not {family.name!r}"
+        )
     recalls = tuple(int(n) for n in config.evals.get("recalls", (1, 5)))
     top_k = int(top_k or max(recalls))
     nms = float(config.evals.get("nms_thresh", 0.5) if nms_thresh is None else nms_thresh)

@@ -11,8 +11,7 @@ import types
 import numpy as np
 import pytest
 
-from vmr_jax import trainer
-from vmr_jax.evaluation import svmr
+from vmr_jax.evaluation import evaluators, svmr
 
 NAN2 = [np.nan, np.nan]
 
@@ -122,7 +121,7 @@ def test_trainer_scores_moment_lists_under_2dtan():
         "spans": np.float32([[[0, 10]], [[10, 20]]]),
     }
     config = {"recalls": (1, 5), "ious": (0.5, 0.7), "nms_thresh": 0.5}
-    metrics, moments = trainer.score_predictions(predicted, config)
+    metrics, moments = evaluators.score_predictions(predicted, config)
     # Query 1 NMS: [0,10] kept; [12,20] IoU 0 kept; [5,20] vs [0,10]: 5 / (10 + 15 - 5) = 0.25
     # and vs [12,20]: 8 / (15 + 8 - 8) = 0.533 > 0.5 -> dropped.
     np.testing.assert_array_equal(moments["times"][1, :3], [[0, 10], [12, 20], NAN2])
@@ -133,16 +132,16 @@ def test_trainer_scores_moment_lists_under_2dtan():
 
 
 def test_eval_step_passes_either_decoded_form_through():
-    batch = {k: np.zeros(2, np.float32) for k in trainer.EVAL_FIELDS}
+    batch = {k: np.zeros(2, np.float32) for k in evaluators.EVAL_FIELDS}
     batch["video_features"] = np.ones((2, 3, 4), np.float32)
     state = types.SimpleNamespace(
         params={}, batch_stats={}, apply_fn=lambda variables, b, train: {"logits": b["valid"]}
     )
     moment_list = {"moments": np.zeros((2, 3, 2)), "moment_scores": np.zeros((2, 3)), "n": 3}
-    out = trainer.eval_step(state, batch, decode_fn=lambda *a: moment_list, model_config=None)
-    assert set(out) == {"moments", "moment_scores", *trainer.EVAL_FIELDS}
+    out = evaluators.eval_step(state, batch, decode_fn=lambda *a: moment_list, model_config=None)
+    assert set(out) == {"moments", "moment_scores", *evaluators.EVAL_FIELDS}
     score_map = {"score_map": np.zeros((2, 4, 4)), "num_clips": 4}
-    out = trainer.eval_step(state, batch, decode_fn=lambda *a: score_map, model_config=None)
-    assert set(out) == {"score_map", *trainer.EVAL_FIELDS}
+    out = evaluators.eval_step(state, batch, decode_fn=lambda *a: score_map, model_config=None)
+    assert set(out) == {"score_map", *evaluators.EVAL_FIELDS}
     with pytest.raises(KeyError, match=r"decode must return \('score_map',\) or"):
-        trainer.eval_step(state, batch, decode_fn=lambda *a: {"moments": 0}, model_config=None)
+        evaluators.eval_step(state, batch, decode_fn=lambda *a: {"moments": 0}, model_config=None)

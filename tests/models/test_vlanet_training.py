@@ -14,6 +14,8 @@ import pytest
 
 from configs.vlanet import synthetic as vlanet_synthetic
 from vmr_jax import sharding, trainer
+from vmr_jax.evaluation import evaluators
+from vmr_jax.models import get_family
 
 
 def _config(arg: str = "runlocal"):
@@ -124,5 +126,5 @@ def test_ablations_train_and_evaluate(tmp_path, arg):
         shares.append(hits / count)
     assert result["random_baseline"]["R@1,IoU=0.5"] == pytest.approx(np.mean(shares), abs=1e-9)
     # Read in chunks of 3 queries (the last one short), the same numbers.
-    chunked = trainer.chance_metrics(config, data, "val", chunk=3)
+    chunked = evaluators.chance_metrics(config, get_family("vlanet"), data, "val", chunk=3)
     assert len(shares) % 3 and chunked == pytest.approx(result["random_baseline"], abs=1e-12)

@@ -22,29 +22,30 @@ from data_pipelines.video_tables import InMemoryVideos
 from vmr_jax import sharding
 from vmr_jax.convert import xml as convert
 from vmr_jax.evaluation import vcmr
-from vmr_jax.models import xml
+from vmr_jax.models import xml, xml_corpus
 from vmr_jax.retrieval import corpus, ranking
-from vmr_jax.retrieval.evaluate import ModelAdapter
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_VIDEOS, NUM_CLIPS, DIM, SUB_DIM, HIDDEN = 37, 12, 10, 6, 8
 NUM_QUERIES, QUERY_LEN, QUERY_DIM = 5, 4, 7
-SEARCH = dict(
-    top_videos=9,
-    alpha=20.0,
-    min_pred_l=2,
-    max_pred_l=6,
-    clip_length=1.5,
-    max_before_nms=40,
-    max_after=25,
-    block_size=4,
-)
+# The toy family's stage options (XML's rule: window, alpha) and the search's list options.
+STAGES = dict(top_videos=9, alpha=20.0, min_pred_l=2, max_pred_l=6, max_before_nms=40)
+SEARCH = dict(max_after=25, block_size=4)
 
 
 @dataclasses.dataclass(frozen=True)
 class ToyAdapter:
     """A linear VCMR family: clips and queries projected and unit-normalised; a video's score
-    is its best clip cosine; span logits are 6 * cosine +- a learned clip direction."""
+    is its best clip cosine; span logits are 6 * cosine +- a learned clip direction, ranked by
+    XML's rule (window pairs, ``(p_st * exp(alpha s)) * p_ed``)."""
+
+    rule: xml_corpus.SpanWindowRule = xml_corpus.SpanWindowRule(
+        STAGES["alpha"], STAGES["min_pred_l"], STAGES["max_pred_l"]
+    )
+    top_videos: int = STAGES["top_videos"]
+    retrieve_videos: int = STAGES["top_videos"]
+    clip_length: float = 1.5
+    max_before_nms: int = STAGES["max_before_nms"]
 
     def encode_videos(self, variables, batch):
         x = jnp.tanh(batch["video_features"] @ variables["video"])
@@ -65,7 +66,14 @@ class ToyAdapter:
         sim = jnp.einsum("qd,qkld->qkl", query_enc["query"], video_enc["feat"])
         side = jnp.einsum("d,qkld->qkl", variables["side"], video_enc["feat"])
         mask = video_enc["mask"]
-        return jnp.where(mask, 6 * sim + side, -1e10), jnp.where(mask, 6 * sim - side, -1e10)
+        st, ed = jnp.where(mask, 6 * sim + side, -1e10), jnp.where(mask, 6 * sim - side, -1e10)
+        return self.rule.window_moments(st, ed, mask)
+
+    def video_rank_scores(self, video_scores):
+        return self.rule.video_rank_scores(video_scores)
+
+    def combine(self, video_scores, moments):
+        return self.rule.combine(video_scores, moments)
 
 
 def toy_corpus(seed: int = 0):
@@ -121,7 +129,7 @@ def brute_force(variables, videos, queries, gt_video):
     side = np.einsum("d,vld->vl", v["side"], feat)
     scores = np.where(mask[None], sim, -np.inf).max(-1)
     st_all, ed_all = _softmax(6 * sim + side, mask), _softmax(6 * sim - side, mask)
-    s = SEARCH
+    s = {**STAGES, **SEARCH}
     pairs = np.subtract.outer(np.arange(NUM_CLIPS), np.arange(NUM_CLIPS))
     window = (-pairs >= s["min_pred_l"]) & (-pairs < s["max_pred_l"])  # j - i in the window
     out = {"VR": [], "VCMR": [], "SVMR": []}
@@ -218,7 +226,7 @@ def test_nms_and_video_values(toy):
     for task, lists in found.items():
         want = plain[task]
         if task in nms:
-            want = nms[task](want, 0.5, SEARCH["max_before_nms"], SEARCH["max_after"])
+            want = nms[task](want, 0.5, STAGES["max_before_nms"], SEARCH["max_after"])
         np.testing.assert_array_equal(
             lists.video_idx, np.where(want.valid, want.video_idx + 1000, -1)
         )
@@ -335,9 +343,17 @@ def test_xml_golden_end_to_end(xml_golden):
         "query_features": arrays["inputs/query_feat"],
         "query_mask": arrays["inputs/query_mask"],
     }
-    adapter = ModelAdapter(model)
-    mesh = sharding.make_mesh({"shape": (1, 1)})
     opt = meta["config_values"]["opt"]
+    adapter = xml_corpus.XMLStages(
+        model,
+        xml_corpus.SpanWindowRule(
+            float(opt["q2c_alpha"]), int(opt["min_pred_l"]), int(opt["max_pred_l"])
+        ),
+        top_videos=int(opt["max_vcmr_video"]),
+        clip_length=float(opt["clip_length"]),
+        max_before_nms=int(opt["max_before_nms"]),
+    )
+    mesh = sharding.make_mesh({"shape": (1, 1)})
     with jax.default_matmul_precision("highest"):
         index = corpus.build_index(
             adapter,
@@ -351,12 +367,6 @@ def test_xml_golden_end_to_end(xml_golden):
             variables,
             index,
             queries,
-            top_videos=int(opt["max_vcmr_video"]),
-            alpha=float(opt["q2c_alpha"]),
-            min_pred_l=int(opt["min_pred_l"]),
-            max_pred_l=int(opt["max_pred_l"]),
-            clip_length=float(opt["clip_length"]),
-            max_before_nms=int(opt["max_before_nms"]),
             gt_video=np.searchsorted(
                 arrays["infer/video_global_idx"], arrays["infer/gt_video_global_idx"]
             ),

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from vmr_jax.evaluation.tvr_files import RankedPredictions
+from vmr_jax.models import xml_corpus
 from vmr_jax.retrieval import ranking
 
 # --------------------------------------------------------------------------- hand-computed
@@ -22,7 +23,8 @@ ST = np.array([[LOG([1, 1, 1, 1, 1, 1]), LOG([2, 3, 8, 2, 2, 3])]], np.float32) 
 ED = np.array([[LOG([1, 1, 2, 4, 1, 1]), LOG([2, 2, 2, 2, 5, 7])]], np.float32)  # / 8, / 20
 MASK = np.array([[[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]]], bool)
 SCORES = np.array([[0.0, math.log(2) / 20]], np.float32)
-CONFIG = ranking.RankingConfig(alpha=20, min_pred_l=2, max_pred_l=4, clip_length=1.5)
+RULE = xml_corpus.SpanWindowRule(alpha=20, min_pred_l=2, max_pred_l=4)
+CONFIG = ranking.RankingConfig(clip_length=1.5)
 
 # (slot, i, j, score) by hand: slot 1 = p_st(i) * 2 * p_ed(j) with p_st = .1 .15 .4 .1 .1 .15
 # and p_ed = .1 .1 .1 .1 .25 .35; slot 0 = .25 * p_ed(j) with p_ed = .125 .125 .25 .5 (its
@@ -52,8 +54,10 @@ SVMR_BY_HAND = [
 ]
 
 
-def _ranked(config=CONFIG, own_slot=(1,), videos=None):
-    return ranking.rank_predictions(SCORES, ST, ED, MASK, config, np.array(own_slot), videos)
+def _ranked(config=CONFIG, own_slot=(1,), videos=None, rule=RULE):
+    return xml_corpus.rank_predictions(
+        SCORES, ST, ED, MASK, rule, config, np.array(own_slot), videos
+    )
 
 
 def test_vcmr_by_hand():
@@ -83,11 +87,11 @@ def test_window_limits_and_list_lengths():
     assert short["VCMR"].length.tolist() == [2] and short["VR"].length.tolist() == [2]
     assert short["VCMR"].st_ed[0].tolist() == [[3.0, 9.0], [3.0, 7.5]]
     # Window 1 <= j - i < 2: only neighbours; slot 0 has 3, slot 1 has 5.
-    pairs = _ranked(dataclasses.replace(CONFIG, min_pred_l=1, max_pred_l=2))["VCMR"]
+    pairs = _ranked(rule=dataclasses.replace(RULE, min_pred_l=1, max_pred_l=2))["VCMR"]
     assert pairs.length.tolist() == [8]
     assert (np.diff(pairs.st_ed[0, :8], axis=-1) == 3.0).all()  # j = i + 1: two clips
     with pytest.raises(ValueError, match="min_pred_l < max_pred_l"):
-        ranking.RankingConfig(min_pred_l=3, max_pred_l=3)
+        xml_corpus.SpanWindowRule(min_pred_l=3, max_pred_l=3)
 
 
 def test_nms_runs_on_the_top_n_cut():
@@ -127,10 +131,10 @@ def _softmax(logits, mask):
     return (e / e.sum(-1, keepdims=True)).astype(np.float32)
 
 
-def _brute_force_vcmr(scores, st, ed, mask, config):
+def _brute_force_vcmr(scores, st, ed, mask, rule, config):
     """Full [K, L, L] tables in the official layout, one stable descending sort per query."""
     num_q, num_k, num_l = st.shape
-    e = np.exp(np.float32(config.alpha) * scores).astype(np.float32)
+    e = np.exp(np.float32(rule.alpha) * scores).astype(np.float32)
     order = np.argsort(-e, axis=1, kind="stable")
     out = []
     for q in range(num_q):
@@ -139,7 +143,7 @@ def _brute_force_vcmr(scores, st, ed, mask, config):
             ed[q, k], mask[q, k]
         )[:, None, :]
         ones = np.ones((num_l, num_l))
-        window = np.triu(ones, config.min_pred_l) * (1 - np.triu(ones, config.max_pred_l))
+        window = np.triu(ones, rule.min_pred_l) * (1 - np.triu(ones, rule.max_pred_l))
         real = mask[q, k][:, :, None] & mask[q, k][:, None, :] & (window > 0)
         flat = np.where(real, table, -np.inf).reshape(-1)
         best = np.argsort(-flat, kind="stable")[: config.max_before_nms]
@@ -163,12 +167,12 @@ def _random_inputs(rng, num_q=3, num_k=5, num_l=12):
 def test_vcmr_matches_brute_force(max_before_nms):
     rng = np.random.default_rng(max_before_nms)
     scores, st, ed, mask = _random_inputs(rng)
-    config = ranking.RankingConfig(
-        alpha=20, min_pred_l=2, max_pred_l=6, max_before_nms=max_before_nms, max_after=1000
-    )
+    rule = xml_corpus.SpanWindowRule(alpha=20, min_pred_l=2, max_pred_l=6)
+    config = ranking.RankingConfig(max_before_nms=max_before_nms, max_after=1000)
     videos = np.arange(100, 105)
-    out = ranking.rank_predictions(scores, st, ed, mask, config, videos=videos)
-    for q, (video, i, j, score) in enumerate(_brute_force_vcmr(scores, st, ed, mask, config)):
+    out = xml_corpus.rank_predictions(scores, st, ed, mask, rule, config, videos=videos)
+    brute = _brute_force_vcmr(scores, st, ed, mask, rule, config)
+    for q, (video, i, j, score) in enumerate(brute):
         got = out["VCMR"]
         n = got.length[q]
         assert n == len(i)
@@ -184,8 +188,9 @@ def test_svmr_matches_brute_force():
     rng = np.random.default_rng(5)
     scores, st, ed, mask = _random_inputs(rng)
     own = np.array([1, 3, 4])
-    config = ranking.RankingConfig(min_pred_l=1, max_pred_l=5, max_before_nms=30)
-    out = ranking.rank_predictions(scores, st, ed, mask, config, own_slot=own)["SVMR"]
+    rule = xml_corpus.SpanWindowRule(min_pred_l=1, max_pred_l=5)
+    config = ranking.RankingConfig(max_before_nms=30)
+    out = xml_corpus.rank_predictions(scores, st, ed, mask, rule, config, own_slot=own)["SVMR"]
     for q, k in enumerate(own):
         table = _softmax(st[q, k], mask[q, k])[:, None] * _softmax(ed[q, k], mask[q, k])[None]
         i, j = np.indices(table.shape)

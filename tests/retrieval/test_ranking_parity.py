@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vmr_jax.evaluation import vcmr
+from vmr_jax.models import xml_corpus
 from vmr_jax.retrieval import ranking
 
 RAW = "infer/get_pred_from_raw_query/"
@@ -27,12 +28,18 @@ def _load(path):
     return arrays, json.loads(path.with_suffix(".json").read_text())
 
 
-def _config(meta) -> ranking.RankingConfig:
+def _rule(meta) -> xml_corpus.SpanWindowRule:
     opt = meta["config_values"]["opt"]
-    return ranking.RankingConfig(
+    return xml_corpus.SpanWindowRule(
         alpha=float(opt["q2c_alpha"]),
         min_pred_l=int(opt["min_pred_l"]),
         max_pred_l=int(opt["max_pred_l"]),
+    )
+
+
+def _config(meta) -> ranking.RankingConfig:
+    opt = meta["config_values"]["opt"]
+    return ranking.RankingConfig(
         clip_length=float(opt["clip_length"]),
         max_before_nms=int(opt["max_before_nms"]),
         max_after=100,  # eval_epoch's max_after_nms
@@ -57,12 +64,12 @@ def _tags(arrays):
 
 def test_scores_and_span_probabilities(xml_golden):
     arrays, meta = _load(xml_golden)
-    config = _config(meta)
-    exp = np.asarray(jnp.exp(config.alpha * arrays[RAW + "q2ctx_scores"]))
+    rule = _rule(meta)
+    exp = np.asarray(jnp.exp(rule.alpha * arrays[RAW + "q2ctx_scores"]))
     np.testing.assert_allclose(exp, arrays["infer/q2ctx_scores_exp"], rtol=1e-6)
     mask = _clip_mask(arrays)
     for name in ("st", "ed"):
-        probs = np.asarray(ranking.span_probabilities(arrays[RAW + f"{name}_logits"], mask))
+        probs = np.asarray(xml_corpus.span_probabilities(arrays[RAW + f"{name}_logits"], mask))
         np.testing.assert_allclose(probs, arrays[f"infer/{name}_probs"], rtol=1e-5, atol=1e-7)
         assert (probs[~mask] == 0).all()
 
@@ -72,11 +79,12 @@ def _predictions(arrays, meta, nms_threshold):
     videos = arrays["infer/video_global_idx"].astype(np.int64)
     own = np.searchsorted(videos, arrays["infer/gt_video_global_idx"])
     assert (videos[own] == arrays["infer/gt_video_global_idx"]).all()
-    return ranking.rank_predictions(
+    return xml_corpus.rank_predictions(
         arrays[RAW + "q2ctx_scores"],
         arrays[RAW + "st_logits"],
         arrays[RAW + "ed_logits"],
         _clip_mask(arrays),
+        _rule(meta),
         config,
         own_slot=own,
         videos=videos,

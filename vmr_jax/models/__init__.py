@@ -1,28 +1,21 @@
 """Model families and their registry.
 
-Every family module (``vmr_jax/models/<family>.py``) exposes:
+Every family module (``vmr_jax/models/<family>.py``) holds its linen module, its
+``VARIANTS`` (official configurations plus ``tiny``), and ends with one declared
+:class:`~vmr_jax.models.family.Family` record, ``FAMILY``: what the trainer, evaluators,
+predict, bench and the corpus engine may use of it (see ``family.py``).  ``FAMILIES`` maps
+registry names to records; :func:`get_family` resolves ``config.model.name`` once per run.
 
-* ``VARIANTS: dict[str, dict]`` -- keyword arguments of the official configurations plus a
-  ``tiny`` entry for tests.
-* ``create_model(model_config) -> flax.linen.Module`` -- builds the module from
-  ``config.model`` (a ConfigDict holding one VARIANTS entry, possibly overridden).
 * ``Module.__call__(batch, *, train: bool) -> dict`` of outputs (scores plus intermediates).
-* ``loss_fn(outputs, batch, model_config) -> (scalar, dict of scalar metrics)``; targets are
-  built here from ``batch['spans']``.
-* ``decode(outputs, batch, model_config) -> dict`` with ``score_map [B, N, N]`` ranking
-  scores (0 outside the valid cells) and ``num_clips``, or for proposal (sliding-window)
-  families such as ``vlanet`` a moment list ``moments [B, P, 2]`` seconds with
-  ``moment_scores [B, P]`` (non-finite = not a candidate); evaluation turns either into moments.
-* ``SUPERVISION`` (optional, default ``('full',)``): ``('weak',)`` for families that learn
-  without spans (``config.train.supervision = 'weak'`` keeps spans out of training batches).
-
-Corpus families (video corpus moment retrieval: ``TASK = 'vcmr'``, e.g. ``xml``) have no
-``decode``; their module has the methods the corpus engine (``vmr_jax/retrieval``) calls:
-``encode_videos(batch) -> {..., 'mask' [V, L]}``, ``encode_queries(batch) -> {...}``,
-``score_videos(query_enc, video_enc) -> [Q, V]`` and ``localize(query_enc, video_enc)`` with
-``video_enc`` leaves ``[Q, K, ...]`` -> start/end logits ``[Q, K, L]``.  ``loss_fn`` may take
-``step`` and ``steps_per_epoch`` keywords (epoch schedules); the trainer passes them when it
-does.
+* ``loss_fn(outputs, batch, model_config, *, step, steps_per_epoch) -> (scalar, dict of
+  scalar metrics)``; targets are built here from ``batch['spans']``.
+* ``decode(outputs, batch, model_config) -> dict``: ``score_map [B, N, N]`` ranking scores (0
+  outside the valid cells) for ``output='score_map'``; ``moments [B, P, 2]`` seconds with
+  ``moment_scores [B, P]`` (non-finite = not a candidate) for ``output='moment_list'``.
+* Corpus families (``task='vcmr'``, ``output='corpus'``, e.g. ``xml``) have no ``decode``:
+  ``Family.corpus(model, model_config)`` gives their stage functions for the corpus engine
+  (``vmr_jax/retrieval/corpus.py``): encode videos and queries, score videos (stage 1),
+  localise in the top ``K`` (stage 2, ``ranking.MomentScores``) and ``combine``.
 
 Batch contract (a dict of arrays, leading axis = batch, produced by
 ``data_pipelines/input_pipeline.py`` and sharded on the mesh's ``data`` axis):
@@ -49,21 +42,16 @@ tree_edges           [B, Nv, Nn] f32     nodes (-1 = absent) and verb-noun argum
 
 from __future__ import annotations
 
-from types import ModuleType
-
 from vmr_jax.models import fvmr, mgpn, tan2d, vlanet, xml
+from vmr_jax.models.family import Family
 
-MODELS: dict[str, ModuleType] = {
-    "fvmr": fvmr,
-    "mgpn": mgpn,
-    "tan2d": tan2d,
-    "vlanet": vlanet,
-    "xml": xml,
+FAMILIES: dict[str, Family] = {
+    module.FAMILY.name: module.FAMILY for module in (mgpn, tan2d, fvmr, vlanet, xml)
 }
 
 
-def get_family(name: str) -> ModuleType:
-    """Model family module by registry name."""
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; known: {sorted(MODELS)}")
-    return MODELS[name]
+def get_family(name: str) -> Family:
+    """The :class:`Family` record of a registry name (``config.model.name``)."""
+    if name not in FAMILIES:
+        raise KeyError(f"unknown model {name!r}; known: {sorted(FAMILIES)}")
+    return FAMILIES[name]

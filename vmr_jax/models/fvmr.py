@@ -79,6 +79,7 @@ import optax
 from vmr_jax.layers.map_conv import sparse_group_conv
 from vmr_jax.layers.recurrent import StackedRNN
 from vmr_jax.models import common
+from vmr_jax.models.family import Family
 from vmr_jax.models.mgpn import MapBatchNorm, _torch_uniform, cell_targets
 from vmr_jax.ops import moment_map
 
@@ -458,3 +459,16 @@ def example_batch(model_config, batch_size: int = 1, query_len: int = 10) -> dic
     batch = common.example_batch(model_config, batch_size, query_len)
     batch.update(example_tree(batch_size, int(model_config.max_verbs), int(model_config.max_nouns)))
     return batch
+
+
+FAMILY = Family(
+    name="fvmr",
+    create_model=create_model,
+    variants=VARIANTS,
+    task="svmr",
+    output="score_map",
+    example_batch=example_batch,
+    loss_fn=loss_fn,
+    decode=decode,
+    gallery=True,  # phi_m(m) precomputed per video, phi_s(s) per query (retrieval/gallery.py)
+)

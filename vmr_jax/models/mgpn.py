@@ -56,6 +56,7 @@ import optax
 from vmr_jax.layers.map_conv import dense_masked_conv, reachable_cells, sparse_group_conv
 from vmr_jax.layers.recurrent import StackedRNN
 from vmr_jax.models import common
+from vmr_jax.models.family import Family
 from vmr_jax.ops import moment_map
 
 DEFAULTS = dict(
@@ -425,9 +426,12 @@ def cell_targets(model_config, batch: dict[str, jnp.ndarray]) -> jnp.ndarray:
     return moment_map.scaled_iou(iou, model_config.min_iou, model_config.max_iou)
 
 
-def loss_fn(outputs, batch, model_config) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+def loss_fn(
+    outputs, batch, model_config, *, step=None, steps_per_epoch=None
+) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     """Official ``bce_rescale_loss``: BCE with logits, mean over the valid cells of every
     example (examples with ``valid == 0`` contribute nothing)."""
+    del step, steps_per_epoch  # no epoch schedule in this loss
     logits = outputs["cell_logits"]
     targets = cell_targets(model_config, batch)
     per_cell = optax.sigmoid_binary_cross_entropy(logits, targets)
@@ -467,3 +471,16 @@ def map_builders(model_config) -> dict[str, Any]:
         return moment_map.boundary_map(x, mask), moment_map.span_max_map(x, mask)
 
     return {"map_build_cells": cells, "map_build_dense": dense}
+
+
+FAMILY = Family(
+    name="mgpn",
+    create_model=create_model,
+    variants=VARIANTS,
+    task="svmr",
+    output="score_map",
+    example_batch=example_batch,
+    loss_fn=loss_fn,
+    decode=decode,
+    map_builders=map_builders,
+)

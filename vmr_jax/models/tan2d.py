@@ -79,6 +79,7 @@ import numpy as np
 
 from vmr_jax.layers.recurrent import StackedRNN
 from vmr_jax.models import common
+from vmr_jax.models.family import Family
 from vmr_jax.models.mgpn import _torch_uniform, l2_normalize
 from vmr_jax.ops import moment_map
 
@@ -474,10 +475,13 @@ def _mask(model_config) -> np.ndarray:
     return proposal_mask(int(model_config.num_clips), tuple(model_config.num_scale_layers))
 
 
-def loss_fn(outputs, batch, model_config) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+def loss_fn(
+    outputs, batch, model_config, *, step=None, steps_per_epoch=None
+) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     """Official ``bce_rescale_loss``: BCE on ``sigmoid(prediction) * mask``, times the mask,
     summed over the batch and divided by its number of mask cells (examples with
     ``valid == 0`` contribute nothing)."""
+    del step, steps_per_epoch  # no epoch schedule in this loss
     mask = jnp.asarray(_mask(model_config), jnp.float32)
     probs = jax.nn.sigmoid(outputs["prediction"]) * mask
     per_cell = binary_cross_entropy(probs, iou_targets(model_config, batch)) * mask
@@ -500,3 +504,15 @@ def decode(outputs, batch, model_config) -> dict[str, Any]:
 def example_batch(model_config, batch_size: int = 1, query_len: int = 10) -> dict[str, np.ndarray]:
     """Zeros with the shapes and dtypes 2D-TAN reads (initialisation, benchmarks)."""
     return common.example_batch(model_config, batch_size, query_len)
+
+
+FAMILY = Family(
+    name="tan2d",
+    create_model=create_model,
+    variants=VARIANTS,
+    task="svmr",
+    output="score_map",
+    example_batch=example_batch,
+    loss_fn=loss_fn,
+    decode=decode,
+)

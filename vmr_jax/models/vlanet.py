@@ -94,9 +94,8 @@ import numpy as np
 
 from vmr_jax.layers.recurrent import RNNLayer
 from vmr_jax.models import common
+from vmr_jax.models.family import Family
 from vmr_jax.ops import segments
-
-SUPERVISION = ("weak",)
 
 CHARADES_FPS = 24.0
 
@@ -461,10 +460,13 @@ def negative_mask(batch) -> jnp.ndarray:
     return other * valid[:, None] * valid[None, :]
 
 
-def loss_fn(outputs, batch, model_config) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+def loss_fn(
+    outputs, batch, model_config, *, step=None, steps_per_epoch=None
+) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     """Eq. 14 as reconstructed (module docstring, 5): hinge ``max(0, Δ - c(V, Q+) + c(V, Q-))``
     averaged over each video's negative queries, then over the videos that have one; with
     ``video_negatives`` the same over each query's negative videos is added.  Reads no span."""
+    del step, steps_per_epoch  # no epoch schedule in this loss
     scores = outputs["pair_scores"]  # [B, B]: video i, query j
     pos = jnp.diagonal(scores)
     neg = negative_mask(batch)
@@ -558,3 +560,17 @@ def example_batch(model_config, batch_size: int = 1, query_len: int = 10) -> dic
     batch = common.zero_batch(model_config, batch_size, query_len, t, span)
     batch["video_index"] = np.arange(batch_size, dtype=np.int32)
     return batch
+
+
+FAMILY = Family(
+    name="vlanet",
+    create_model=create_model,
+    variants=VARIANTS,
+    task="svmr",
+    output="moment_list",
+    example_batch=example_batch,
+    loss_fn=loss_fn,
+    decode=decode,
+    supervision=("weak",),
+    random_proposal_shares=random_proposal_shares,
+)

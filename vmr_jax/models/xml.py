@@ -96,7 +96,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-TASK = "vcmr"  # answers queries against a corpus (vmr_jax.retrieval)
+from vmr_jax.models import xml_corpus
+from vmr_jax.models.family import Family
 
 CTX_MODES = ("video", "sub", "video_sub", "video_tef", "sub_tef", "video_sub_tef")
 
@@ -664,3 +665,15 @@ def video_weights(scores: jnp.ndarray, model_config) -> jnp.ndarray:
 def boundary_probs(logits: jnp.ndarray) -> jnp.ndarray:
     """Softmax over clips of start or end logits (padded clips get 0)."""
     return jax.nn.softmax(logits, axis=-1)
+
+
+FAMILY = Family(
+    name="xml",
+    create_model=create_model,
+    variants=VARIANTS,
+    task="vcmr",
+    output="corpus",
+    example_batch=example_batch,
+    loss_fn=loss_fn,
+    corpus=xml_corpus.XMLStages.from_config,
+)

@@ -1,20 +1,23 @@
 """Corpus index and two-stage video corpus moment retrieval, sharded over the mesh.
 
 Stage 1 ranks every video of the corpus for each query by the family's video score; stage 2
-localises the query in its ``top_videos`` best videos and ranks moments with XML's inference
-rules (:mod:`vmr_jax.retrieval.ranking`; jayleicn/TVRetrieval ``compute_query2ctx_info``).
-The engine is generic over a VCMR family through an *adapter* (any object with these pure
-functions of ``variables``, e.g. ``retrieval.evaluate.ModelAdapter`` around a linen module):
+localises the query in its ``top_videos`` best videos, and the family's ``combine`` rule
+ranks video and moment together (:mod:`vmr_jax.retrieval.ranking`).  The engine is generic
+over a corpus family through its *stages* (``Family.corpus(model, model_config)``, e.g.
+:class:`vmr_jax.models.xml_corpus.XMLStages`): pure functions of ``variables``,
 
 * ``encode_videos(variables, video_batch) -> {name: [V, ...]}``: ``video_batch`` holds
   ``video_features [V, L, D]``, ``video_mask [V, L]`` and optionally ``subtitle_features``;
-  the encodings always include ``mask [V, L]``.
+  the encodings always include ``mask [V, L]``.  Query-independent work lives here.
 * ``encode_queries(variables, query_batch) -> {name: [Q, ...]}``: ``query_features [Q, Lq,
   Dq]``, ``query_mask [Q, Lq]``.
-* ``score_videos(variables, query_enc, video_enc) -> [Q, V]`` raw scores (XML: cosine-like,
-  ranked by ``exp(alpha * s)``).
-* ``localize(variables, query_enc, video_enc) -> (st_logits, ed_logits)``, ``[Q, K, L]`` each,
-  with every ``video_enc`` leaf ``[Q, K, ...]`` and -1e10 at padded clips.
+* ``score_videos(variables, query_enc, video_enc) -> [Q, V]`` stage-1 scores, and
+  ``video_rank_scores(scores)``: what VR ranks by (XML: ``exp(alpha * s)``).
+* ``localize(variables, query_enc, video_enc) -> ranking.MomentScores`` (leaves ``[Q, K,
+  M]``), every ``video_enc`` leaf ``[Q, K, ...]``; ``combine(video_scores [Q, K], moments) ->
+  [Q, K, M]`` the VCMR score.
+* ``retrieve_videos`` (the VR list length, e.g. 100) and ``top_videos`` (``K``, the videos
+  localised; may be smaller, e.g. 10 for a re-ranker), ``clip_length``, ``max_before_nms``.
 
 Index (:func:`build_index`): every video encoded once, in batches sharded on the mesh's
 ``data`` axis, kept as global arrays sharded on ``data`` along the video axis.  ``V`` is padded
@@ -30,15 +33,17 @@ top_videos``, ``L`` clips:
 
 1. Queries are encoded once and replicated; each device scores its ``S`` videos in blocks of
    ``block_size`` (``lax.map``; memory ``O(Q * block_size * L)`` inside the family's score,
-   ``[Q, S]`` scores), keeps a local top ``K``, and the ``D * K`` candidates are all-gathered
-   and merged into the global top ``K`` (equal scores: lower corpus row first, as
-   ``lax.top_k`` on the whole corpus would give).
+   ``[Q, S]`` scores), keeps a local top ``R = max(retrieve_videos, K)``, and the ``D * R``
+   candidates are all-gathered and merged into the global top ``R`` (equal scores: lower
+   corpus row first, as ``lax.top_k`` on the whole corpus would give).  VR ranks the first
+   ``retrieve_videos`` of them, stage 2 localises the first ``K``.
 2. Localisation is split over devices by query: in steps of ``query_chunk`` queries per device,
    each device picks the rows it holds of the ``K`` (+1 own video for SVMR) videos of the step's
    ``D * query_chunk`` queries, zeros elsewhere, and a ``psum_scatter`` hands every device the
    encodings of its own queries (memory ``O(D * query_chunk * K * L * enc)``; no ``[Q, V, L]``
    or ``[Q, K, L, L]`` tensor).  Each device then localises and ranks its queries
-   (:func:`ranking.rank_corpus_moments`, :func:`ranking.rank_video_moments`).
+   (:func:`ranking.rank_videos`, :func:`ranking.rank_corpus_moments`,
+   :func:`ranking.rank_video_moments`).
 3. On the host: seconds, the ``max_after`` cut and NMS (:func:`ranking.postprocess`).
 
 Results do not depend on the mesh (tests compare 1 and 8 devices) up to float32 rounding of
@@ -273,6 +278,7 @@ class _SearchPlan:
 
     config: ranking.RankingConfig
     top_videos: int
+    retrieve_videos: int
     num_videos: int
     num_queries: int  # padded: a multiple of data size * query_chunk
     query_chunk: int
@@ -286,6 +292,7 @@ def _search_program(adapter: Any, mesh: Mesh, plan: _SearchPlan) -> Callable:
     per_device = plan.num_queries // devices
     steps = per_device // plan.query_chunk
     num_k = plan.top_videos
+    num_r = max(plan.retrieve_videos, num_k)
 
     def on_device(variables, video_enc, query_enc, own_video):
         shard = lax.axis_index(DATA_AXIS)
@@ -295,11 +302,12 @@ def _search_program(adapter: Any, mesh: Mesh, plan: _SearchPlan) -> Callable:
         scores = _block_scores(score, query_enc, video_enc, plan.block_size)  # [Q, S]
         real = first_row + jnp.arange(num_local) < plan.num_videos
         scores = jnp.where(real, scores.astype(jnp.float32), -jnp.inf)
-        local_scores, local_rows = lax.top_k(scores, min(num_k, num_local))
+        local_scores, local_rows = lax.top_k(scores, min(num_r, num_local))
         gathered = lax.all_gather(local_scores, DATA_AXIS, axis=1, tiled=True)
         gathered_rows = lax.all_gather(local_rows + first_row, DATA_AXIS, axis=1, tiled=True)
-        video_scores, pick = lax.top_k(gathered, num_k)  # [Q, K]
-        video_rows = jnp.take_along_axis(gathered_rows, pick, axis=1)
+        retrieved_scores, pick = lax.top_k(gathered, num_r)  # [Q, R]
+        retrieved_rows = jnp.take_along_axis(gathered_rows, pick, axis=1)
+        video_scores, video_rows = retrieved_scores[:, :num_k], retrieved_rows[:, :num_k]
         wanted = video_rows
         if plan.svmr:
             wanted = jnp.concatenate([video_rows, own_video[:, None]], axis=1)
@@ -314,17 +322,18 @@ def _search_program(adapter: Any, mesh: Mesh, plan: _SearchPlan) -> Callable:
             mine = ids.reshape(devices, plan.query_chunk)[shard]
             enc = _rows_for_my_queries(video_enc, wanted[ids], first_row)
             query_mine = jax.tree.map(lambda x: x[mine], query_enc)
-            st, ed = adapter.localize(variables, query_mine, enc)
-            mask = enc["mask"]
-            out = ranking.rank_corpus_moments(
-                video_scores[mine], st[:, :num_k], ed[:, :num_k], mask[:, :num_k], plan.config
-            )
-            rows = video_rows[mine]
-            out = {k: c._replace(slot=jnp.take_along_axis(rows, c.slot, 1)) for k, c in out.items()}
+            moments = adapter.localize(variables, query_mine, enc)
+            found = moments.take_videos(lambda x: x[:, :num_k])
+            out = ranking.rank_corpus_moments(video_scores[mine], found, adapter, plan.config)
+            vr = ranking.rank_videos(retrieved_scores[mine][:, : plan.retrieve_videos], adapter)
+            out["VR"] = vr
+            rows = {"VR": retrieved_rows[mine], "VCMR": video_rows[mine]}
+            out = {
+                k: c._replace(slot=jnp.take_along_axis(rows[k], c.slot, 1)) for k, c in out.items()
+            }
             if plan.svmr:
-                out["SVMR"] = ranking.rank_video_moments(
-                    st[:, num_k], ed[:, num_k], mask[:, num_k], plan.config
-                )
+                own = moments.take_videos(lambda x: x[:, num_k])
+                out["SVMR"] = ranking.rank_video_moments(own, plan.config)
             return out
 
         stacked = lax.map(step, jnp.arange(steps))  # leaves [steps, chunk, N]
@@ -362,12 +371,8 @@ def _prepare_search(
     index: CorpusIndex,
     query_batch: Mapping[str, np.ndarray],
     *,
-    top_videos: int = 100,
-    alpha: float = 20.0,
-    min_pred_l: int = 2,
-    max_pred_l: int = 16,
-    clip_length: float = 1.5,
-    max_before_nms: int = 200,
+    top_videos: int | None = None,
+    retrieve_videos: int | None = None,
     max_after: int = 100,
     nms_threshold: float | None = None,
     gt_video: np.ndarray | None = None,
@@ -376,14 +381,20 @@ def _prepare_search(
     query_chunk: int = 4,
 ) -> _PreparedSearch:
     config = ranking.RankingConfig(
-        alpha=float(alpha),
-        min_pred_l=int(min_pred_l),
-        max_pred_l=int(max_pred_l),
-        clip_length=float(clip_length),
-        max_before_nms=int(max_before_nms),
+        clip_length=float(adapter.clip_length),
+        max_before_nms=int(adapter.max_before_nms),
         max_after=int(max_after),
         nms_threshold=None if nms_threshold is None else float(nms_threshold),
     )
+    # The stages' list lengths are capped at the corpus; explicit ones must fit in it.
+    if top_videos is None:
+        top_videos = min(int(adapter.top_videos), index.num_videos)
+    if retrieve_videos is None:
+        retrieve_videos = min(int(adapter.retrieve_videos), index.num_videos)
+    if not 1 <= retrieve_videos <= index.num_videos:
+        raise CorpusError(
+            f"retrieve_videos must be in 1..{index.num_videos}, got {retrieve_videos}"
+        )
     if not 1 <= top_videos <= index.num_videos:
         raise CorpusError(f"top_videos must be in 1..{index.num_videos}, got {top_videos}")
     batch = {k: np.asarray(v) for k, v in query_batch.items()}
@@ -404,6 +415,7 @@ def _prepare_search(
     plan = _SearchPlan(
         config,
         int(top_videos),
+        int(retrieve_videos),
         index.num_videos,
         padded,
         chunk,
@@ -421,12 +433,8 @@ def search(
     index: CorpusIndex,
     query_batch: Mapping[str, np.ndarray],
     *,
-    top_videos: int = 100,
-    alpha: float = 20.0,
-    min_pred_l: int = 2,
-    max_pred_l: int = 16,
-    clip_length: float = 1.5,
-    max_before_nms: int = 200,
+    top_videos: int | None = None,
+    retrieve_videos: int | None = None,
     max_after: int = 100,
     nms_threshold: float | None = None,
     gt_video: np.ndarray | None = None,
@@ -437,10 +445,12 @@ def search(
     """Ranked lists of a batch of queries against the whole corpus (module docstring).
 
     Args:
+      adapter: the family's corpus stages (``Family.corpus(model, model_config)``).
       query_batch: ``{query_features [Q, Lq, Dq], query_mask [Q, Lq], ...}`` numpy arrays.
-      top_videos: ``K`` videos localised per query (XML ``max_vcmr_video``), ``<= V``.
-      alpha ... nms_threshold: :class:`ranking.RankingConfig` (XML's ``q2c_alpha``,
-        ``min_pred_l``, ``max_pred_l``, ``clip_length``, ``max_before_nms``,
+      top_videos: ``K`` videos localised per query (default the stages', e.g. XML
+        ``max_vcmr_video``), capped at the corpus size.
+      retrieve_videos: VR list length (default the stages'), capped at the corpus size.
+      max_after, nms_threshold: list length after the cut and after NMS (XML
         ``max_after_nms``, ``nms_thd``; None = no NMS).
       gt_video: ``[Q]`` corpus row of each query's own video; adds SVMR (localised even when
         it is not among the top ``K``).
@@ -448,7 +458,7 @@ def search(
       block_size: videos scored at once per device; query_chunk: queries localised at once
         per device.
     Returns: ``{"VCMR", "VR"[, "SVMR"]: RankedPredictions}`` with ``Q`` lists each (VCMR and
-      SVMR at most ``max_after`` rows, VR ``min(K, max_after)``).
+      SVMR at most ``max_after`` rows, VR ``min(retrieve_videos, max_after)``).
     """
     prepared = _prepare_search(
         adapter,
@@ -456,11 +466,7 @@ def search(
         index,
         query_batch,
         top_videos=top_videos,
-        alpha=alpha,
-        min_pred_l=min_pred_l,
-        max_pred_l=max_pred_l,
-        clip_length=clip_length,
-        max_before_nms=max_before_nms,
+        retrieve_videos=retrieve_videos,
         max_after=max_after,
         nms_threshold=nms_threshold,
         gt_video=gt_video,

@@ -19,7 +19,6 @@ evaluator prints them, plus ``num_queries``.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,34 +28,6 @@ import numpy as np
 from vmr_jax.evaluation import vcmr
 from vmr_jax.evaluation.tvr_files import MULTI_SPAN_MIN, RankedPredictions, TvrGroundTruth
 from vmr_jax.retrieval import corpus
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelAdapter:
-    """A linen module's VCMR methods as the pure functions :mod:`retrieval.corpus` calls.
-
-    The family's module defines ``encode_videos``, ``encode_queries``, ``score_videos`` and
-    ``localize`` (``vmr_jax/models/__init__.py``); each is applied in eval mode.
-    """
-
-    model: Any
-
-    def encode_videos(self, variables, video_batch):
-        return self.model.apply(variables, video_batch, method="encode_videos")
-
-    def encode_queries(self, variables, query_batch):
-        return self.model.apply(variables, query_batch, method="encode_queries")
-
-    def score_videos(self, variables, query_enc, video_enc):
-        return self.model.apply(variables, query_enc, video_enc, method="score_videos")
-
-    def localize(self, variables, query_enc, video_enc):
-        return self.model.apply(variables, query_enc, video_enc, method="localize")
-
-
-def is_corpus_family(family: Any) -> bool:
-    """Whether a model family answers queries against a corpus (``TASK == 'vcmr'``)."""
-    return getattr(family, "TASK", "svmr") == "vcmr"
 
 
 # --------------------------------------------------------------------------- ground truth
@@ -127,21 +98,25 @@ def flatten_metrics(results: Mapping[str, Any]) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- evaluation
 def search_split(
-    adapter: Any,
+    stages: Any,
     variables: Any,
     prepared: Any,
     mesh: jax.sharding.Mesh,
-    model_config: Mapping[str, Any],
     evals_config: Mapping[str, Any],
     video_values: np.ndarray | None = None,
 ) -> dict[str, RankedPredictions]:
     """Ranked VCMR / SVMR / VR lists of every query of a prepared split
     (:class:`data_pipelines.input_pipeline.PreparedSplit`), in split order, against an index
     of all its videos; ``video_idx`` is ``video_values[row]`` (default: the corpus row).
+
+    ``stages``: the family's corpus stages (``Family.corpus(model, model_config)``), which
+    own every model-specific option (list lengths, localisation window, combine rule);
+    ``evals_config`` gives ``batch_size``, ``video_batch_size``, ``max_predictions`` and
+    ``nms_thresh`` (<= 0: no NMS).
     """
     batch_size = int(evals_config.get("batch_size", 64))
     index = corpus.build_index(
-        adapter,
+        stages,
         variables,
         prepared.videos,
         mesh,
@@ -157,17 +132,10 @@ def search_split(
         padded = np.concatenate([rows, np.full(batch_size - len(rows), -1)])
         batch = prepared.query_batch(padded)
         found = corpus.search(
-            adapter,
+            stages,
             variables,
             index,
             {k: batch[k] for k in ("query_features", "query_mask") if k in batch},
-            # The official max_vcmr_video, or the whole corpus when it is smaller.
-            top_videos=min(int(model_config.get("max_vcmr_video", 100)), index.num_videos),
-            alpha=float(model_config.get("q2c_alpha", 20.0)),
-            min_pred_l=int(model_config.get("min_pred_l", 2)),
-            max_pred_l=int(model_config.get("max_pred_l", 16)),
-            clip_length=float(model_config.get("clip_length", 1.5)),
-            max_before_nms=int(model_config.get("max_before_nms", 200)),
             max_after=int(evals_config.get("max_predictions", 100)),
             nms_threshold=nms if nms > 0 else None,
             gt_video=prepared.video_row[np.maximum(padded, 0)],
@@ -182,12 +150,11 @@ def search_split(
 
 
 def evaluate_split(
-    adapter: Any,
+    stages: Any,
     variables: Any,
     prepared: Any,
     records: Sequence[Any],
     mesh: jax.sharding.Mesh,
-    model_config: Mapping[str, Any],
     evals_config: Mapping[str, Any],
 ) -> tuple[dict[str, float], dict[str, RankedPredictions], TvrGroundTruth]:
     """Searches every query of a split against the split's videos and scores the lists under
@@ -197,9 +164,7 @@ def evaluate_split(
     """
     gt = corpus_ground_truth(records, prepared.video_ids)
     values = np.array([gt.video2idx[v] for v in prepared.video_ids], np.int64)
-    predictions = search_split(
-        adapter, variables, prepared, mesh, model_config, evals_config, values
-    )
+    predictions = search_split(stages, variables, prepared, mesh, evals_config, values)
     results = vcmr.evaluate_predictions(
         predictions,
         gt,

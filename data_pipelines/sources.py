@@ -1,0 +1,133 @@
+"""The data of one run: prepared splits, train and eval iterators, ground truth for scoring.
+
+:class:`DataSources` is what the trainer, ``vmr-jax eval`` and ``vmr-jax predict`` read a
+config's data through (host-local batches of the contract in ``vmr_jax/models/__init__.py``).
+Under ``config.train.supervision = 'weak'`` the training batches and the sample batch carry no
+``spans``/``span_mask`` (removed, not zeroed), so a model or loss that reads them in training
+fails with a ``KeyError``; eval batches always carry them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from data_pipelines import input_pipeline
+from vmr_jax.evaluation import didemo
+
+SPAN_FIELDS = ("spans", "span_mask")  # what weak supervision keeps out of training
+
+
+def without_spans(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """``batch`` less ``spans`` and ``span_mask`` (removed, not zeroed)."""
+    return {k: v for k, v in batch.items() if k not in SPAN_FIELDS}
+
+
+class DataSources:
+    """Prepared splits and the iterators over them for one config (host-local batches)."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.datasets = input_pipeline.get_datasets(config)
+        self._prepared: dict[str, input_pipeline.PreparedSplit] = {}
+        self._didemo_gt: dict[str, didemo.DidemoGroundTruth] = {}
+
+    @property
+    def weak(self) -> bool:
+        """Whether training batches go without spans: ``config.train.supervision`` checked
+        against the family's record (:meth:`vmr_jax.models.Family.check_supervision`)."""
+        from vmr_jax.models import get_family  # the record, not the data, decides
+
+        family = get_family(self.config.model.name)
+        return family.check_supervision(self.config.train.get("supervision", "full")) == "weak"
+
+    def prepared(self, split: str) -> input_pipeline.PreparedSplit:
+        if split not in self._prepared:
+            if split not in self.datasets.splits:
+                raise KeyError(f"no split {split!r}; have {sorted(self.datasets.splits)}")
+            self._prepared[split] = input_pipeline.prepare_split(
+                self.datasets.splits[split], self.config.data, self.datasets.text, split
+            )
+        return self._prepared[split]
+
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.prepared("train")) // int(self.config.train.batch_size))
+
+    def train_iterator(self, start_step: int = 0):
+        """Endless train batches, positioned after the first ``start_step`` batches; without
+        ``spans``/``span_mask`` under weak supervision."""
+        it = input_pipeline.make_train_iterator(
+            self.prepared("train"),
+            self.config.data,
+            int(self.config.train.batch_size),
+            int(self.config.train.seed),
+            text=self.datasets.text,
+            start_step=start_step,
+        )
+        if self.weak:
+            return map(without_spans, it)
+        return it
+
+    def eval_iterator(self, split: str):
+        return input_pipeline.make_eval_iterator(
+            self.prepared(split),
+            self.config.data,
+            int(self.config.evals.get("batch_size", self.config.train.batch_size)),
+            text=self.datasets.text,
+        )
+
+    def sample_batch(self) -> dict[str, np.ndarray]:
+        """One training example, shaped as the train batches (no spans under weak supervision)."""
+        batch = input_pipeline.gather_batch(self.prepared("train"), np.zeros(1, np.int64))
+        return without_spans(batch) if self.weak else batch
+
+    def query_records(self, split: str, query_index: np.ndarray) -> list[Any]:
+        records = self.datasets.splits[split]
+        return [records[int(i)] for i in query_index]
+
+    def gt_spans_fn(self, split: str) -> Callable[[np.ndarray], np.ndarray]:
+        """``query_index -> [Q, 2]`` first ground-truth span of each record, float64."""
+
+        def gt_spans(query_index: np.ndarray) -> np.ndarray:
+            records = self.query_records(split, query_index)
+            return np.asarray([np.asarray(r.spans_s, np.float64)[0] for r in records])
+
+        return gt_spans
+
+    def didemo_ground_truth(self, split: str) -> didemo.DidemoGroundTruth:
+        """The annotator chunk pairs (``extras['times']``) of every record of ``split``, packed
+        as the official evaluation reads them (``didemo.ground_truth_from_records``)."""
+        if split not in self._didemo_gt:
+            records = self.datasets.splits[split]
+            rows = []
+            for q, r in enumerate(records):
+                extras = getattr(r, "extras", None) or {}
+                if "times" not in extras:
+                    raise ValueError(
+                        f"split {split!r}, record {r.query_id!r}: no field extras['times'] "
+                        "(annotator chunk pairs); config.evals.protocol='didemo' needs DiDeMo "
+                        f"records, config.data.name is {self.config.data.name!r}"
+                    )
+                rows.append({"annotation_id": extras.get("annotation_id", q), **extras})
+            self._didemo_gt[split] = didemo.ground_truth_from_records(rows, f"split {split!r}")
+        return self._didemo_gt[split]
+
+    def didemo_ground_truth_fn(
+        self, split: str
+    ) -> Callable[[np.ndarray], didemo.DidemoGroundTruth]:
+        """``query_index ->`` :class:`didemo.DidemoGroundTruth` of those records (in that order).
+
+        Reads the whole split at once, so a non-DiDeMo split fails here, not after inference.
+        """
+        packed = self.didemo_ground_truth(split)
+
+        def gt_chunks(query_index: np.ndarray) -> didemo.DidemoGroundTruth:
+            index = np.asarray(query_index, np.int64)
+            return didemo.DidemoGroundTruth(
+                packed.annotation_ids[index], packed.times[index], packed.n_times[index]
+            )
+
+        return gt_chunks
