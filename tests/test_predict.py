@@ -15,6 +15,7 @@ import pytest
 
 from data_pipelines.input_pipeline import TextInputs
 from vmr_jax import checkpointing, config_cli, main, predict, sharding, trainer
+from vmr_jax import predictor as predictor_module
 from vmr_jax.models import get_family
 from vmr_jax.retrieval import gallery
 from vmr_jax.text.tokenizer import Vocabulary
@@ -221,7 +222,7 @@ def test_query_text_is_encoded_as_the_pipeline_does(tmp_path):
     training table, words it never saw read from the GloVe file (zeros when absent)."""
     vocab = Vocabulary(["<pad>", "<unk>", "person", "opens", "door"])
     config_data = ml_collections.ConfigDict({"max_query_len": 3, "glove_path": ""})
-    tokens = predict._text_arrays(
+    tokens = predictor_module.encode_texts(
         ["Person opens the door", "door"], TextInputs("tokens", vocab), config_data, "q.json"
     )
     np.testing.assert_array_equal(tokens["query_tokens"], [[2, 3, 1], [4, 0, 0]])
@@ -230,10 +231,83 @@ def test_query_text_is_encoded_as_the_pipeline_does(tmp_path):
     glove.write_text("closes 1.5 -2.0\nperson 9.0 9.0\n")
     table = np.array([[0, 0], [0, 0], [1, 2], [3, 4], [5, 6]], np.float32)
     config_data.glove_path = str(glove)
-    out = predict._text_arrays(
+    out = predictor_module.encode_texts(
         ["person closes the door"], TextInputs("glove", vocab, table), config_data, "q.json"
     )
     # 'person' keeps its training row (not the file's), 'closes' is read, 'the' is absent.
     np.testing.assert_array_equal(out["query_features"][0], [[1, 2], [1.5, -2.0], [0, 0]])
-    with pytest.raises(predict.PredictError, match="text_mode='features'"):
-        predict._text_arrays(["door"], TextInputs("features"), config_data, "q.json")
+    with pytest.raises(predictor_module.PredictError, match="text_mode='features'"):
+        predictor_module.encode_texts(["door"], TextInputs("features"), config_data, "q.json")
+
+
+def test_inference_needs_no_training_data(tmp_path, monkeypatch):
+    """A trained workdir copied elsewhere answers free-text queries through ``Predictor`` and
+    ``vmr-jax predict --features --queries`` with the dataset unreadable: the trainer saved
+    the text encoder with the checkpoints, and inference restores parameters only."""
+    import shutil
+
+    from data_pipelines import input_pipeline, sources
+    from vmr_jax import Predictor
+
+    trained = tmp_path / "trained"
+    config = tiny_config("mgpn", text_mode="tokens")
+    config.unlock()
+    config.train.num_steps = 1
+    config.train.progress_bar = False
+    config.lock()
+    trainer.train_and_evaluate(config, str(trained))
+    assert (trained / "text_encoder" / "vocab.txt").is_file()
+    features, queries = write_own_files(trained, tmp_path, "npz")
+    want = predict.predict_workdir(
+        str(trained), features=str(features), queries=str(queries), output=str(tmp_path / "a.json")
+    )
+
+    copied = tmp_path / "elsewhere" / "copied"
+    shutil.copytree(trained, copied)
+    shutil.rmtree(trained)
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("inference read the training data")
+
+    monkeypatch.setattr(input_pipeline, "get_datasets", no_data)
+    monkeypatch.setattr(sources.DataSources, "__init__", no_data)
+    argv = ["predict", "--workdir", str(copied), "--features", str(features)]
+    assert main.main([*argv, "--queries", str(queries), "--output", str(tmp_path / "b.json")]) == 0
+    got = read(tmp_path / "b.json")
+    assert got["step"] == want["step"] == 1
+    assert_same_moments(got["predictions"], read(tmp_path / "a.json")["predictions"], rtol=0)
+
+    # The Python API: one video, its queries as text; the same moments as the CLI.
+    predictor = Predictor.from_workdir(str(copied))
+    assert predictor.step == 1 and predictor.family.name == "mgpn"
+    entries = read(queries)
+    video = entries[0]["video_id"]
+    mine = [e for e in entries if e["video_id"] == video]
+    moments = predictor.predict(
+        np.load(features)[video], mine[0]["duration"], [e["query"] for e in mine]
+    )
+    by_id = {p["query_id"]: p["moments"] for p in got["predictions"]}
+    for entry, ranked in zip(mine, moments):
+        want_moments = np.array(by_id[entry["query_id"]])
+        np.testing.assert_allclose(np.array(ranked), want_moments, rtol=1e-6)
+    with pytest.raises(predictor_module.PredictError, match="duration"):
+        predictor.predict(np.load(features)[video], 0.0, ["a person"])
+
+
+def test_restore_for_inference_reads_parameters_only(tmp_path):
+    """Parameters and BatchNorm statistics equal the checkpoint's; no optimiser state."""
+    workdir = make_workdir(tmp_path / "mgpn", "mgpn")
+    restored = predictor_module.restore_for_inference(str(workdir), step=None)
+    assert restored.step == 3 and not hasattr(restored.state, "opt_state")
+    config = checkpointing.load_config(str(workdir))
+    manager = checkpointing.create_checkpoint_manager(str(workdir), config.train, read_only=True)
+    full = manager.restore(3)  # the whole train state, as saved
+    manager.close()
+    for name in ("params", "batch_stats"):
+        want = jax.tree.leaves(full["default"][name] if "default" in full else full[name])
+        got = jax.tree.leaves(getattr(restored.state, name))
+        assert len(got) == len(want) > 0
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    with pytest.raises(FileNotFoundError, match="step 7"):
+        predictor_module.restore_for_inference(str(workdir), step=7)

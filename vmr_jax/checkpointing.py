@@ -160,3 +160,44 @@ def restore_or_init(
     if step is None:
         return init_fn(), None
     return restore(manager, step, abstract_state), step
+
+
+def select_step(manager: ocp.CheckpointManager, train_config: Mapping[str, Any], step) -> int:
+    """``step`` (an int), ``'best'`` (by ``train.best_metric``) or None (the latest) as a kept
+    step of ``manager``; FileNotFoundError naming the folder when there is none."""
+    if step is None:
+        chosen = manager.latest_step()
+    elif step == "best":
+        chosen = best_step(
+            manager,
+            train_config.get("best_metric", DEFAULT_BEST_METRIC),
+            train_config.get("best_mode", "max"),
+        )
+        if chosen is None:  # no evaluated step kept: the latest is the best we have
+            chosen = manager.latest_step()
+    else:
+        chosen = int(step)
+    if chosen is None:
+        raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+    if chosen not in manager.all_steps():
+        raise FileNotFoundError(
+            f"no checkpoint at step {chosen} in {manager.directory}; "
+            f"available: {list(manager.all_steps())}"
+        )
+    return int(chosen)
+
+
+def restore_variables(path: str, abstract_variables: Any) -> Any:
+    """The model variables (``params`` and, when present, ``batch_stats``) of the train state
+    saved at ``path`` (``checkpoints/<step>``), placed as ``abstract_variables`` says; the
+    optimiser moments are never read."""
+    item = os.path.join(path, "default")
+    target = {k: v for k, v in abstract_variables.items() if k in ("params", "batch_stats")}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        return checkpointer.restore(
+            item,
+            args=ocp.args.PyTreeRestore(
+                item=target, restore_args=restore_args, partial_restore=True
+            ),
+        )

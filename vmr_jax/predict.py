@@ -8,20 +8,25 @@ and mesh come from the workdir's ``config.json`` as for ``vmr-jax eval``), and e
   id, or ``.npz`` keyed by video id) and ``--queries`` (a JSON list of ``{"query_id",
   "video_id", "duration", "query"}``; ``duration`` in seconds).  Videos are fitted to the
   config's clips as the input pipeline does (``data.num_input_clips``, ``clip_sampling``,
-  ``normalize``); the query text is encoded with the text inputs of the configured data, which
-  must therefore be readable: ``text_mode='tokens'`` (word vocabulary of the train split, or
-  the SentencePiece model file) and ``'glove'`` (the training table; words new to it are read
-  from ``data.glove_path``, zeros when absent).  ``text_mode='features'`` (precomputed token
-  features, e.g. RoBERTa) cannot be rebuilt from text and is refused.
+  ``normalize``); the query text is encoded with the run's saved text encoder
+  (``WORKDIR/text_encoder``, :mod:`vmr_jax.text.saved`), so this path reads no training
+  data and works on a copied workdir: ``text_mode='tokens'`` (word vocabulary or SentencePiece
+  model) and ``'glove'`` (the training table; words new to it are read from
+  ``data.glove_path`` when that file is here, else zeros).  ``text_mode='features'``
+  (precomputed token features, e.g. RoBERTa) cannot be rebuilt from text and is refused.
 
-Families: single-video ones (``TASK`` ``'svmr'``: fvmr, mgpn, tan2d, vlanet).  FVMR answers
-through its common-space gallery (:mod:`vmr_jax.retrieval.gallery`; ``method='gallery'``, the
-default): every video's ``phi_m(m)`` encoded once and saved under
-``WORKDIR/gallery/<name>_step<N>`` with the step, checkpoint and inputs it was built from,
-reused by the next call when they match; each query is then one ``phi_s(s)`` and one dot product
-per moment.  The others (and FVMR with ``method='forward'``) run the eval forward pass and the
-official 2D-TAN decoding (:func:`vmr_jax.evaluation.svmr.decode_predictions`).  Corpus families
-(xml) are refused: ``vmr-jax eval`` writes their TVR submission.
+The model comes from :func:`vmr_jax.predictor.restore_for_inference` (parameters only);
+this module is the command-line wrapper of :mod:`vmr_jax.predictor`.
+
+Families: single-video ones (``Family.task == 'svmr'``: fvmr, mgpn, tan2d, vlanet).  FVMR
+answers through its common-space gallery (:mod:`vmr_jax.retrieval.gallery`;
+``method='gallery'``, the default for a family whose record declares ``gallery``): every
+video's ``phi_m(m)`` encoded once and saved under ``WORKDIR/gallery/<name>_step<N>`` with
+the step, checkpoint and inputs it was built from, reused by the next call when they match;
+each query is then one ``phi_s(s)`` and one dot product per moment.  The others (and FVMR
+with ``method='forward'``) run the eval forward pass and the official 2D-TAN decoding
+(:func:`vmr_jax.evaluation.svmr.decode_predictions`).  Corpus families (xml) are refused:
+``vmr-jax eval`` writes their TVR submission.
 
 Output (``--output``, default ``WORKDIR/predict/<name>_step<N>.json``)::
 
@@ -39,12 +44,10 @@ NMS (``nms_thresh``, default ``evals.nms_thresh``), at most ``top_k`` (default
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +58,23 @@ import numpy as np
 from data_pipelines.annotations import DataError
 from data_pipelines.feature_stores import Hdf5Store, check_feature_array
 from data_pipelines.input_pipeline import DATA_DEFAULTS, TextInputs
+from data_pipelines.sources import DataSources
 from data_pipelines.video_tables import InMemoryVideos, fit_clips
-from vmr_jax import checkpointing, config_cli, sharding, trainer
-from vmr_jax.evaluation import evaluators
+from vmr_jax import checkpointing, config_cli, sharding
 from vmr_jax.models import get_family
-from vmr_jax.retrieval import gallery
-from vmr_jax.text.glove import read_glove
+from vmr_jax.predictor import (
+    PredictError,
+    QuerySet,
+    answer_with_forward,
+    answer_with_gallery,
+    encode_texts,
+    gallery_for,
+    restore_for_inference,
+    text_inputs_for,
+)
 from vmr_jax.text.tokenizer import split_words
+
+__all__ = ["FORMAT", "METHODS", "PredictError", "predict_workdir", "write_predictions"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,53 +82,8 @@ FORMAT = "vmr-jax-predictions/1"
 METHODS = ("auto", "gallery", "forward")
 
 
-class PredictError(ValueError):
-    """A request ``vmr-jax predict`` cannot serve (names the input or field)."""
-
-
 # --------------------------------------------------------------------------- inputs
-@dataclasses.dataclass
-class QuerySet:
-    """Queries to answer and the videos they ask about.
-
-    ``videos.take(rows)`` gives ``video_features``/``video_mask`` of video rows;
-    ``query_arrays(index)`` the ``query_tokens``/``query_features`` and ``query_mask`` of
-    query indices; ``source`` says where they came from (JSON, written with the results).
-    """
-
-    query_ids: list[str]
-    video_row: np.ndarray  # [Q]
-    durations: np.ndarray  # [Q] float32 seconds
-    video_ids: list[str]  # [V]
-    videos: Any
-    query_arrays: Callable[[np.ndarray], dict[str, np.ndarray]]
-    source: dict[str, Any]
-
-    def __len__(self) -> int:
-        return len(self.query_ids)
-
-    def video_durations(self) -> np.ndarray:
-        """``[V]`` seconds (the duration given with each video's first query)."""
-        rows, first = np.unique(self.video_row, return_index=True)
-        out = np.zeros(len(self.video_ids), np.float32)
-        out[rows] = self.durations[first]
-        return out
-
-    def batch(self, index: np.ndarray) -> dict[str, np.ndarray]:
-        """An eval batch of query indices (``-1``: padding, a copy of query 0, ``valid=0``)."""
-        index = np.asarray(index, np.int64)
-        rows = np.maximum(index, 0)
-        batch = dict(self.query_arrays(rows))
-        batch.update(self.videos.take(self.video_row[rows]))
-        batch["duration"] = self.durations[rows]
-        batch["spans"] = np.zeros((len(rows), 1, 2), np.float32)  # unknown: unused
-        batch["span_mask"] = np.ones((len(rows), 1), np.float32)
-        batch["query_index"] = np.where(index >= 0, index, -1).astype(np.int32)
-        batch["valid"] = (index >= 0).astype(np.float32)
-        return batch
-
-
-def split_queries(data: trainer.DataSources, split: str) -> QuerySet:
+def split_queries(data: DataSources, split: str) -> QuerySet:
     """Every query of a split of the configured data."""
     prepared = data.prepared(split)
 
@@ -205,47 +173,6 @@ def _read_queries(path: str) -> list[dict[str, Any]]:
     return out
 
 
-def _text_arrays(
-    texts: Sequence[str], text: TextInputs, config_data: Any, source: str
-) -> dict[str, np.ndarray]:
-    """``query_tokens`` or GloVe ``query_features`` plus ``query_mask`` of raw texts, as the
-    input pipeline encodes the configured data's queries."""
-    if text.mode == "features":
-        raise PredictError(
-            f"{source}: the checkpoint reads precomputed query token features "
-            "(config.data.text_mode='features'), which cannot be rebuilt from query text; "
-            "--queries works for text_mode 'tokens' (word / sentencepiece) and 'glove'"
-        )
-    max_len = int(config_data.max_query_len)
-    if text.mode == "tokens":
-        ids = [text.encoder.encode(t)[:max_len] for t in texts]
-        table = None
-    else:  # glove: the training table, plus rows for words it has never seen
-        vocab = dict(text.encoder.index)
-        new = sorted({w for t in texts for w in split_words(t)} - set(vocab))
-        table = text.embeddings
-        if new:
-            found, _ = read_glove(config_data.glove_path, words=new)
-            extra = np.zeros((len(new), table.shape[1]), np.float32)
-            for k, word in enumerate(new):
-                vocab[word] = len(table) + k
-                if word in found:
-                    extra[k] = found[word]
-            table = np.concatenate([table, extra])
-        ids = [[vocab[w] for w in split_words(t)][:max_len] for t in texts]
-    lengths = np.array([len(x) for x in ids])
-    if (lengths == 0).any():
-        q = int(np.argmin(lengths))
-        raise DataError(source, f"entry {q}", "query", f"has no token: {texts[q]!r}")
-    tokens = np.zeros((len(texts), max_len), np.int32)
-    for q, x in enumerate(ids):
-        tokens[q, : len(x)] = x
-    mask = (np.arange(max_len)[None] < lengths[:, None]).astype(np.float32)
-    if table is None:
-        return {"query_tokens": tokens, "query_mask": mask}
-    return {"query_features": table[tokens] * mask[..., None], "query_mask": mask}
-
-
 def file_queries(
     features_path: str, queries_path: str, config: ml_collections.ConfigDict, text: TextInputs
 ) -> QuerySet:
@@ -265,7 +192,7 @@ def file_queries(
         np.stack([f for f, _ in fitted]), np.stack([m for _, m in fitted]), None
     )
     row = {v: k for k, v in enumerate(video_ids)}
-    arrays = _text_arrays([e["query"] for e in entries], text, data, queries_path)
+    arrays = encode_texts([e["query"] for e in entries], text, data, queries_path)
     return QuerySet(
         query_ids=[e["query_id"] for e in entries],
         video_row=np.array([row[e["video_id"]] for e in entries], np.int64),
@@ -278,134 +205,6 @@ def file_queries(
             "queries": os.path.abspath(queries_path),
         },
     )
-
-
-# --------------------------------------------------------------------------- checkpoint
-def restore_state(
-    workdir: str, config, data: trainer.DataSources, mesh, step: int | str | None
-) -> tuple[Any, Any, int, str]:
-    """``(model, state, step, checkpoint path)`` of a workdir's checkpoint, restored as
-    ``vmr-jax eval`` restores it (``step``: an int, ``'best'`` or None for the latest)."""
-    model = trainer.create_model(config.model)
-    tx, _ = trainer.family_optimizer(config, data.steps_per_epoch())
-    init_rng, _ = jax.random.split(jax.random.PRNGKey(int(config.train.seed)))
-    abstract = trainer.abstract_train_state(
-        config, model, init_rng, data.sample_batch(), mesh, tx=tx
-    )
-    manager = checkpointing.create_checkpoint_manager(workdir, config.train, read_only=True)
-    if step is None:
-        step = manager.latest_step()
-    elif step == "best":
-        step = checkpointing.best_step(
-            manager,
-            config.train.get("best_metric", checkpointing.DEFAULT_BEST_METRIC),
-            config.train.get("best_mode", "max"),
-        )
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {manager.directory}")
-    state = checkpointing.restore(manager, int(step), abstract)
-    path = os.path.join(str(manager.directory), str(step))
-    manager.close()
-    return model, state, int(step), path
-
-
-# --------------------------------------------------------------------------- answering
-def _padded_batches(num: int, batch_size: int) -> Iterator[np.ndarray]:
-    """Query indices in batches of ``batch_size``, the last padded with ``-1``."""
-    for start in range(0, num, batch_size):
-        index = np.arange(start, min(start + batch_size, num))
-        yield np.concatenate([index, np.full(batch_size - len(index), -1)])
-
-
-def answer_with_forward(
-    config, state, queries: QuerySet, mesh, top_k: int, nms_thresh: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Eval forward pass + ``family.decode`` + the official decoding: ``(times, scores)``
-    (score maps: 2D-TAN's cell decoding; moment lists of proposal families: the same NMS)."""
-    state_sharding = jax.tree.map(lambda x: x.sharding, state)
-    eval_step = evaluators.make_eval_step(config, state_sharding, mesh)
-    size = int(config.evals.get("batch_size", config.train.batch_size))
-    batches = (queries.batch(index) for index in _padded_batches(len(queries), size))
-    predicted = evaluators.predict(eval_step, state, batches, mesh)
-    return evaluators.decode_moments(predicted, nms_thresh, top_k)
-
-
-def _source_fingerprint(source: Mapping[str, Any]) -> dict[str, Any]:
-    """What a gallery was built from: the split, or the features file's size and time."""
-    if "features" not in source:
-        return dict(source)
-    stat = os.stat(source["features"])
-    return {"features": source["features"], "size": stat.st_size, "mtime": stat.st_mtime}
-
-
-def gallery_for(
-    workdir: str,
-    config,
-    model,
-    variables,
-    queries: QuerySet,
-    mesh,
-    step: int,
-    checkpoint: str,
-    rebuild: bool = False,
-) -> tuple[gallery.Gallery, str]:
-    """The FVMR gallery of the queries' videos: loaded from ``WORKDIR/gallery`` when it was
-    built from the same checkpoint, model config and inputs, else built and saved there."""
-    source = _source_fingerprint(queries.source)
-    identity = {
-        "step": step,
-        "checkpoint": checkpoint,
-        "source": source,
-        "model": json.loads(config.model.to_json_best_effort()),
-        "data": {k: config.data.get(k) for k in ("num_input_clips", "normalize")},
-    }
-    if "split" in source:
-        name = source["split"]
-    else:
-        key = json.dumps(source, sort_keys=True).encode()
-        name = "features_" + hashlib.sha256(key).hexdigest()[:12]
-    directory = os.path.join(workdir, "gallery", f"{name}_step{step}")
-    if not rebuild and os.path.exists(os.path.join(directory, gallery.METADATA_FILE)):
-        loaded = gallery.Gallery.load(directory, mesh)
-        if loaded.metadata == identity and list(loaded.video_ids) == queries.video_ids:
-            logger.info("gallery %s reused (%d videos)", directory, loaded.num_videos)
-            return loaded, directory
-        logger.info("gallery %s is stale: rebuilding", directory)
-    built = gallery.build_gallery(
-        model,
-        variables,
-        queries.videos,
-        mesh,
-        durations=queries.video_durations(),
-        video_ids=queries.video_ids,
-        batch_size=int(config.evals.get("batch_size", 32)),
-        metadata=identity,
-    )
-    if sharding.is_main_process():
-        built.save(directory)
-    logger.info("gallery %s built (%d videos)", directory, built.num_videos)
-    return built, directory
-
-
-def answer_with_gallery(
-    config, model, variables, queries: QuerySet, found: gallery.Gallery, mesh, top_k, nms_thresh
-) -> tuple[np.ndarray, np.ndarray]:
-    """``phi_s(s)`` of every query, then :func:`gallery.search`: ``(times, scores)``."""
-    size = int(config.evals.get("batch_size", 32))
-    parts = []
-    for index in _padded_batches(len(queries), size):
-        rows = np.maximum(index, 0)
-        emb = gallery.encode_queries(model, variables, queries.query_arrays(rows), mesh)
-        parts.append(emb[index >= 0])
-    result = gallery.search(
-        found,
-        np.concatenate(parts),
-        queries.video_row,
-        top_k,
-        nms_thresh,
-        durations=queries.durations,
-    )
-    return result.times, result.scores
 
 
 # --------------------------------------------------------------------------- entry point
@@ -453,31 +252,40 @@ def predict_workdir(
     nms = float(config.evals.get("nms_thresh", 0.5) if nms_thresh is None else nms_thresh)
 
     mesh = sharding.make_mesh(config.mesh)
-    data = trainer.DataSources(config)
-    if features is not None:
-        query_set = file_queries(features, queries, config, data.datasets.text)
+    if features is not None:  # the user's files: no training data needed
+        text = text_inputs_for(workdir, config)
+        query_set = file_queries(features, queries, config, text)
     else:
+        data = DataSources(config)
         query_set = split_queries(data, split or config.evals.get("split", "val"))
-    model, state, step, checkpoint = restore_state(workdir, config, data, mesh, step)
-    variables = {"params": state.params}
-    if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
+    restored = restore_for_inference(workdir, step, mesh=mesh, overrides=overrides)
+    step, checkpoint = restored.step, restored.checkpoint
     gallery_dir = None
     if use_gallery:
         found, gallery_dir = gallery_for(
-            workdir, config, model, variables, query_set, mesh, step, checkpoint, rebuild_gallery
+            workdir,
+            config,
+            restored.model,
+            restored.variables,
+            query_set,
+            mesh,
+            step,
+            checkpoint,
+            rebuild_gallery,
         )
         times, scores = answer_with_gallery(
-            config, model, variables, query_set, found, mesh, top_k, nms
+            config, restored.model, restored.variables, query_set, found, mesh, top_k, nms
         )
     else:
-        times, scores = answer_with_forward(config, state, query_set, mesh, top_k, nms)
+        times, scores = answer_with_forward(
+            config, restored.state, query_set, mesh, top_k, nms, family
+        )
 
     name = query_set.source.get("split") or "files"
     output = output or os.path.join(workdir, "predict", f"{name}_step{step}.json")
     header = {
         "format": FORMAT,
-        "model": config.model.name,
+        "model": family.name,
         "method": "gallery" if use_gallery else "forward",
         "source": query_set.source,
         "step": step,

@@ -52,6 +52,7 @@ from vmr_jax.evaluation.evaluators import chance_metrics, make_evaluator, make_s
 from vmr_jax.metrics_writer import MetricsWriter
 from vmr_jax.models import Family, get_family
 from vmr_jax.optimizers import family_optimizer
+from vmr_jax.text import saved
 
 __all__ = [
     "DataSources",
@@ -276,6 +277,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.evals.get("protocol", "2dtan") == didemo.PROTOCOL:
         data.didemo_ground_truth(eval_split)  # a non-DiDeMo split fails before training
     sample = data.sample_batch()
+    if main:  # inference reads the text encoder from the workdir, not the training data
+        saved.save_text_inputs(data.datasets.text, workdir)
     chance = chance_metrics(config, family, data, eval_split)
     if chance is not None:
         logger.info(
