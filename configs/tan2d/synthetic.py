@@ -8,7 +8,7 @@ NUM_SCALE_LAYERS [8, 4]: 110 proposals, hidden 16, three 3x3 map convs, SparsePr
 Optimiser as the official ``moment_localization/train.py`` (Adam, betas 0.9/0.999, no weight
 decay, ``clip_grad_norm_`` 10, constant LR) except the LR: 3e-3 instead of the yamls' 1e-4, so
 that the tiny model learns in about a thousand steps.  Chance levels of this map (random scores,
-NMS 0.45) are computed by ``data_pipelines.synthetic.chance_level`` in
+NMS 0.45) are computed by ``vmr_jax.evaluation.chance.chance_level`` in
 ``tests/models/test_tan2d.py``.
 """
 

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from data_pipelines import synthetic
-from data_pipelines.synthetic import SyntheticSpec, chance_level, make_splits, make_world
+from data_pipelines.synthetic import SyntheticSpec, make_splits, make_world
+from vmr_jax.evaluation import chance as chance_levels
+from vmr_jax.evaluation.chance import chance_level
 
 SMALL = SyntheticSpec(num_videos=30, queries_per_video=3)
 
@@ -213,14 +215,14 @@ def test_chance_level_matches_brute_force():
 
 
 def test_docstring_chance_levels_are_what_chance_level_computes():
-    table = re.findall(r"^(R@\d)\s+([\d.]+)\s+([\d.]+)$", synthetic.__doc__, re.MULTILINE)
+    table = re.findall(r"^(R@\d)\s+([\d.]+)\s+([\d.]+)$", chance_levels.__doc__, re.MULTILINE)
     documented = {}
     for recall, at05, at07 in table:
         documented[f"{recall},IoU=0.5"] = float(at05)
         documented[f"{recall},IoU=0.7"] = float(at07)
-    assert documented == synthetic.CHANCE_LEVEL
+    assert documented == chance_levels.CHANCE_LEVEL
 
-    setting = dict(synthetic.CHANCE_SETTING)
+    setting = dict(chance_levels.CHANCE_SETTING)
     spec = SyntheticSpec(num_videos=setting.pop("num_videos"))
     records = flat(make_splits(spec, setting.pop("seed")))
     assert len(records) == 8000
@@ -259,7 +261,7 @@ def test_scenes_name_the_video_and_leave_the_single_video_benchmark_unchanged():
 def test_vcmr_chance_level_by_hand():
     # Two videos of 4 one-second clips; XML candidates with 2 <= j - i < 3: [0, 3] and [1, 4]
     # in each video, N = 4.  GT [0, 3] in video 0: IoU 1 with [0, 3], 2/4 with [1, 4].
-    chance = synthetic.vcmr_chance_level(
+    chance = chance_levels.vcmr_chance_level(
         np.array([[0.0, 3.0]]),
         np.array([0]),
         np.array([4, 4]),
@@ -283,7 +285,7 @@ def test_vcmr_chance_level_matches_random_rankings():
     clips = np.array([6, 9, 7])
     spans = np.array([[1.5, 6.0], [0.0, 3.0], [4.5, 9.0]])
     owner = np.array([0, 1, 2])
-    chance = synthetic.vcmr_chance_level(spans, owner, clips, 1.5, 2, 5, (0.5,), (1, 3))
+    chance = chance_levels.vcmr_chance_level(spans, owner, clips, 1.5, 2, 5, (0.5,), (1, 3))
     cands = [
         (v, i * 1.5, (j + 1) * 1.5)
         for v, t in enumerate(clips)

@@ -10,6 +10,7 @@ import pytest
 
 from data_pipelines import synthetic
 from vmr_jax import config_cli, trainer
+from vmr_jax.evaluation import chance as chance_levels
 
 CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "fvmr" / "synthetic.py")
 
@@ -50,7 +51,7 @@ def test_fvmr_learns_far_above_chance_with_p_alone(tmp_path):
     assert train["distill_weight"] == pytest.approx(3.0)
     spec = synthetic.spec_from_config(config.data.synthetic)
     records = synthetic.make_splits(spec, int(config.data.seed), ["val"])["val"]
-    chance = synthetic.chance_level(
+    chance = chance_levels.chance_level(
         np.array([r.spans_s[0] for r in records]),
         np.array([r.duration_s for r in records]),
         config.model.num_clips,

@@ -15,6 +15,7 @@ import pytest
 
 from data_pipelines import synthetic
 from vmr_jax import config_cli, trainer
+from vmr_jax.evaluation import chance as chance_levels
 from vmr_jax.models import tan2d
 from vmr_jax.ops import moment_map
 
@@ -278,7 +279,7 @@ def test_tan2d_learns_the_synthetic_benchmark_above_chance(tmp_path):
     metrics = result["eval_metrics"]
     spec = synthetic.spec_from_config(config.data.synthetic)
     records = synthetic.make_splits(spec, int(config.data.seed), ["val"])["val"]
-    chance = synthetic.chance_level(
+    chance = chance_levels.chance_level(
         np.array([r.spans_s[0] for r in records]),
         np.array([r.duration_s for r in records]),
         config.model.num_clips,

@@ -162,3 +162,15 @@ def test_decode_topk_matches_topk_moments():
         assert np.asarray(kept[b]).sum() == len(rows)
         np.testing.assert_array_equal(np.asarray(times[b])[: len(rows)], rows[:, :2])
         np.testing.assert_array_equal(np.asarray(scores[b])[: len(rows)], rows[:, 2])
+
+
+def test_temporal_iou_zero_hull_variants():
+    # [0, 4] vs [2, 6]: overlap 2, hull 6 (by hand); two identical points: hull 0.
+    a = np.array([[0.0, 4.0], [2.0, 2.0]])
+    b = np.array([[2.0, 6.0], [2.0, 2.0]])
+    official_2dtan = segments.temporal_iou(a, b)
+    assert official_2dtan[0] == pytest.approx(1 / 3) and np.isnan(official_2dtan[1])
+    tvr = segments.temporal_iou(a.astype(np.float32), b.astype(np.float32), empty=0.0)
+    assert tvr.dtype == np.float32 and tvr.tolist() == [np.float32(2) / np.float32(6), 0.0]
+    traced = jax.jit(lambda x, y: segments.temporal_iou(x, y, empty=0.0))(a, b)
+    np.testing.assert_allclose(np.asarray(traced), [1 / 3, 0.0], rtol=1e-6)

@@ -11,6 +11,7 @@ import pytest
 
 from data_pipelines import synthetic
 from vmr_jax import checkpoint_eval, config_cli, trainer
+from vmr_jax.evaluation import chance as chance_levels
 from vmr_jax.evaluation import vcmr
 from vmr_jax.retrieval import evaluate as corpus_eval
 
@@ -88,7 +89,7 @@ def test_xml_learns_the_synthetic_corpus_far_above_chance(tmp_path):
             for v in video_ids
         ]
     )
-    chance = synthetic.vcmr_chance_level(
+    chance = chance_levels.vcmr_chance_level(
         np.array([r.spans_s[0] for r in records]),
         np.array([video_ids.index(r.video_id) for r in records]),
         clips,

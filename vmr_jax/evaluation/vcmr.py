@@ -81,10 +81,7 @@ def tvr_iou(pred_st_ed: np.ndarray, gt_st_ed: np.ndarray) -> np.ndarray:
     Args: ``[..., 2]`` each, broadcastable; computed in their dtype (float32 for the protocol).
     Returns: ``[...]``.
     """
-    p, g = np.asarray(pred_st_ed), np.asarray(gt_st_ed)
-    inter = np.maximum(0, np.minimum(p[..., 1], g[..., 1]) - np.maximum(p[..., 0], g[..., 0]))
-    hull = np.maximum(p[..., 1], g[..., 1]) - np.minimum(p[..., 0], g[..., 0])
-    return np.divide(inter, hull, out=np.zeros_like(inter), where=hull != 0)
+    return segments.temporal_iou(np.asarray(pred_st_ed), np.asarray(gt_st_ed), empty=0.0)
 
 
 def query_hits(

@@ -32,6 +32,8 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from vmr_jax.ops import segments
+
 
 def valid_offsets(pooling_counts: Sequence[int]) -> list[tuple[int, int]]:
     """(offset j - i, stride) pairs of the sparse rule, excluding the diagonal (offset 0)."""
@@ -108,12 +110,7 @@ def iou_target_map(num_clips: int, span: jnp.ndarray, duration: jnp.ndarray) -> 
     Returns: ``[..., N, N]`` float32.
     """
     span = jnp.asarray(span, jnp.float32)
-    times = cell_times(num_clips, duration)
-    s, e = times[..., 0], times[..., 1]
-    gs, ge = span[..., 0, None, None], span[..., 1, None, None]
-    inter = jnp.maximum(0.0, jnp.minimum(e, ge) - jnp.maximum(s, gs))
-    hull = jnp.maximum(e, ge) - jnp.minimum(s, gs)
-    return inter / hull
+    return segments.temporal_iou(cell_times(num_clips, duration), span[..., None, None, :])
 
 
 def scaled_iou(iou: jnp.ndarray, min_iou: float, max_iou: float, bias: float = 0.0) -> jnp.ndarray:

@@ -36,22 +36,34 @@ def _xp(*arrays: Array):
     return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
 
 
-def temporal_iou(a: Array, b: Array) -> Array:
-    """Continuous temporal IoU with the hull denominator.
+def temporal_iou(a: Array, b: Array, empty: float | None = None) -> Array:
+    """Continuous temporal IoU with the hull denominator: the one IoU of the library.
 
     ``IoU = max(0, min(e_a, e_b) - max(s_a, s_b)) / max(0, max(e_a, e_b) - min(s_a, s_b))``;
     for overlapping segments the hull equals the union.  This is the formula of 2D-TAN
-    ``lib/core/eval.py`` (``iou``) and of the TVR evaluator.  Two identical zero-length segments
-    give ``0 / 0 = nan`` as in the official code (``nan > m`` is False: never a hit).
+    ``lib/core/eval.py`` (``iou``), of the 2D-TAN IoU targets and of the TVR evaluator; the
+    official variants differ only where the hull is 0 (two identical zero-length segments):
+
+    * ``empty=None`` (2D-TAN): ``0 / 0 = nan`` as in the official code (``nan > m`` is False:
+      never a hit);
+    * ``empty=0.0`` (TVR ``get_iou``): 0.
+
+    The dtype is the inputs' (promoted) one, so a caller reproduces an official protocol's
+    arithmetic by what it passes in (2D-TAN: float64 from float32 times; TVR: float32).  The
+    NMS walks use the ``len_i + len_j - inter`` union of the official code instead (:func:`nms`,
+    :func:`batched_nms`) or this hull (:func:`grouped_nms_keep`, TVR's temporal NMS).
 
     Args:
       a, b: ``[..., 2]`` segments, broadcastable against each other.
-    Returns: ``[...]`` IoU in the inputs' (promoted) dtype.
+    Returns: ``[...]`` IoU.
     """
     xp = _xp(a, b)
     a, b = xp.asarray(a), xp.asarray(b)
     inter = xp.maximum(0.0, xp.minimum(a[..., 1], b[..., 1]) - xp.maximum(a[..., 0], b[..., 0]))
     hull = xp.maximum(0.0, xp.maximum(a[..., 1], b[..., 1]) - xp.minimum(a[..., 0], b[..., 0]))
+    if empty is not None:
+        safe = xp.where(hull > 0, hull, 1.0)
+        return xp.where(hull > 0, inter / safe, xp.asarray(empty, inter.dtype))
     if xp is np:
         with np.errstate(invalid="ignore", divide="ignore"):
             return inter / hull
