@@ -73,3 +73,45 @@ def test_bad_overrides_name_the_field():
         config_cli.apply_override(config, "train.batch_sise", "4")
     with pytest.raises(ValueError, match="train.batch_size"):
         config_cli.apply_override(config, "train.batch_size", "0.5")
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_unknown_config_argument_is_refused(path):
+    # One parser for every get_config(arg): a typo is an error naming the file, never ignored.
+    with pytest.raises(ValueError, match=rf"{path.name}.*unknown config arguments \['runlcoal'\]"):
+        config_cli.load_config(f"{path}:runlcoal")
+
+
+def test_parse_config_arg():
+    parse = config_cli.parse_config_arg
+    assert parse(None, ("a", "b"), "c.py") == frozenset()
+    assert parse(" a, ,b ", ("a", "b"), "c.py") == {"a", "b"}
+    with pytest.raises(ValueError, match=r"c.py: unknown config arguments \['z'\]; allowed: a, b"):
+        parse("a,z", ("b", "a"), "c.py")
+    with pytest.raises(ValueError, match=r"\['conv', 'pool'\] exclude each other"):
+        parse("pool,conv", ("conv", "pool"), "c.py", exclusive=[("conv", "pool")])
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*/[!s]*.py")), ids=lambda p: p.stem)
+def test_benchmark_configs_evaluate_once_per_epoch(path):
+    """Benchmark configs give the cadence in epochs; the trainer turns it into steps at the
+    run's batch size, so overriding the batch keeps "once per epoch"."""
+    from vmr_jax import trainer
+
+    config = config_cli.load_config(str(path))
+    assert config.evals.every_epochs == 1.0 and config.evals.get("every", 0) == 0
+    assert config.train.checkpoint_every_epochs == 1.0
+    # 12,404 queries: batch 32 -> 387 steps per epoch, batch 64 -> 193 (by hand).
+    assert trainer.every_steps(config.evals, "every", 12404 // 32) == 387
+    assert trainer.every_steps(config.evals, "every", 12404 // 64) == 193
+
+
+def test_every_steps_by_hand():
+    from vmr_jax import trainer
+
+    assert trainer.every_steps({"every": 50}, "every", 7) == 50
+    assert trainer.every_steps({"every": 0, "every_epochs": 0.5}, "every", 7) == 4  # round(3.5)
+    assert trainer.every_steps({"every_epochs": 2}, "every", 10) == 20
+    assert trainer.every_steps({}, "every", 10) == 0
+    with pytest.raises(ValueError, match="not both"):
+        trainer.every_steps({"every": 5, "every_epochs": 1}, "every", 10)

@@ -34,6 +34,33 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     return module.get_config(arg or None)
 
 
+def parse_config_arg(
+    arg: str | None,
+    allowed: Sequence[str],
+    config_file: str,
+    exclusive: Sequence[Sequence[str]] = (),
+) -> frozenset[str]:
+    """The comma-separated arguments of ``get_config(arg)`` (``--config FILE:a,b``), checked.
+
+    One parser for every config file: blanks ignored, each argument one of ``allowed``, at
+    most one of each group in ``exclusive``; else a ValueError naming the config file, the
+    bad arguments and the allowed ones.
+    """
+    flags = frozenset(a.strip() for a in (arg or "").split(",") if a.strip())
+    name = os.path.relpath(config_file) if os.path.isabs(config_file) else config_file
+    unknown = sorted(flags - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"{name}: unknown config arguments {unknown}; allowed: {', '.join(sorted(allowed))} "
+            "(comma-separated, e.g. --config FILE:runlocal)"
+        )
+    for group in exclusive:
+        chosen = sorted(flags & set(group))
+        if len(chosen) > 1:
+            raise ValueError(f"{name}: config arguments {chosen} exclude each other")
+    return flags
+
+
 def _parse_literal(text: str) -> Any:
     try:
         return ast.literal_eval(text)

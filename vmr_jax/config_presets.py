@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from vmr_jax.config_cli import parse_config_arg
 from vmr_jax.models import fvmr, mgpn, tan2d, vlanet
 
 
@@ -28,7 +29,6 @@ def _map_benchmark(
     eval_split: str,
     nms_thresh: float,
     ious: Sequence[float],
-    steps_per_epoch: int,
     runlocal: bool,
 ) -> ml_collections.ConfigDict:
     """The sections every 2D-map family shares on a built benchmark (unlocked).
@@ -72,7 +72,8 @@ def _map_benchmark(
     config.train.gamma = 0.1
     config.train.grad_clip_norm = grad_clip_norm
     config.train.log_every = 1 if runlocal else 50
-    config.train.checkpoint_every = 2 if runlocal else steps_per_epoch
+    config.train.checkpoint_every = 2 if runlocal else 0
+    config.train.checkpoint_every_epochs = 0.0 if runlocal else 1.0
     config.train.keep = 3
     config.train.best_metric = "R@1,IoU=0.5"
     config.train.best_mode = "max"
@@ -86,7 +87,8 @@ def _map_benchmark(
     config.evals.recalls = (1, 5)
     config.evals.ious = tuple(ious)
     config.evals.nms_thresh = nms_thresh
-    config.evals.every = 0 if runlocal else steps_per_epoch
+    config.evals.every = 0
+    config.evals.every_epochs = 0.0 if runlocal else 1.0  # resolved by the trainer
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.shape = (-1, 1)  # ('data', 'model')
@@ -103,7 +105,6 @@ def mgpn_benchmark(
     milestones: Sequence[int],
     nms_thresh: float,
     ious: Sequence[float],
-    steps_per_epoch: int,
     eval_split: str = "test",
     num_epochs: int = 15,
     runlocal: bool = False,
@@ -116,8 +117,6 @@ def mgpn_benchmark(
         expected in ``data/vmr_jax/<D>-<F>`` unless ``--config.data.dir`` says otherwise.
       batch_size, milestones (epochs), nms_thresh, ious: ``TRAIN.BATCH_SIZE``,
         ``TRAIN.MILESTONES``, ``TEST.NMS_THRESH``, ``TEST.TIOU``.
-      steps_per_epoch: training queries // batch size (from the split counts), so that
-        evaluation runs once per epoch as the official loop does.
       eval_split: ``NO_VAL: True`` in every MGPN YAML: the test split is the one evaluated.
       runlocal: a few steps with a small batch, to check the set-up on a CPU.
     """
@@ -136,7 +135,6 @@ def mgpn_benchmark(
         eval_split=eval_split,
         nms_thresh=nms_thresh,
         ious=ious,
-        steps_per_epoch=steps_per_epoch,
         runlocal=runlocal,
     )
     config.lock()
@@ -150,7 +148,6 @@ def fvmr_benchmark(
     features: str,
     nms_thresh: float,
     ious: Sequence[float],
-    steps_per_epoch: int,
     eval_split: str = "test",
     num_epochs: int = 30,
     runlocal: bool = False,
@@ -170,7 +167,6 @@ def fvmr_benchmark(
       variant: key of ``fvmr.VARIANTS``.
       dataset, features: the built dataset, expected in ``data/vmr_jax/<D>-<F>``.
       nms_thresh, ious: 2D-TAN's ``TEST.NMS_THRESH`` and ``TEST.TIOU`` of that dataset.
-      steps_per_epoch: training queries // 32, so that evaluation runs once per epoch.
       without_distillation: the paper's "FVMR (w/o SD)" ablation (``distill_weight = 0``).
     """
     model = ml_collections.ConfigDict(dict(fvmr.VARIANTS[variant]))
@@ -190,7 +186,6 @@ def fvmr_benchmark(
         eval_split=eval_split,
         nms_thresh=nms_thresh,
         ious=ious,
-        steps_per_epoch=steps_per_epoch,
         runlocal=runlocal,
     )
     config.data.semantic_tree = "spacy"
@@ -207,7 +202,7 @@ def tan2d_benchmark(
     dataset: str,
     features: str,
     yamls: dict[str, dict],
-    steps_per_epoch: int,
+    config_file: str = "configs/tan2d",
 ) -> ml_collections.ConfigDict:
     """2D-TAN on a built benchmark with the official training values (microsoft/2D-TAN YAML).
 
@@ -220,8 +215,7 @@ def tan2d_benchmark(
       yamls: ``{'conv': values, 'pool': values}``; values hold ``variant`` (key of
         ``tan2d.VARIANTS``), ``nms_thresh``, ``ious`` (TEST.TIOU) and ``eval_split`` (``test``
         for ``NO_VAL: True``, else ``val``).
-      steps_per_epoch: training queries // batch size, so that evaluation and checkpoints come
-        once per epoch as in the official loop.
+      config_file: the calling config file (named in argument errors).
 
     Shared by every 2D-TAN YAML: TRAIN.BATCH_SIZE 32, LR 1e-4, WEIGHT_DECAY 0, MAX_EPOCH 100,
     Adam betas 0.9/0.999, ``clip_grad_norm_`` 10 (``moment_localization/train.py``),
@@ -229,10 +223,9 @@ def tan2d_benchmark(
     ``ReduceLROnPlateau`` (factor 0.8, patience 20 epochs, on the val loss of the YAMLs with a
     val split) has no counterpart in the trainer: the LR stays constant.
     """
-    tokens = [t for t in (arg or "").split(",") if t]
-    unknown = sorted(set(tokens) - {"conv", "pool", "runlocal"})
-    if unknown or ("conv" in tokens and "pool" in tokens):
-        raise ValueError(f"config arg {arg!r}: expected 'conv' or 'pool', optionally ',runlocal'")
+    tokens = parse_config_arg(
+        arg, ("conv", "pool", "runlocal"), config_file, exclusive=[("conv", "pool")]
+    )
     runlocal = "runlocal" in tokens
     official = yamls["pool" if "pool" in tokens else "conv"]
     model = ml_collections.ConfigDict(dict(tan2d.VARIANTS[official["variant"]]))
@@ -250,7 +243,6 @@ def tan2d_benchmark(
         eval_split=official["eval_split"],
         nms_thresh=official["nms_thresh"],
         ious=official["ious"],
-        steps_per_epoch=steps_per_epoch,
         runlocal=runlocal,
     )
     config.lock()
@@ -268,7 +260,6 @@ def vlanet_benchmark(
     protocol: str,
     eval_split: str,
     best_metric: str,
-    steps_per_epoch: int,
     flags: set[str],
 ) -> ml_collections.ConfigDict:
     """VLANet, weakly supervised (``train.supervision='weak'``), on a built benchmark.
@@ -316,7 +307,8 @@ def vlanet_benchmark(
     config.train.gamma = 0.1
     config.train.grad_clip_norm = 0.0
     config.train.log_every = 1 if runlocal else 50
-    config.train.checkpoint_every = 2 if runlocal else steps_per_epoch
+    config.train.checkpoint_every = 2 if runlocal else 0
+    config.train.checkpoint_every_epochs = 0.0 if runlocal else 1.0
     config.train.keep = 3
     config.train.best_metric = best_metric
     config.train.best_mode = "max"
@@ -330,7 +322,8 @@ def vlanet_benchmark(
     config.evals.recalls = (1, 5)
     config.evals.ious = (0.3, 0.5, 0.7)
     config.evals.nms_thresh = 0.5
-    config.evals.every = 0 if runlocal else steps_per_epoch
+    config.evals.every = 0
+    config.evals.every_epochs = 0.0 if runlocal else 1.0  # resolved by the trainer
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.shape = (-1, 1)  # ('data', 'model')

@@ -231,6 +231,22 @@ def make_train_step(
     )
 
 
+def every_steps(section: Mapping[str, Any], key: str, steps_per_epoch: int) -> int:
+    """A cadence in steps: ``section[key + '_epochs']`` epochs (when > 0) at this run's
+    ``steps_per_epoch`` (training queries // batch, so overriding the batch keeps "once per
+    epoch"), else ``section[key]`` steps; 0 = never (the end of training always counts).
+    Setting both is refused: which one wins would be a guess."""
+    steps = int(section.get(key, 0) or 0)
+    epochs = float(section.get(f"{key}_epochs", 0) or 0)
+    if steps > 0 and epochs > 0:
+        raise ValueError(
+            f"set one of {key}={steps} (steps) and {key}_epochs={epochs} (epochs), not both"
+        )
+    if epochs > 0:
+        return max(1, round(epochs * steps_per_epoch))
+    return steps
+
+
 def num_train_steps(config, steps_per_epoch: int) -> int:
     """``train.num_steps`` if positive, else ``train.num_epochs * steps_per_epoch``."""
     steps = int(config.train.get("num_steps", 0) or 0)
@@ -252,7 +268,8 @@ def _is_every(step: int, every: int) -> bool:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint), evaluating
-    every ``config.evals.every`` steps and at the end.
+    every ``config.evals.every`` steps (or ``every_epochs`` epochs: :func:`every_steps`) and at
+    the end.
 
     Returns ``{'step', 'train_metrics', 'eval_metrics', 'eval_split', 'checkpoint_dir',
     'best_step', 'workdir'}``, and ``'random_baseline'`` when :func:`chance_metrics` gives one.
@@ -324,8 +341,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Loop.
     train_iter = data.train_iterator(start_step)
     log_every = int(config.train.get("log_every", 50))
-    ckpt_every = int(config.train.get("checkpoint_every", 0) or 0)
-    eval_every = int(config.evals.get("every", 0) or 0)
+    ckpt_every = every_steps(config.train, "checkpoint_every", steps_per_epoch)
+    eval_every = every_steps(config.evals, "every", steps_per_epoch)
     history: list[dict[str, Any]] = []
     train_metrics: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import ml_collections
 
+from vmr_jax.config_cli import parse_config_arg
 from vmr_jax.config_presets import fvmr_benchmark
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    flags = {a.strip() for a in (arg or "").split(",") if a.strip()}
+    flags = parse_config_arg(arg, ("runlocal", "wo_sd"), __file__)
     return fvmr_benchmark(
         variant="activitynet",
         dataset="activitynet",
         features="c3d",
         nms_thresh=0.5,
         ious=(0.3, 0.5, 0.7),
-        steps_per_epoch=37417 // 32,
         runlocal="runlocal" in flags,
         without_distillation="wo_sd" in flags,
     )

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import ml_collections
 
+from vmr_jax.config_cli import parse_config_arg
 from vmr_jax.config_presets import fvmr_benchmark
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    flags = {a.strip() for a in (arg or "").split(",") if a.strip()}
+    flags = parse_config_arg(arg, ("i3d", "runlocal", "wo_sd"), __file__)
     features = "i3d" if "i3d" in flags else "vgg"
     return fvmr_benchmark(
         variant=f"charades_{features}",
@@ -27,7 +28,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         features=features,
         nms_thresh=0.45,
         ious=(0.5, 0.7),
-        steps_per_epoch=12404 // 32,
         runlocal="runlocal" in flags,
         without_distillation="wo_sd" in flags,
     )

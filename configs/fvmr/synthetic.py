@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import ml_collections
 
+from vmr_jax.config_cli import parse_config_arg
 from vmr_jax.models import fvmr
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    flags = {a.strip() for a in (arg or "").split(",") if a.strip()}
-    unknown = flags - {"runlocal", "wo_sd"}
-    if unknown:
-        raise ValueError(f"configs/fvmr/synthetic.py: unknown arguments {sorted(unknown)}")
+    flags = parse_config_arg(arg, ("runlocal", "wo_sd"), __file__)
     runlocal = "runlocal" in flags
     config = ml_collections.ConfigDict()
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import ml_collections
 
+from vmr_jax.config_cli import parse_config_arg
 from vmr_jax.config_presets import mgpn_benchmark
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    flags = parse_config_arg(arg, ("runlocal",), __file__)
     return mgpn_benchmark(
         variant="charades_i3d",
         dataset="charades_sta",
@@ -27,6 +29,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         milestones=(5, 8),
         nms_thresh=0.44,
         ious=(0.3, 0.5, 0.7),
-        steps_per_epoch=12404 // 64,
-        runlocal=arg == "runlocal",
+        runlocal="runlocal" in flags,
     )

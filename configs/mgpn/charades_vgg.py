@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import ml_collections
 
+from vmr_jax.config_cli import parse_config_arg
 from vmr_jax.config_presets import mgpn_benchmark
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    flags = parse_config_arg(arg, ("runlocal",), __file__)
     return mgpn_benchmark(
         variant="charades_vgg",
         dataset="charades_sta",
@@ -26,6 +28,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         milestones=(5, 12),
         nms_thresh=0.44,
         ious=(0.3, 0.5, 0.7),
-        steps_per_epoch=12404 // 32,
-        runlocal=arg == "runlocal",
+        runlocal="runlocal" in flags,
     )

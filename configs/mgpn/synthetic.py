@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import ml_collections
 
+from vmr_jax.config_cli import parse_config_arg
 from vmr_jax.models import mgpn
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    runlocal = arg == "runlocal"
+    runlocal = "runlocal" in parse_config_arg(arg, ("runlocal",), __file__)
     config = ml_collections.ConfigDict()
 
     config.model = ml_collections.ConfigDict(dict(mgpn.VARIANTS["tiny"]))

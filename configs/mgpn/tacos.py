@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import ml_collections
 
+from vmr_jax.config_cli import parse_config_arg
 from vmr_jax.config_presets import mgpn_benchmark
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    flags = parse_config_arg(arg, ("runlocal",), __file__)
     return mgpn_benchmark(
         variant="tacos",
         dataset="tacos",
@@ -26,6 +28,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         milestones=(16, 19),
         nms_thresh=0.4,
         ious=(0.1, 0.3, 0.5, 0.7),
-        steps_per_epoch=9790 // 32,
-        runlocal=arg == "runlocal",
+        runlocal="runlocal" in flags,
     )

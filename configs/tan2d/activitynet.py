@@ -28,11 +28,11 @@ TIOU = (0.3, 0.5, 0.7)
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return tan2d_benchmark(
         arg,
+        config_file=__file__,
         dataset="activitynet",
         features="c3d",
         yamls={
             "conv": dict(variant="activitynet_conv", nms_thresh=0.5, ious=TIOU, eval_split="val"),
             "pool": dict(variant="activitynet_pool", nms_thresh=0.5, ious=TIOU, eval_split="val"),
         },
-        steps_per_epoch=37417 // 32,
     )

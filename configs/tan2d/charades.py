@@ -25,6 +25,7 @@ from vmr_jax.config_presets import tan2d_benchmark
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return tan2d_benchmark(
         arg,
+        config_file=__file__,
         dataset="charades_sta",
         features="vgg",
         yamls={
@@ -35,5 +36,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 variant="charades_pool", nms_thresh=0.45, ious=(0.5, 0.7), eval_split="test"
             ),
         },
-        steps_per_epoch=12404 // 32,
     )

@@ -28,11 +28,11 @@ TIOU = (0.1, 0.3, 0.5, 0.7)
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return tan2d_benchmark(
         arg,
+        config_file=__file__,
         dataset="tacos",
         features="c3d",
         yamls={
             "conv": dict(variant="tacos_conv", nms_thresh=0.5, ious=TIOU, eval_split="test"),
             "pool": dict(variant="tacos_pool", nms_thresh=0.4, ious=TIOU, eval_split="val"),
         },
-        steps_per_epoch=9790 // 32,
     )

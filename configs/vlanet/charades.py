@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import ml_collections
 
+from vmr_jax.config_cli import parse_config_arg
 from vmr_jax.config_presets import vlanet_benchmark
 
 FLAGS = {"i3d", "wo_surrogate", "wo_self", "wo_cross", "runlocal"}
-STEPS_PER_EPOCH = 12404 // 32  # kept training queries / batch
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    flags = {a.strip() for a in (arg or "").split(",") if a.strip()}
-    unknown = flags - FLAGS
-    if unknown:
-        raise ValueError(f"configs/vlanet/charades.py: unknown arguments {sorted(unknown)}")
+    flags = parse_config_arg(arg, FLAGS, __file__)
     i3d = "i3d" in flags
     config = vlanet_benchmark(
         variant="charades_i3d" if i3d else "charades",
@@ -39,7 +36,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         protocol="2dtan",
         eval_split="test",
         best_metric="R@1,IoU=0.5",
-        steps_per_epoch=STEPS_PER_EPOCH,
         flags=flags,
     )
     config.lock()

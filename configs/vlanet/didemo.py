@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import ml_collections
 
+from vmr_jax.config_cli import parse_config_arg
 from vmr_jax.config_presets import vlanet_benchmark
 
 FLAGS = {"wo_surrogate", "wo_self", "wo_cross", "runlocal"}
-STEPS_PER_EPOCH = 33005 // 32  # training queries (LocalizingMoments train_data.json) / batch
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    flags = {a.strip() for a in (arg or "").split(",") if a.strip()}
-    unknown = flags - FLAGS
-    if unknown:
-        raise ValueError(f"configs/vlanet/didemo.py: unknown arguments {sorted(unknown)}")
+    flags = parse_config_arg(arg, FLAGS, __file__)
     config = vlanet_benchmark(
         variant="didemo",
         dataset="didemo",
@@ -35,7 +32,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         protocol="didemo",
         eval_split="val",
         best_metric="R@1",
-        steps_per_epoch=STEPS_PER_EPOCH,
         flags=flags,
     )
     config.lock()

@@ -30,16 +30,14 @@ from __future__ import annotations
 
 import ml_collections
 
+from vmr_jax.config_cli import parse_config_arg
 from vmr_jax.models import vlanet
 
 FLAGS = ("runlocal", "wo_surrogate", "wo_self", "wo_cross")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    flags = {a.strip() for a in (arg or "").split(",") if a.strip()}
-    unknown = flags - set(FLAGS)
-    if unknown:
-        raise ValueError(f"configs/vlanet/synthetic.py: unknown arguments {sorted(unknown)}")
+    flags = parse_config_arg(arg, FLAGS, __file__)
     runlocal = "runlocal" in flags
     config = ml_collections.ConfigDict()
 

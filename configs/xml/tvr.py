@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import ml_collections
 
+from vmr_jax.config_cli import parse_config_arg
 from vmr_jax.models import xml
-
-TRAIN_QUERIES = 87_175  # tvr_train_release.jsonl
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    runlocal = arg == "runlocal"
+    runlocal = "runlocal" in parse_config_arg(arg, ("runlocal",), __file__)
     batch_size = 128
-    steps_per_epoch = TRAIN_QUERIES // batch_size
     config = ml_collections.ConfigDict()
 
     config.model = ml_collections.ConfigDict(dict(xml.VARIANTS["tvr"]))
@@ -59,7 +57,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.weight_decay = 0.01
     config.train.max_grad_norm = 1.0  # BertAdam's default; train.py's grad_clip is off
     config.train.log_every = 1 if runlocal else 100
-    config.train.checkpoint_every = 2 if runlocal else steps_per_epoch
+    config.train.checkpoint_every = 2 if runlocal else 0
+    config.train.checkpoint_every_epochs = 0.0 if runlocal else 1.0
     config.train.keep = 3
     config.train.best_metric = "VCMR/0.5-r1"
     config.train.best_mode = "max"
@@ -74,7 +73,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.evals.recalls = (1, 5, 10, 100)
     config.evals.ious = (0.5, 0.7)
     config.evals.nms_thresh = config.model.nms_thd
-    config.evals.every = 0 if runlocal else steps_per_epoch
+    config.evals.every = 0
+    config.evals.every_epochs = 0.0 if runlocal else 1.0  # resolved by the trainer
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.shape = (-1, 1)  # ('data', 'model')
