@@ -311,3 +311,6 @@ def test_restore_for_inference_reads_parameters_only(tmp_path):
             np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
     with pytest.raises(FileNotFoundError, match="step 7"):
         predictor_module.restore_for_inference(str(workdir), step=7)
+    # A config that does not match the checkpoint is named, leaf and shapes.
+    with pytest.raises(ValueError, match=r"variable \[.+ has shape .+ in the checkpoint but"):
+        predictor_module.restore_for_inference(str(workdir), overrides=[("model.hidden", "48")])

@@ -187,17 +187,46 @@ def select_step(manager: ocp.CheckpointManager, train_config: Mapping[str, Any],
     return int(chosen)
 
 
-def restore_variables(path: str, abstract_variables: Any) -> Any:
-    """The model variables (``params`` and, when present, ``batch_stats``) of the train state
-    saved at ``path`` (``checkpoints/<step>``), placed as ``abstract_variables`` says; the
-    optimiser moments are never read."""
+def restore_variables(path: str, sharding: Any, expected: Any = None) -> dict[str, Any]:
+    """The model variables (``params`` and, when saved, ``batch_stats``) of the train state
+    saved at ``path`` (``checkpoints/<step>``), each leaf placed with ``sharding``; the
+    optimiser moments are never read.
+
+    The checkpoint's own tree is restored (a family may create parameters only for inputs it
+    saw, e.g. FVMR's teacher without semantic role trees).  ``expected``: the model's abstract
+    variables; a leaf present in both with another shape is an error naming it and both
+    shapes (a config that does not match the checkpoint)."""
     item = os.path.join(path, "default")
-    target = {k: v for k, v in abstract_variables.items() if k in ("params", "batch_stats")}
-    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
     with ocp.PyTreeCheckpointer() as checkpointer:
+        metadata = checkpointer.metadata(item)
+        tree = getattr(metadata, "item_metadata", metadata)
+        target = {
+            name: jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding),
+                tree[name],
+            )
+            for name in ("params", "batch_stats")
+            if name in tree and tree[name]
+        }
+        if expected is not None:
+            _check_shapes(target, expected, path)
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
         return checkpointer.restore(
             item,
             args=ocp.args.PyTreeRestore(
                 item=target, restore_args=restore_args, partial_restore=True
             ),
         )
+
+
+def _check_shapes(saved: Any, expected: Any, path: str) -> None:
+    flat_expected = {
+        jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(expected)
+    }
+    for key, leaf in jax.tree_util.tree_leaves_with_path(saved):
+        want = flat_expected.get(jax.tree_util.keystr(key))
+        if want is not None and tuple(want.shape) != tuple(leaf.shape):
+            raise ValueError(
+                f"{path}: variable {jax.tree_util.keystr(key)} has shape {tuple(leaf.shape)} "
+                f"in the checkpoint but {tuple(want.shape)} in the model of config.json"
+            )

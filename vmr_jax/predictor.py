@@ -88,9 +88,10 @@ def restore_for_inference(
     """The model of a workdir's checkpoint, parameters only.
 
     ``step``: an int, ``'best'`` (by ``train.best_metric``; the latest when no evaluated step
-    is kept) or None (the latest).  The model is built from ``config.json`` and initialised
-    abstractly on the family's example batch (no data read); the variables are restored
-    replicated on ``mesh`` (default: the config's mesh).  ``overrides``: ``(dotted field,
+    is kept) or None (the latest).  The model is built from ``config.json``; its shapes come
+    from an abstract init on the family's example batch (no data read) and are checked against
+    the checkpoint's; the variables are restored replicated on ``mesh`` (default: the
+    config's mesh).  ``overrides``: ``(dotted field,
     value text)`` pairs applied to the saved config.
     """
     config = checkpointing.load_config(workdir)
@@ -104,18 +105,14 @@ def restore_for_inference(
     def init(rng):
         return model.init({"params": rng, "dropout": rng}, example, train=False)
 
-    replicated = sharding.replicated(mesh)
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        jax.eval_shape(init, jax.random.PRNGKey(0)),
-    )
+    expected = jax.eval_shape(init, jax.random.PRNGKey(0))
     manager = checkpointing.create_checkpoint_manager(workdir, config.train, read_only=True)
     try:
         chosen = checkpointing.select_step(manager, config.train, step)
         path = os.path.join(str(manager.directory), str(chosen))
     finally:
         manager.close()
-    variables = checkpointing.restore_variables(path, abstract)
+    variables = checkpointing.restore_variables(path, sharding.replicated(mesh), expected)
     state = InferenceState(
         params=variables["params"],
         batch_stats=variables.get("batch_stats", {}),
