@@ -78,8 +78,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -89,6 +88,14 @@ import tensorflow as tf
 from data_pipelines import query_trees, synthetic
 from data_pipelines.records import Record
 from data_pipelines.stored import StoredDataset, StoredSplit
+from data_pipelines.text_inputs import (  # noqa: F401  (re-exported)
+    DATA_DEFAULTS,
+    TEXT_MODES,
+    TextInputs,
+    build_text_inputs,
+    data_field,
+    encode_queries,
+)
 from data_pipelines.video_tables import (  # noqa: F401  (resampling helpers re-exported)
     CLIP_SAMPLING,
     InMemoryVideos,
@@ -98,107 +105,11 @@ from data_pipelines.video_tables import (  # noqa: F401  (resampling helpers re-
     l2_normalize_clips,
     resample_clips,
 )
-from vmr_jax.text.glove import glove_embeddings
-from vmr_jax.text.tokenizer import (
-    SentencePieceTokenizer,
-    TextEncoder,
-    Vocabulary,
-    train_sentencepiece,
-)
+from vmr_jax.text.tokenizer import Vocabulary
 
 logger = logging.getLogger(__name__)
 
-DATA_DEFAULTS: dict[str, Any] = {
-    "normalize": False,
-    "text_mode": "tokens",
-    "tokenizer": "word",
-    "vocab_size": 0,
-    "min_word_count": 1,
-    "sentencepiece_model": "",
-    "glove_path": "",
-    "glove_missing": "zero",
-    "max_spans": 0,
-    "clip_sampling": "resample",
-    "subtitles": False,
-    "dir": "",
-    "prefetch": 2,
-    "seed": 0,
-    "semantic_tree": "",
-    "spacy_model": "en_core_web_sm",
-    "tree_max_verbs": 4,  # FVMR's limits
-    "tree_max_nouns": 6,
-    "tree_cache": "",
-}
-TEXT_MODES = ("tokens", "features", "glove")
 
-
-def _field(config_data: Any, name: str) -> Any:
-    if name in config_data:
-        return config_data[name]
-    if name in DATA_DEFAULTS:
-        return DATA_DEFAULTS[name]
-    raise KeyError(f"config.data.{name} is required")
-
-
-# --------------------------------------------------------------------------- text
-@dataclasses.dataclass
-class TextInputs:
-    """How queries become arrays: the mode, its tokenizer and (glove) its embedding table."""
-
-    mode: str
-    encoder: TextEncoder | None = None
-    embeddings: np.ndarray | None = None  # f32 [vocab, dim] for mode 'glove'
-    num_missing: int = 0  # glove: vocabulary words absent from the file
-
-    @property
-    def vocab_size(self) -> int:
-        """Token ids range (mode 'tokens'), else 0."""
-        return len(self.encoder) if self.mode == "tokens" else 0
-
-
-def build_text_inputs(config_data: Any, splits: Mapping[str, Sequence[Record]]) -> TextInputs:
-    """The tokenizer / embedding table of ``config.data.text_mode``, fit on ``splits['train']``."""
-    mode = _field(config_data, "text_mode")
-    if mode not in TEXT_MODES:
-        raise ValueError(f"config.data.text_mode must be one of {TEXT_MODES}, got {mode!r}")
-    if mode == "features":
-        return TextInputs(mode)
-    if mode == "glove":
-        path = _field(config_data, "glove_path")
-        if not path:
-            raise ValueError("config.data.text_mode='glove' needs config.data.glove_path")
-        vocab = Vocabulary.build(r.query_text for recs in splits.values() for r in recs)
-        table, missing = glove_embeddings(
-            vocab, path, _field(config_data, "glove_missing"), _field(config_data, "seed")
-        )
-        logger.info("GloVe %s: %d of %d query words missing", path, missing, len(vocab) - 2)
-        return TextInputs(mode, vocab, table, missing)
-    if "train" not in splits:
-        raise ValueError("text_mode='tokens' fits its tokenizer on a 'train' split")
-    train_texts = [r.query_text for r in splits["train"]]
-    kind = _field(config_data, "tokenizer")
-    if kind == "word":
-        encoder = Vocabulary.build(
-            train_texts, _field(config_data, "min_word_count"), _field(config_data, "vocab_size")
-        )
-    elif kind == "sentencepiece":
-        model = _field(config_data, "sentencepiece_model")
-        if not model:
-            raise ValueError("tokenizer='sentencepiece' needs config.data.sentencepiece_model")
-        if not Path(model).is_file():
-            size = _field(config_data, "vocab_size")
-            if size <= 0:
-                raise ValueError("training a SentencePiece model needs config.data.vocab_size > 0")
-            prefix = str(model)[: -len(".model")] if str(model).endswith(".model") else model
-            model = train_sentencepiece(train_texts, prefix, size)
-            logger.info("trained SentencePiece model %s on %d queries", model, len(train_texts))
-        encoder = SentencePieceTokenizer(model)
-    else:
-        raise ValueError(f"config.data.tokenizer must be 'word' or 'sentencepiece', got {kind!r}")
-    return TextInputs(mode, encoder)
-
-
-# --------------------------------------------------------------------------- prepared split
 @dataclasses.dataclass
 class PreparedSplit:
     """A split as padded arrays: a table of fitted videos and per-query rows.
@@ -237,47 +148,6 @@ class PreparedSplit:
         return batch
 
 
-def _encode_queries(records: Sequence[Record], text: TextInputs, max_len: int):
-    ids_or_feats, lengths, truncated = [], [], 0
-    for r in records:
-        if text.mode == "features":
-            if r.query_token_features is None:
-                raise ValueError(
-                    f"record {r.query_id!r}: field 'query_token_features' is missing "
-                    "(text_mode='features')"
-                )
-            seq = r.query_token_features
-        else:
-            seq = text.encoder.encode(r.query_text)
-        if len(seq) == 0:
-            raise ValueError(
-                f"record {r.query_id!r}: field 'query_text' has no token: {r.query_text!r}"
-            )
-        truncated += len(seq) > max_len
-        ids_or_feats.append(seq[:max_len])
-        lengths.append(min(len(seq), max_len))
-    lengths = np.asarray(lengths)
-    mask = (np.arange(max_len)[None, :] < lengths[:, None]).astype(np.float32)
-    out = {"query_mask": mask}
-    if text.mode == "features":
-        dims = {f.shape[1] for f in ids_or_feats}
-        if len(dims) != 1:
-            raise ValueError(f"query_token_features of differing widths {sorted(dims)}")
-        feats = np.zeros((len(records), max_len, dims.pop()), np.float32)
-        for q, f in enumerate(ids_or_feats):
-            feats[q, : len(f)] = f
-        out["query_features"] = feats
-    else:
-        tokens = np.zeros((len(records), max_len), np.int32)
-        for q, ids in enumerate(ids_or_feats):
-            tokens[q, : len(ids)] = ids
-        if text.mode == "tokens":
-            out["query_tokens"] = tokens
-        else:
-            out["query_features"] = text.embeddings[tokens] * mask[..., None]
-    return out, truncated
-
-
 def prepare_split(
     records: Sequence[Record] | StoredSplit,
     config_data: Any,
@@ -288,13 +158,13 @@ def prepare_split(
     pads every query of ``records``."""
     if not len(records):
         raise ValueError(f"split {name!r} has no record")
-    text = text or TextInputs(_field(config_data, "text_mode"))
+    text = text or TextInputs(data_field(config_data, "text_mode"))
     if text.mode != "features" and text.encoder is None:
         raise ValueError(f"text_mode={text.mode!r} needs TextInputs from build_text_inputs")
-    num_clips = _field(config_data, "num_input_clips")
-    normalize = bool(_field(config_data, "normalize"))
-    sampling = _field(config_data, "clip_sampling")
-    subtitles = bool(_field(config_data, "subtitles"))
+    num_clips = data_field(config_data, "num_input_clips")
+    normalize = bool(data_field(config_data, "normalize"))
+    sampling = data_field(config_data, "clip_sampling")
+    subtitles = bool(data_field(config_data, "subtitles"))
 
     lazy_tokens = None
     if isinstance(records, StoredSplit):
@@ -306,13 +176,13 @@ def prepare_split(
         for q, row in enumerate(records.video_row):
             video_ids[row] = records[q].video_id
         if text.mode == "features":
-            lazy_tokens = _stored_token_reader(records, _field(config_data, "max_query_len"))
+            lazy_tokens = _stored_token_reader(records, data_field(config_data, "max_query_len"))
     else:
         videos, video_row, video_ids = _fit_in_memory(
             records, num_clips, sampling, normalize, subtitles, name
         )
 
-    max_spans = _field(config_data, "max_spans") or max(len(r.spans_s) for r in records)
+    max_spans = data_field(config_data, "max_spans") or max(len(r.spans_s) for r in records)
     spans = np.zeros((len(records), max_spans, 2), np.float32)
     span_mask = np.zeros((len(records), max_spans), np.float32)
     for q, r in enumerate(records):
@@ -324,7 +194,7 @@ def prepare_split(
         spans[q, : len(r.spans_s)] = r.spans_s
         span_mask[q, : len(r.spans_s)] = 1.0
 
-    max_len = _field(config_data, "max_query_len")
+    max_len = data_field(config_data, "max_query_len")
     if lazy_tokens is not None:
         lengths = np.minimum(records.num_query_tokens, max_len)
         if (lengths < 1).any():
@@ -333,7 +203,7 @@ def prepare_split(
         query = {"query_mask": (np.arange(max_len)[None] < lengths[:, None]).astype(np.float32)}
         truncated = int((records.num_query_tokens > max_len).sum())
     else:
-        query, truncated = _encode_queries(records, text, max_len)
+        query, truncated = encode_queries(records, text, max_len)
     if truncated:
         logger.warning(
             "split %r: %d of %d queries cut to max_query_len=%d",
@@ -343,16 +213,16 @@ def prepare_split(
             max_len,
         )
     tree_summary = None
-    if _field(config_data, "semantic_tree"):
+    if data_field(config_data, "semantic_tree"):
         trees, tree_summary = query_trees.query_trees(
             records,
-            _field(config_data, "semantic_tree"),
+            data_field(config_data, "semantic_tree"),
             text_mode=text.mode,
             word_tokens=isinstance(text.encoder, Vocabulary),
-            spacy_model=_field(config_data, "spacy_model"),
-            cache=_field(config_data, "tree_cache"),
-            max_verbs=_field(config_data, "tree_max_verbs"),
-            max_nouns=_field(config_data, "tree_max_nouns"),
+            spacy_model=data_field(config_data, "spacy_model"),
+            cache=data_field(config_data, "tree_cache"),
+            max_verbs=data_field(config_data, "tree_max_verbs"),
+            max_nouns=data_field(config_data, "tree_max_nouns"),
             max_words=max_len,
             name=name,
         )
@@ -466,7 +336,7 @@ def _batches(
         return out
 
     ds = index_ds.map(to_dict, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.prefetch(_field(config_data, "prefetch"))
+    ds = ds.prefetch(data_field(config_data, "prefetch"))
     return ds.as_numpy_iterator()
 
 
@@ -545,10 +415,10 @@ def get_datasets(config: Any) -> Datasets:
     set, must name the feature set it was built from.
     """
     data = config.data
-    name = _field(data, "name")
+    name = data_field(data, "name")
     if name == "synthetic":
         spec = synthetic.spec_from_config(data.get("synthetic") if "synthetic" in data else None)
-        splits = synthetic.make_splits(spec, int(_field(data, "seed")))
+        splits = synthetic.make_splits(spec, int(data_field(data, "seed")))
     else:
         splits = _stored_splits(data, name)
     text = build_text_inputs(data, splits)
@@ -576,7 +446,7 @@ def _stored_splits(data: Any, name: str) -> dict[str, StoredSplit]:
     known = ["synthetic", *benchmark_names()]
     if name not in known:
         raise ValueError(f"unknown config.data.name {name!r}; known: {known}")
-    directory = _field(data, "dir")
+    directory = data_field(data, "dir")
     if not directory:
         raise ValueError(
             f"config.data.dir must name the dataset built by `vmr-jax data build --dataset "

@@ -34,7 +34,7 @@ import numpy as np
 
 from data_pipelines.annotations import DataError
 from data_pipelines.feature_stores import check_feature_array
-from data_pipelines.input_pipeline import DATA_DEFAULTS, TextInputs
+from data_pipelines.text_inputs import DATA_DEFAULTS, TextInputs
 from data_pipelines.video_tables import InMemoryVideos, fit_clips
 from vmr_jax import checkpointing, config_cli, sharding
 from vmr_jax.evaluation import evaluators

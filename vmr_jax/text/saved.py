@@ -74,7 +74,7 @@ def _remove(folder: Path) -> None:
 def load_text_inputs(workdir: str | Path) -> Any:
     """The ``TextInputs`` saved by :func:`save_text_inputs`; FileNotFoundError naming the
     folder when the workdir has none (a workdir trained before encoders were saved)."""
-    from data_pipelines.input_pipeline import TextInputs
+    from data_pipelines.text_inputs import TextInputs
 
     folder = encoder_dir(workdir)
     meta_path = folder / "encoder.json"
