@@ -242,7 +242,7 @@ def test_save_and_load(toy, tmp_path):
     assert loaded.video_ids == ids and loaded.num_videos == NUM_VIDEOS
     for key in index.encodings:
         np.testing.assert_array_equal(np.asarray(loaded.encodings[key]), index.encodings[key])
-    with pytest.raises(corpus.CorpusError, match="saved corpus index"):
+    with pytest.raises(corpus.CorpusError, match="index.json not found"):
         corpus.CorpusIndex.load(tmp_path, mesh)
 
 

@@ -23,6 +23,7 @@ from vmr_jax.evaluation import svmr
 from vmr_jax.models import fvmr
 from vmr_jax.ops import moment_map, segments
 from vmr_jax.retrieval import gallery
+from vmr_jax.retrieval import index as index_lib
 
 ROOT = Path(__file__).resolve().parents[2]
 NUM_VIDEOS, NUM_QUERIES, QUERY_LEN = 11, 48, 7
@@ -187,8 +188,16 @@ def test_save_and_load(case, tmp_path):
     a, b = gallery.search(built, embeddings, rows), gallery.search(loaded, embeddings, rows)
     np.testing.assert_array_equal(a.times, b.times)
     np.testing.assert_array_equal(a.scores, b.scores)
-    with pytest.raises(gallery.GalleryError, match="saved gallery"):
+    with pytest.raises(gallery.GalleryError, match="index.json not found"):
         gallery.Gallery.load(tmp_path, mesh)
+    # One index format for the gallery and the corpus: the gallery loads as a plain index,
+    # and an index that is not a gallery is refused as one.
+    plain = index_lib.EmbeddingIndex.load(tmp_path / "gallery", mesh)
+    assert plain.num_videos == built.num_videos and set(plain.encodings) == {"moments"}
+    other = index_lib.EmbeddingIndex(dict(plain.encodings), plain.num_videos, mesh)
+    other.save(tmp_path / "other")
+    with pytest.raises(gallery.GalleryError, match="not an FVMR gallery"):
+        gallery.Gallery.load(tmp_path / "other", mesh)
 
 
 def test_bad_input_names_the_field(case):

@@ -1,2 +1,3 @@
-"""Video corpus moment retrieval: XML's inference ranking (``ranking``), the corpus index and
-sharded two-stage search (``corpus``), and evaluating a family on a split (``evaluate``)."""
+"""Retrieval over many videos: one sharded embedding index (``index``), the two-stage corpus
+search of the VCMR families (``corpus``, generic ranked lists in ``ranking``, evaluating a
+family on a split in ``evaluate``) and FVMR's moment gallery (``gallery``)."""

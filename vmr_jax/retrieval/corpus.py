@@ -19,13 +19,14 @@ over a corpus family through its *stages* (``Family.corpus(model, model_config)`
 * ``retrieve_videos`` (the VR list length, e.g. 100) and ``top_videos`` (``K``, the videos
   localised; may be smaller, e.g. 10 for a re-ranker), ``clip_length``, ``max_before_nms``.
 
-Index (:func:`build_index`): every video encoded once, in batches sharded on the mesh's
-``data`` axis, kept as global arrays sharded on ``data`` along the video axis.  ``V`` is padded
-to a multiple of the ``data`` size with all-zero encodings; their scores are forced to -inf, so
-they are never retrieved (``top_videos <= V`` is checked).  :meth:`CorpusIndex.save` /
-:meth:`CorpusIndex.load` store it with orbax (plus ``corpus.json``), so a corpus is encoded once;
-a saved index loads on any mesh.  Build and load hold the encodings once in host memory; both
-assume one process (``jax.process_count() == 1``).
+Index (:func:`build_index`, the shared :class:`vmr_jax.retrieval.index.EmbeddingIndex`):
+every video encoded once, in batches sharded on the mesh's ``data`` axis, kept as global
+arrays sharded on ``data`` along the video axis.  ``V`` is padded to a multiple of the
+``data`` size with all-zero encodings; their scores are forced to -inf, so they are never
+retrieved (``top_videos <= V`` is checked).  :meth:`CorpusIndex.save` / :meth:`CorpusIndex.load`
+store it with orbax (plus ``index.json``), so a corpus is encoded once; a saved index loads on
+any mesh, each device reading its own rows.  Building holds the encodings once in host memory;
+build and load assume one process (``jax.process_count() == 1``).
 
 Search (:func:`search`), one jitted program (a ``jax.shard_map`` over the mesh) per query batch
 of ``Q`` queries, corpus ``V`` videos on ``D`` data devices (``S = V / D`` each), ``K =
@@ -55,7 +56,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,110 +63,36 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vmr_jax.evaluation import tvr_files, vcmr
 from vmr_jax.evaluation.tvr_files import RankedPredictions, TvrGroundTruth
+from vmr_jax.retrieval import index as index_lib
 from vmr_jax.retrieval import ranking
 
-DATA_AXIS = "data"
-METADATA_FILE = "corpus.json"
-ENCODINGS_DIR = "encodings"
-INDEX_FORMAT = 1
+DATA_AXIS = index_lib.DATA_AXIS
 
 
-class CorpusError(ValueError):
+class CorpusError(index_lib.IndexError_):
     """A corpus, index or query batch the engine cannot use (names the field)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class CorpusIndex:
-    """Encoded corpus: ``encodings {name: [V_pad, ...]}`` global arrays sharded on ``data``
-    along the video axis (rows ``>= num_videos`` are padding), the ``mesh`` they live on, and
-    ``video_ids`` (JSON-able ids of the ``num_videos`` rows, or None)."""
-
-    encodings: dict[str, jax.Array]
-    num_videos: int
-    mesh: Mesh
-    video_ids: tuple | None = None
-
-    @property
-    def padded_videos(self) -> int:
-        return int(jax.tree.leaves(self.encodings)[0].shape[0])
-
-    def save(self, directory: str | Path) -> Path:
-        """Writes ``directory/encodings`` (orbax) and ``directory/corpus.json``."""
-        path = Path(directory).absolute()
-        path.mkdir(parents=True, exist_ok=True)
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(path / ENCODINGS_DIR, self.encodings, force=True)
-        meta = {
-            "format": INDEX_FORMAT,
-            "num_videos": self.num_videos,
-            "video_ids": None if self.video_ids is None else list(self.video_ids),
-        }
-        (path / METADATA_FILE).write_text(json.dumps(meta))
-        return path
+class CorpusIndex(index_lib.EmbeddingIndex):
+    """The shared sharded embedding index (:mod:`vmr_jax.retrieval.index`) of a corpus:
+    ``encodings`` of the family's ``encode_videos`` (``mask [V_pad, L]`` among them)."""
 
     @classmethod
-    def load(cls, directory: str | Path, mesh: Mesh) -> CorpusIndex:
-        """An index written by :meth:`save`, placed on ``mesh`` (any number of devices)."""
-        path = Path(directory).absolute()
-        meta_path = path / METADATA_FILE
-        if not meta_path.exists():
-            raise CorpusError(f"{meta_path} not found: is {path} a saved corpus index?")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != INDEX_FORMAT:
-            raise CorpusError(f"{meta_path}: format {meta.get('format')!r}, want {INDEX_FORMAT}")
-        checkpointer = ocp.PyTreeCheckpointer()
-        structure = checkpointer.metadata(path / ENCODINGS_DIR)
-        structure = getattr(structure, "item_metadata", structure)
-        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), structure)
-        host = checkpointer.restore(
-            path / ENCODINGS_DIR, args=ocp.args.PyTreeRestore(restore_args=as_numpy)
-        )
-        num_videos = int(meta["num_videos"])
-        host = jax.tree.map(lambda x: np.asarray(x)[:num_videos], host)
-        ids = meta.get("video_ids")
-        return cls(_place(host, num_videos, mesh), num_videos, mesh, _ids(ids, num_videos))
-
-
-def _ids(video_ids: Sequence | None, num_videos: int) -> tuple | None:
-    if video_ids is None:
-        return None
-    ids = tuple(video_ids)
-    if len(ids) != num_videos:
-        raise CorpusError(f"video_ids has {len(ids)} entries for {num_videos} videos")
-    return ids
+    def load(cls, directory, mesh: Mesh, error: type[ValueError] = CorpusError) -> CorpusIndex:
+        return super().load(directory, mesh, error)
 
 
 def _data_size(mesh: Mesh) -> int:
-    if DATA_AXIS not in mesh.axis_names:
-        raise CorpusError(f"the mesh needs a {DATA_AXIS!r} axis, has {mesh.axis_names}")
-    return int(mesh.shape[DATA_AXIS])
+    return index_lib.data_size(mesh, CorpusError)
 
 
 def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-def _place(host: Mapping, num_videos: int, mesh: Mesh) -> dict:
-    """Host encodings ``[V, ...]`` -> global arrays ``[V_pad, ...]`` sharded on ``data``."""
-    if jax.process_count() > 1:
-        raise CorpusError("corpus indexes are built and loaded in a single process")
-    padded = _round_up(num_videos, _data_size(mesh))
-    sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-
-    def put(x):
-        x = np.asarray(x)
-        if x.shape[0] != num_videos:
-            raise CorpusError(f"an encoding has {x.shape[0]} rows for {num_videos} videos")
-        x = np.concatenate([x, np.zeros((padded - num_videos, *x.shape[1:]), x.dtype)])
-        return jax.device_put(x, sharding)
-
-    return jax.tree.map(put, dict(host))
+    return index_lib.round_up(n, multiple)
 
 
 @functools.lru_cache(maxsize=16)
@@ -184,7 +110,7 @@ def build_index(
     num_videos: int | None = None,
     video_ids: Sequence | None = None,
 ) -> CorpusIndex:
-    """Encodes every video once.
+    """Encodes every video once (:func:`vmr_jax.retrieval.index.encode_all`).
 
     Args:
       videos: ``videos.take(rows) -> {video_features, video_mask[, subtitle_features]}`` numpy
@@ -204,32 +130,24 @@ def build_index(
     num_videos = int(num_videos)
     if num_videos < 1:
         raise CorpusError("the corpus has no video")
-    ids = _ids(video_ids, num_videos)
-    batch_size = _round_up(max(1, int(batch_size)), _data_size(mesh))
-    batch_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-    variables = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
-    encode = _encode_program(adapter)
-    host: dict | None = None
-    for start in range(0, num_videos, batch_size):
-        rows = np.arange(start, min(start + batch_size, num_videos))
-        padded = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])
-        batch = {k: np.asarray(v) for k, v in take(padded).items()}
-        for key, value in batch.items():
-            if value.shape[:1] != (batch_size,):
-                raise CorpusError(f"videos.take gave {key} {value.shape} for {batch_size} rows")
-        encoded = encode(variables, jax.device_put(batch, batch_sharding))
+    index_lib.single_process("corpus indexes", CorpusError)
+    ids = index_lib.check_ids(video_ids, num_videos, CorpusError)
+
+    def check(rows, batch, encoded):
         if "mask" not in encoded:
             raise CorpusError(f"encode_videos must return 'mask'; got {sorted(encoded)}")
-        if host is None:
-            host = jax.tree.map(
-                lambda x: np.zeros((num_videos, *x.shape[1:]), x.dtype), dict(encoded)
-            )
 
-        def fill(buffer, value, rows=rows):
-            buffer[rows] = np.asarray(value)[: len(rows)]
-
-        jax.tree.map(fill, host, dict(encoded))
-    return CorpusIndex(_place(host, num_videos, mesh), num_videos, mesh, ids)
+    host = index_lib.encode_all(
+        _encode_program(adapter),
+        variables,
+        take,
+        num_videos,
+        mesh,
+        batch_size,
+        check=check,
+        error=CorpusError,
+    )
+    return CorpusIndex(index_lib.place(host, num_videos, mesh, CorpusError), num_videos, mesh, ids)
 
 
 # --------------------------------------------------------------------------- search

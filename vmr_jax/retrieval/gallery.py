@@ -9,8 +9,10 @@ the ``data`` size with zero rows no query reaches.  With it: ``video_ids``, ``du
 (float32 seconds, as the input pipeline holds them), the map geometry and JSON ``metadata``
 (e.g. the checkpoint it was encoded with).  Size ``V * C * D * 4`` bytes (TACoS test: 25 videos
 x 2,548 cells x 512 = 130 MB; ActivityNet val, ~4,900 x 1,104 x 512: 11 GB); it is filled in a
-host buffer, then placed.  :meth:`Gallery.save` / :meth:`Gallery.load`: orbax plus
-``gallery.json``; ``load`` restores straight onto any mesh (orbax pads or drops zero rows).
+host buffer, then placed.  It is stored as the shared sharded embedding index
+(:mod:`vmr_jax.retrieval.index`, the same one the VCMR corpus uses): :meth:`Gallery.save` /
+:meth:`Gallery.load` write orbax arrays plus ``index.json``; ``load`` restores straight onto
+any mesh (orbax pads or drops zero rows).
 
 Single-video search (:func:`search`): query ``q`` (``phi_s(s_q)``) asks about video
 ``video_index[q]``.  The host routes each query to the device holding its video (the same
@@ -39,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -47,37 +48,32 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vmr_jax.evaluation import svmr
 from vmr_jax.ops import moment_map, segments
+from vmr_jax.retrieval import index as index_lib
 
-DATA_AXIS = "data"
-METADATA_FILE = "gallery.json"
-MOMENTS_DIR = "moments"
-GALLERY_FORMAT = 1
+DATA_AXIS = index_lib.DATA_AXIS
+METADATA_FILE = index_lib.INDEX_FILE
 FLOAT64_PLATFORMS = ("cpu", "gpu", "cuda", "rocm")
 
 
-class GalleryError(ValueError):
+class GalleryError(index_lib.IndexError_):
     """A gallery, video batch or query batch that cannot be used (names the field)."""
 
 
 def _data_size(mesh: Mesh) -> int:
-    if DATA_AXIS not in mesh.axis_names:
-        raise GalleryError(f"the mesh needs a {DATA_AXIS!r} axis, has {mesh.axis_names}")
-    return int(mesh.shape[DATA_AXIS])
+    return index_lib.data_size(mesh, GalleryError)
 
 
 def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
+    return index_lib.round_up(n, multiple)
 
 
 def _single_process() -> None:
-    if jax.process_count() > 1:
-        raise GalleryError("galleries are built, loaded and searched in a single process")
+    index_lib.single_process("galleries", GalleryError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,62 +117,39 @@ class Gallery:
             )
         return np.array([lookup[v] for v in video_ids], np.int64)
 
-    def save(self, directory: str | Path) -> Path:
-        """Writes ``directory/moments`` (orbax) and ``directory/gallery.json``."""
-        path = Path(directory).absolute()
-        path.mkdir(parents=True, exist_ok=True)
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(path / MOMENTS_DIR, {"moments": self.moments}, force=True)
+    def as_index(self) -> index_lib.EmbeddingIndex:
+        """The gallery as the shared embedding index (``moments``; geometry in metadata)."""
         meta = {
-            "format": GALLERY_FORMAT,
-            "num_videos": self.num_videos,
-            "num_cells": self.num_cells,
-            "embed_dim": self.embed_dim,
+            "durations": [float(d) for d in self.durations],
             "num_clips": self.num_clips,
             "pooling_counts": list(self.pooling_counts),
-            "video_ids": list(self.video_ids),
-            "durations": [float(d) for d in self.durations],
-            "metadata": self.metadata,
+            "gallery": self.metadata,
         }
-        (path / METADATA_FILE).write_text(json.dumps(meta))
-        return path
+        return index_lib.EmbeddingIndex(
+            {"moments": self.moments}, self.num_videos, self.mesh, self.video_ids, meta
+        )
+
+    def save(self, directory: str | Path) -> Path:
+        """Writes the gallery as an :class:`~vmr_jax.retrieval.index.EmbeddingIndex`
+        (``directory/arrays`` with orbax, ``directory/index.json``)."""
+        return self.as_index().save(directory)
 
     @classmethod
     def load(cls, directory: str | Path, mesh: Mesh) -> Gallery:
         """A gallery written by :meth:`save`, placed on ``mesh`` (any number of devices)."""
         _single_process()
-        path = Path(directory).absolute()
-        meta_path = path / METADATA_FILE
-        if not meta_path.exists():
-            raise GalleryError(f"{meta_path} not found: is {path} a saved gallery?")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != GALLERY_FORMAT:
-            raise GalleryError(f"{meta_path}: format {meta.get('format')!r}, want {GALLERY_FORMAT}")
-        num_videos = int(meta["num_videos"])
-        shape = (
-            _round_up(num_videos, _data_size(mesh)),
-            int(meta["num_cells"]),
-            int(meta["embed_dim"]),
-        )
-        # strict=False: orbax drops or zero-pads rows past the saved padding for this mesh.
-        restore = {
-            "moments": ocp.ArrayRestoreArgs(
-                sharding=NamedSharding(mesh, PartitionSpec(DATA_AXIS)),
-                global_shape=shape,
-                strict=False,
-            )
-        }
-        restored = ocp.PyTreeCheckpointer().restore(
-            path / MOMENTS_DIR, args=ocp.args.PyTreeRestore(restore_args=restore)
-        )
+        index = index_lib.EmbeddingIndex.load(directory, mesh, GalleryError)
+        meta = index.metadata
+        if "moments" not in index.encodings or "num_clips" not in meta:
+            raise GalleryError(f"{directory}: an index, but not an FVMR gallery")
         return cls(
-            moments=restored["moments"],
+            moments=index.encodings["moments"],
             durations=np.asarray(meta["durations"], np.float32),
-            video_ids=tuple(meta["video_ids"]),
+            video_ids=tuple(str(v) for v in index.video_ids),
             num_clips=int(meta["num_clips"]),
             pooling_counts=tuple(int(c) for c in meta["pooling_counts"]),
             mesh=mesh,
-            metadata=dict(meta.get("metadata") or {}),
+            metadata=dict(meta.get("gallery") or {}),
         )
 
 
@@ -249,39 +222,45 @@ def build_gallery(
     if num_videos < 1:
         raise GalleryError("durations is empty: the gallery has no video")
     ids = _check_video_ids(video_ids, num_videos)
-    devices = _data_size(mesh)
-    batch_size = _round_up(max(1, int(batch_size)), devices)
-    batch_sharding = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-    encode = _encode_program(model, mesh, "encode_moments")
-    variables = jax.device_put(variables, NamedSharding(mesh, PartitionSpec()))
-    host = None
-    for start in range(0, num_videos, batch_size):
-        rows = np.arange(start, min(start + batch_size, num_videos))
-        padded = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])
-        batch = take(padded)
+    program = _encode_program(model, mesh, "encode_moments")
+
+    def encode(variables, batch):
+        return {"moments": program(variables, batch)}
+
+    def take_features(rows):
+        batch = take(rows)
         if "video_features" not in batch:
             raise GalleryError(f"videos.take gave no 'video_features' (keys {sorted(batch)})")
         features = np.asarray(batch["video_features"], np.float32)
-        if features.ndim != 3 or features.shape[0] != batch_size:
+        if features.ndim != 3 or features.shape[0] != len(rows):
             raise GalleryError(
-                f"video_features must be [{batch_size}, T, D] for {batch_size} rows, got "
+                f"video_features must be [{len(rows)}, T, D] for {len(rows)} rows, got "
                 f"{features.shape}"
             )
+        return {"video_features": features}
+
+    def check(rows, batch, encoded):
         # Inputs and outputs both: XLA's max (ReLU, max-pool) may drop a NaN input.
-        encoded = np.asarray(encode(variables, {"video_features": features}))[: len(rows)]
-        finite = np.isfinite(features[: len(rows)]).all(axis=(1, 2))
-        finite &= np.isfinite(encoded).all(axis=(1, 2))
+        finite = np.isfinite(batch["video_features"]).all(axis=(1, 2))
+        finite &= np.isfinite(encoded["moments"]).all(axis=(1, 2))
         if not finite.all():
             row = int(rows[np.flatnonzero(~finite)[0]])
             raise GalleryError(
                 f"video {ids[row]!r} (row {row}): field 'video_features' or its moment "
                 "features are not finite (NaN/inf)"
             )
-        if host is None:
-            padded_videos = _round_up(num_videos, devices)
-            host = np.zeros((padded_videos, *encoded.shape[1:]), np.float32)
-        host[rows] = encoded
-    moments = jax.make_array_from_callback(host.shape, batch_sharding, lambda index: host[index])
+
+    host = index_lib.encode_all(
+        encode,
+        variables,
+        take_features,
+        num_videos,
+        mesh,
+        batch_size,
+        check=check,
+        error=GalleryError,
+    )
+    moments = index_lib.place(host, num_videos, mesh, GalleryError)["moments"]
     return Gallery(
         moments=moments,
         durations=durations,
