@@ -4,7 +4,7 @@ The batches follow the contract in ``vmr_jax/models/__init__.py`` (keys ``video_
 ``video_mask``, ``query_tokens`` or ``query_features``, ``query_mask``, ``duration``, ``spans``,
 ``span_mask``, ``query_index``, ``video_index``, ``valid``).  The pipeline is model-agnostic: it
 yields spans, never targets.  ``video_index [B] int32`` is the query's row in its split's video
-table (:attr:`PreparedSplit.video_row`): two queries of the same video share it, which is what
+table (:attr:`PreparedSplit.video_index`): two queries of the same video share it, which is what
 a weakly supervised contrastive loss needs to keep a video's other queries out of its
 negatives.
 
@@ -120,7 +120,7 @@ class PreparedSplit:
     """
 
     videos: InMemoryVideos | StoredVideos
-    video_row: np.ndarray  # i32 [Q] row of each query's video
+    video_index: np.ndarray  # i32 [Q] row of each query's video
     video_ids: list[str]  # [V] video id of each row of ``videos``
     query: dict[str, np.ndarray]  # per-query arrays, leading axis Q
     query_ids: list[str]
@@ -171,14 +171,14 @@ def prepare_split(
         if subtitles and "subtitle" not in records.feature_dims:
             raise ValueError(f"split {name!r}: config.data.subtitles but no subtitle features")
         videos = StoredVideos(records, num_clips, sampling, normalize, subtitles)
-        video_row = records.video_row.astype(np.int32)
+        video_index = records.video_row.astype(np.int32)  # the on-disk field
         video_ids = [""] * records.num_videos
         for q, row in enumerate(records.video_row):
             video_ids[row] = records[q].video_id
         if text.mode == "features":
             lazy_tokens = _stored_token_reader(records, data_field(config_data, "max_query_len"))
     else:
-        videos, video_row, video_ids = _fit_in_memory(
+        videos, video_index, video_ids = _fit_in_memory(
             records, num_clips, sampling, normalize, subtitles, name
         )
 
@@ -234,7 +234,7 @@ def prepare_split(
     )
     return PreparedSplit(
         videos=videos,
-        video_row=video_row,
+        video_index=video_index,
         video_ids=video_ids,
         query=query,
         query_ids=[r.query_id for r in records],
@@ -247,7 +247,7 @@ def prepare_split(
 def _fit_in_memory(records, num_clips, sampling, normalize, subtitles, name):
     rows: dict[str, int] = {}
     feats, masks, subs = [], [], []
-    video_row = np.empty(len(records), np.int32)
+    video_index = np.empty(len(records), np.int32)
     for q, r in enumerate(records):
         if r.video_id not in rows:
             rows[r.video_id] = len(feats)
@@ -261,12 +261,12 @@ def _fit_in_memory(records, num_clips, sampling, normalize, subtitles, name):
                         "(config.data.subtitles)"
                     )
                 subs.append(fit_clips(r.subtitle_features, num_clips, sampling)[0])
-        video_row[q] = rows[r.video_id]
+        video_index[q] = rows[r.video_id]
     dims = {v.shape[1] for v in feats}
     if len(dims) != 1:
         raise ValueError(f"split {name!r}: video_features of differing widths {sorted(dims)}")
     table = InMemoryVideos(np.stack(feats), np.stack(masks), np.stack(subs) if subs else None)
-    return table, video_row, list(rows)
+    return table, video_index, list(rows)
 
 
 def _stored_token_reader(split: StoredSplit, max_len: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -294,7 +294,7 @@ def gather_batch(split: PreparedSplit, index: np.ndarray) -> dict[str, np.ndarra
     """
     batch = split.query_batch(index)
     rows = np.maximum(np.asarray(index, np.int64), 0)
-    video_rows = split.video_row[rows]
+    video_rows = split.video_index[rows]
     batch.update(split.videos.take(video_rows))
     batch["video_index"] = np.asarray(video_rows, np.int32)
     return batch

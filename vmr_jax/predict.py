@@ -93,7 +93,7 @@ def split_queries(data: DataSources, split: str) -> QuerySet:
 
     return QuerySet(
         query_ids=list(prepared.query_ids),
-        video_row=np.asarray(prepared.video_row, np.int64),
+        video_index=np.asarray(prepared.video_index, np.int64),
         durations=np.asarray(prepared.query["duration"], np.float32),
         video_ids=list(prepared.video_ids),
         videos=prepared.videos,
@@ -195,7 +195,7 @@ def file_queries(
     arrays = encode_texts([e["query"] for e in entries], text, data, queries_path)
     return QuerySet(
         query_ids=[e["query_id"] for e in entries],
-        video_row=np.array([row[e["video_id"]] for e in entries], np.int64),
+        video_index=np.array([row[e["video_id"]] for e in entries], np.int64),
         durations=np.array([e["duration"] for e in entries], np.float32),
         video_ids=video_ids,
         videos=videos,
@@ -314,7 +314,7 @@ def write_predictions(
         entries.append(
             {
                 "query_id": query_id,
-                "video_id": queries.video_ids[int(queries.video_row[q])],
+                "video_id": queries.video_ids[int(queries.video_index[q])],
                 "duration": float(queries.durations[q]),
                 "moments": moments,
             }

@@ -144,7 +144,7 @@ class QuerySet:
     """
 
     query_ids: list[str]
-    video_row: np.ndarray  # [Q]
+    video_index: np.ndarray  # [Q]
     durations: np.ndarray  # [Q] float32 seconds
     video_ids: list[str]  # [V]
     videos: Any
@@ -156,7 +156,7 @@ class QuerySet:
 
     def video_durations(self) -> np.ndarray:
         """``[V]`` seconds (the duration given with each video's first query)."""
-        rows, first = np.unique(self.video_row, return_index=True)
+        rows, first = np.unique(self.video_index, return_index=True)
         out = np.zeros(len(self.video_ids), np.float32)
         out[rows] = self.durations[first]
         return out
@@ -166,7 +166,7 @@ class QuerySet:
         index = np.asarray(index, np.int64)
         rows = np.maximum(index, 0)
         batch = dict(self.query_arrays(rows))
-        batch.update(self.videos.take(self.video_row[rows]))
+        batch.update(self.videos.take(self.video_index[rows]))
         batch["duration"] = self.durations[rows]
         batch["spans"] = np.zeros((len(rows), 1, 2), np.float32)  # unknown: unused
         batch["span_mask"] = np.ones((len(rows), 1), np.float32)
@@ -320,7 +320,7 @@ def answer_with_gallery(
     result = gallery.search(
         found,
         np.concatenate(parts),
-        queries.video_row,
+        queries.video_index,
         top_k,
         nms_thresh,
         durations=queries.durations,
@@ -413,7 +413,7 @@ class Predictor:
         arrays = self.encode_queries(texts)
         query_set = QuerySet(
             query_ids=[str(q) for q in range(len(texts))],
-            video_row=np.zeros(len(texts), np.int64),
+            video_index=np.zeros(len(texts), np.int64),
             durations=np.full(len(texts), duration, np.float32),
             video_ids=["video"],
             videos=self.video_inputs(video_features),

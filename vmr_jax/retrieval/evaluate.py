@@ -138,7 +138,7 @@ def search_split(
             {k: batch[k] for k in ("query_features", "query_mask") if k in batch},
             max_after=int(evals_config.get("max_predictions", 100)),
             nms_threshold=nms if nms > 0 else None,
-            gt_video=prepared.video_row[np.maximum(padded, 0)],
+            gt_video=prepared.video_index[np.maximum(padded, 0)],
             video_values=video_values,
         )
         n = len(rows)
