@@ -22,7 +22,7 @@ passed down: its ``loss_fn``, ``supervision``, optimiser mask and evaluator kind
   ``spans`` and ``span_mask`` from every training batch and from the sample batch the state is
   initialised on, so a model or loss that reads them in training fails with a ``KeyError``.
   Only a family whose record declares ``'weak'`` may train so.  Evaluation is the same under
-  both: eval batches carry spans.  When the family declares ``random_proposal_shares``, the
+  both: eval batches carry spans.  When the family declares ``candidate_moments``, the
   trainer logs the eval split's metrics under random ranking (``evaluators.chance_metrics``)
   as ``{split}_random`` at step 0, the level a weak model must beat.
 * Data order on resume: the train iterator is deterministic given its seed; a resumed run

@@ -3,7 +3,8 @@
 ``vmr-jax train --config configs/vlanet/synthetic.py --workdir /tmp/vlanet_syn`` learns which
 query belongs to which video (contrastive loss over the in-batch negatives) and localises with
 its attention over the surrogate proposals; the val metrics use the spans, and the README
-compares them with the random-proposal baseline (``vlanet.random_proposal_baseline``).
+compares them with the random-proposal baseline (``evaluation.chance.random_ranking_baseline``
+of VLANet's declared candidates).
 
 The config argument is a comma-separated list of Table 3's ablations and the debug switch:
 

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from vmr_jax.evaluation import chance
 from vmr_jax.models import vlanet
 
 pytestmark = pytest.mark.usefixtures("jax_compilation_cache")  # speed only
@@ -500,7 +501,7 @@ def test_random_proposal_baseline_by_hand():
     cand, times = vlanet.candidate_proposals(batch, config)
     assert cand.sum(1).tolist() == [4, 1, 4]
     assert {tuple(t) for t in times[0][cand[0]].tolist()} == {(0, 2), (0, 4), (2, 4), (2, 6)}
-    got = vlanet.random_proposal_baseline(batch, config)
+    got = chance.random_ranking_baseline(cand, times, batch)
     # IoU > 0.3: A 4/4, B 1/1; > 0.5: A 1/4, B 1/1; > 0.7: A 1/4, B 0/1.
     expected = {"R@1,IoU=0.3": 1.0, "R@1,IoU=0.5": (0.25 + 1.0) / 2, "R@1,IoU=0.7": 0.25 / 2}
     expected["mIoU"] = ((0.5 + 1.0 + 0.5 + 1 / 3) / 4 + 2 / 3) / 2

@@ -1,8 +1,9 @@
 """Chance levels: the metrics of a model that ranks its candidates at random (exact formulas).
 
 The level a model must beat clearly to be said to learn; computed here, beside the
-evaluators, for the synthetic benchmark's protocols (a weakly supervised family declares its
-own candidates' random ranking: ``Family.random_proposal_shares``).
+evaluators: for a family that ranks a fixed candidate set (it declares
+``Family.candidate_moments``, e.g. VLANet's proposals), :func:`random_ranking_shares`; for the
+synthetic benchmark's protocols, the exact formulas below.
 
 Chance level under the 2D-TAN protocol (:func:`chance_level`): proposals are the valid cells of the
 sparse 2D map, R@n,IoU=m counts a query when one of the top ``n`` moments after NMS has IoU
@@ -166,3 +167,32 @@ def vcmr_chance_level(
     for k in recalls:
         out["VR"][f"r{k}"] = float(100 * min(k, len(clips)) / len(clips))
     return out
+
+
+def random_ranking_shares(
+    candidates: np.ndarray, times: np.ndarray, spans: np.ndarray, ious=(0.3, 0.5, 0.7)
+) -> dict[str, np.ndarray]:
+    """Per query ``[B]``: the share of its candidate moments whose IoU with its first span is
+    ``> m`` (strict, the ``2dtan`` protocol) -- its R@1,IoU=m under a uniformly random ranking
+    of the candidates -- and their mean IoU (``mIoU``).
+
+    Args:
+      candidates: ``[B, P]`` bool, which of the ``P`` moments are candidates;
+      times: ``[B, P, 2]`` seconds; spans: ``[B, S, 2]`` (the first span counts).
+    """
+    candidates = np.asarray(candidates, bool)
+    first = np.asarray(spans, np.float64)[:, 0]
+    iou = segments.temporal_iou(np.asarray(times, np.float64), first[:, None, :])  # [B, P]
+    count = np.maximum(candidates.sum(1), 1)
+    out = {f"R@1,IoU={m}": ((iou > m) & candidates).sum(1) / count for m in ious}
+    out["mIoU"] = np.where(candidates, iou, 0.0).sum(1) / count
+    return out
+
+
+def random_ranking_baseline(
+    candidates: np.ndarray, times: np.ndarray, batch, ious=(0.3, 0.5, 0.7)
+) -> dict[str, float]:
+    """:func:`random_ranking_shares` averaged over the batch's real queries (``valid``)."""
+    shares = random_ranking_shares(candidates, times, batch["spans"], ious)
+    valid = np.asarray(batch.get("valid", np.ones(len(candidates))), np.float64) > 0
+    return {k: float(v[valid].mean()) for k, v in shares.items()}

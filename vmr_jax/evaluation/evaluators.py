@@ -17,7 +17,7 @@ record, never from its name:
   the split's videos, ``tvr`` protocol.
 
 :func:`chance_metrics` gives the level a weakly supervised family must beat (its candidates
-ranked at random), when the family declares ``random_proposal_shares``.
+ranked at random), when the family declares ``candidate_moments``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import numpy as np
 from data_pipelines import input_pipeline
 from data_pipelines.sources import DataSources
 from vmr_jax import sharding
-from vmr_jax.evaluation import didemo, svmr
+from vmr_jax.evaluation import chance, didemo, svmr
 from vmr_jax.models import Family, get_family
 
 PyTree = Any
@@ -50,18 +50,20 @@ def chance_metrics(
     config, family: Family, data: DataSources, split: str, chunk: int = 256
 ) -> dict[str, float] | None:
     """The metrics of ranking the candidates of ``split`` in random order, when the family
-    declares them per query (``Family.random_proposal_shares``: VLANet's proposals) and the
+    declares its candidate set (``Family.candidate_moments``: VLANet's proposals) and the
     protocol is ``2dtan``; else None.  A weakly supervised model is judged against them.
     Reads the split ``chunk`` queries at a time (a built dataset's features are never held
     whole)."""
-    fn = family.random_proposal_shares
+    fn = family.candidate_moments
     if fn is None or config.evals.get("protocol", "2dtan") != "2dtan":
         return None
     prepared = data.prepared(split)
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(prepared), chunk):
         index = np.arange(start, min(start + chunk, len(prepared)))
-        for key, value in fn(input_pipeline.gather_batch(prepared, index), config.model).items():
+        batch = input_pipeline.gather_batch(prepared, index)
+        candidates, times = fn(batch, config.model)
+        for key, value in chance.random_ranking_shares(candidates, times, batch["spans"]).items():
             parts.setdefault(key, []).append(value)
     return {key: float(np.concatenate(values).mean()) for key, values in parts.items()}
 

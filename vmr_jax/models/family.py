@@ -24,8 +24,9 @@ What a record declares:
   (FVMR's distillation start, XML's span and hard-negative epochs), others ignore them.
 * ``decode(outputs, batch, model_config) -> dict`` (single-video families).
 * Optional parts: ``weight_decay_mask(params)`` (which leaves decay under decoupled weight
-  decay), ``random_proposal_shares(batch, model_config)`` (per-query hit shares of ranking the
-  family's candidates at random: the chance level a weak model must beat), ``map_builders
+  decay), ``candidate_moments(batch, model_config) -> (candidates [B, P] bool, times [B, P, 2])``
+  (a family that ranks a fixed candidate set: the evaluators rank them at random for the
+  chance level a weak model must beat, ``evaluation.chance``), ``map_builders
   (model_config)`` (the 2D-map construction alone, timed by bench), ``gallery`` (queries and
   moments meet in a common space, so moments can be precomputed: :mod:`retrieval.gallery`),
   and for corpus families ``corpus``: the stage functions (:mod:`vmr_jax.retrieval.stages`).
@@ -56,7 +57,7 @@ class Family:
     decode: Callable[..., dict] | None = None
     supervision: tuple[str, ...] = ("full",)
     weight_decay_mask: Callable[[Any], Any] | None = None
-    random_proposal_shares: Callable[..., dict] | None = None
+    candidate_moments: Callable[..., tuple] | None = None
     map_builders: Callable[[Any], dict] | None = None
     gallery: bool = False
     corpus: Callable[..., Any] | None = None

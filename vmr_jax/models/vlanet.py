@@ -95,7 +95,6 @@ import numpy as np
 from vmr_jax.layers.recurrent import RNNLayer
 from vmr_jax.models import common
 from vmr_jax.models.family import Family
-from vmr_jax.ops import segments
 
 CHARADES_FPS = 24.0
 
@@ -528,27 +527,6 @@ def candidate_proposals(batch, model_config) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(candidates.reshape(b, -1)), np.asarray(times.reshape(b, -1, 2))
 
 
-def random_proposal_shares(batch, model_config, ious=(0.3, 0.5, 0.7)) -> dict[str, np.ndarray]:
-    """Per query ``[B]``: the share of its candidates whose IoU with its first span is ``> m``
-    (strict, the ``2dtan`` protocol) -- its R@1,IoU=m under a uniformly random ranking of the
-    candidates -- and their mean IoU (``mIoU``).  ``batch``: ``duration``, ``video_mask``,
-    ``spans`` (e.g. from ``input_pipeline.gather_batch``); padding rows are not dropped."""
-    cand, times = candidate_proposals(batch, model_config)
-    spans = np.asarray(batch["spans"], np.float64)[:, 0]
-    iou = segments.temporal_iou(times.astype(np.float64), spans[:, None, :])  # [B, K * L]
-    count = np.maximum(cand.sum(1), 1)
-    out = {f"R@1,IoU={m}": ((iou > m) & cand).sum(1) / count for m in ious}
-    out["mIoU"] = np.where(cand, iou, 0.0).sum(1) / count
-    return out
-
-
-def random_proposal_baseline(batch, model_config, ious=(0.3, 0.5, 0.7)) -> dict[str, float]:
-    """:func:`random_proposal_shares` averaged over the batch's real queries (``valid``)."""
-    shares = random_proposal_shares(batch, model_config, ious)
-    valid = np.asarray(batch.get("valid", np.ones(len(batch["duration"]))), np.float64) > 0
-    return {k: float(v[valid].mean()) for k, v in shares.items()}
-
-
 def example_batch(model_config, batch_size: int = 1, query_len: int = 10) -> dict[str, np.ndarray]:
     """Zeros with the shapes and dtypes VLANet reads (initialisation, benchmarks): as many
     input clips as the longest proposal grid needs at ``clip_seconds`` (64 resampled clips
@@ -572,5 +550,5 @@ FAMILY = Family(
     loss_fn=loss_fn,
     decode=decode,
     supervision=("weak",),
-    random_proposal_shares=random_proposal_shares,
+    candidate_moments=candidate_proposals,
 )
