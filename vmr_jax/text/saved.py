@@ -39,7 +39,9 @@ def save_text_inputs(text: Any, workdir: str | Path) -> Path:
     encoder or the new one.  Returns the folder."""
     target = encoder_dir(workdir)
     tmp = target.with_name(target.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    if tmp.exists():  # left by a killed save: start clean, no stale file of another mode
+        _remove(tmp)
+    tmp.mkdir(parents=True)
     meta: dict[str, Any] = {"format": FORMAT, "mode": text.mode, "tokenizer": None}
     meta["num_missing"] = int(text.num_missing)
     if isinstance(text.encoder, Vocabulary):
