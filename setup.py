@@ -1,4 +1,4 @@
-"""vmr_jax: JAX/Flax video moment retrieval (MGPN, FVMR, VLANet, Cascaded MPN, PREM)."""
+"""vmr_jax: JAX/Flax video moment retrieval (MGPN, 2D-TAN, FVMR, VLANet, XML)."""
 
 from setuptools import find_packages, setup
 

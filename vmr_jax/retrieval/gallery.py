@@ -178,16 +178,11 @@ def _check_durations(durations: Any, num_videos: int | None) -> np.ndarray:
 
 
 def _check_video_ids(video_ids: Sequence | None, num_videos: int) -> tuple[str, ...]:
+    """String ids of the gallery's videos (``'0'..'V-1'`` by default), checked as every
+    index's ids are (:func:`vmr_jax.retrieval.index.check_ids`)."""
     if video_ids is None:
         return tuple(str(row) for row in range(num_videos))
-    ids = tuple(str(v) for v in video_ids)
-    if len(ids) != num_videos:
-        raise GalleryError(f"video_ids has {len(ids)} entries for {num_videos} durations")
-    if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        dup = next(v for v in ids if v in seen or seen.add(v))
-        raise GalleryError(f"video_ids: {dup!r} appears twice")
-    return ids
+    return index_lib.check_ids([str(v) for v in video_ids], num_videos, GalleryError)
 
 
 def build_gallery(
