@@ -12,6 +12,19 @@ Saves are asynchronous (training continues while the arrays are written).  Kept:
 ``config.train.keep`` steps plus the best evaluated step by ``config.train.best_metric``
 (default ``'R@1,IoU=0.5'``, higher is better unless ``best_mode='min'``).  Restoring targets
 the sharded abstract state, so each device reads only its own shards.
+
+Faults (each a :class:`vmr_jax.errors.UserError`, one line on the command line):
+
+* A workdir belongs to its config (:func:`claim_workdir`): training another model, shape or
+  benchmark into it is refused before anything is written; ``config.json`` is replaced
+  atomically (temporary file + ``os.replace``), so a killed write never leaves half a file.
+* A damaged checkpoint (a truncated or missing file) is a :class:`CheckpointError` naming the
+  step, the damage and the intact steps; training resumes from the newest step that restores
+  (:func:`restore_or_init`) and logs each step it skipped and why.
+* A failed save (disk full, permissions) is reported by :func:`check_saves` at the next step
+  as a :class:`CheckpointError` naming the step and the OS error; orbax writes each step into
+  a temporary folder renamed only when complete, and leftover temporary folders are removed
+  when a manager opens the workdir, so a partial save never counts as a checkpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +32,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +41,10 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+from vmr_jax.errors import CheckpointError, WorkdirMismatch
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -47,14 +66,112 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Writes ``config.json`` in the workdir (main process only); returns its path."""
+    """Writes ``config.json`` in the workdir (main process only) atomically: a temporary file
+    in the same folder, then ``os.replace``; returns its path."""
     path = os.path.join(workdir, CONFIG_FILE)
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-            f.write("\n")
+        tmp = f"{path}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+                f.write("\n")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     return path
+
+
+# Fields that make a workdir's checkpoints and logs belong to one run: the whole model section
+# (shapes and what the parameters mean) and what identifies the benchmark and its inputs.
+# Everything else (optimiser, schedule, step counts, eval cadence, mesh, paths) may change
+# between runs of one workdir.
+WORKDIR_IDENTITY = (
+    "model",
+    "data.name",
+    "data.features",
+    "data.num_input_clips",
+    "data.text_mode",
+    "data.tokenizer",
+    "data.vocab_size",
+    "data.sentencepiece_model",
+    "data.subtitles",
+    "data.synthetic",
+)
+
+
+def _flatten(tree: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}.{key}"))
+        return out
+    return {prefix: tree}
+
+
+def _identity(config_dict: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path in WORKDIR_IDENTITY:
+        node: Any = config_dict
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is not None:
+            out.update(_flatten(node, path))
+    return out
+
+
+def workdir_differences(saved: Mapping[str, Any], config: ml_collections.ConfigDict) -> list:
+    """``[(field, saved value, new value), ...]`` over :data:`WORKDIR_IDENTITY` (values
+    compared as JSON, so tuples equal the lists ``config.json`` holds)."""
+    new = _identity(json.loads(config.to_json_best_effort()))
+    old = _identity(saved)
+    return [
+        (key, old.get(key, "<absent>"), new.get(key, "<absent>"))
+        for key in sorted(set(old) | set(new))
+        if old.get(key, "<absent>") != new.get(key, "<absent>")
+    ]
+
+
+def claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Makes ``workdir`` this config's, or refuses before anything is written.
+
+    A new or empty workdir is claimed; one whose ``config.json`` agrees on
+    :data:`WORKDIR_IDENTITY` is resumed (its ``config.json`` replaced by this config); one
+    trained with another model, shape or benchmark, or one holding checkpoints but no
+    ``config.json``, raises :class:`WorkdirMismatch` saying what differs.  Returns the path of
+    the (atomically) written ``config.json``."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirMismatch(f"workdir {workdir!r} is a file, not a folder")
+    path = os.path.join(workdir, CONFIG_FILE)
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as err:
+            raise WorkdirMismatch(
+                f"{path} cannot be read ({err}); move the workdir away or delete it"
+            ) from err
+        differences = workdir_differences(saved, config)
+        if differences:
+            listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in differences[:6])
+            more = f" (and {len(differences) - 6} more)" if len(differences) > 6 else ""
+            raise WorkdirMismatch(
+                f"workdir {workdir} belongs to another run: {listed}{more}. Its checkpoints "
+                "would not fit this config; train into a new --workdir (or delete this one "
+                "to start over)"
+            )
+    elif _has_steps(workdir):
+        raise WorkdirMismatch(
+            f"workdir {workdir} holds checkpoints but no {CONFIG_FILE}: not a vmr-jax "
+            "training workdir of this config; train into a new --workdir"
+        )
+    return save_config(config, workdir)
+
+
+def _has_steps(workdir: str) -> bool:
+    folder = checkpoint_dir(workdir)
+    return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -103,6 +220,8 @@ def create_checkpoint_manager(
         enable_async_checkpointing=bool(train_config.get("async_checkpointing", True)),
         create=not read_only,
         read_only=read_only,
+        # A killed or failed save leaves a temporary folder: removed when training reopens.
+        cleanup_tmp_directories=not read_only,
         save_interval_steps=0 if read_only else 1,
     )
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
@@ -126,10 +245,18 @@ def save(
     state: Any,
     metrics: Mapping[str, float] | None = None,
 ) -> bool:
-    """Starts an asynchronous save of ``state`` at ``step`` (with eval ``metrics`` if any)."""
+    """Starts an asynchronous save of ``state`` at ``step`` (with eval ``metrics`` if any).
+
+    The previous save's failure, or this one's synchronous part (the temporary folder, the
+    metadata), is raised as a :class:`CheckpointError` (:func:`save_error`)."""
     if metrics is not None:
         metrics = {k: float(v) for k, v in metrics.items()}
-    return manager.save(int(step), args=ocp.args.StandardSave(state), metrics=metrics, force=True)
+    try:
+        return manager.save(
+            int(step), args=ocp.args.StandardSave(state), metrics=metrics, force=True
+        )
+    except Exception as err:
+        raise save_error(manager, step, err) from err
 
 
 def abstract_like(state: Any, shardings: Any) -> Any:
@@ -139,27 +266,142 @@ def abstract_like(state: Any, shardings: Any) -> Any:
     )
 
 
+def describe_failure(err: BaseException) -> str:
+    """One line for an orbax / TensorStore failure: its innermost cause's first line (that is
+    where the file and the damage are named), TensorStore's spec dump cut off."""
+    inner = err
+    while inner.__cause__ is not None or inner.__context__ is not None:
+        inner = inner.__cause__ or inner.__context__
+    text = (str(inner).strip().splitlines() or [type(inner).__name__])[0]
+    text = text.split(" See full TensorStore details")[0]
+    return f"{type(inner).__name__}: {text}"[:400]
+
+
+class _QuietUnraisable:
+    """While active, drops the 'Exception ignored in <coroutine ...>' reports that orbax's
+    reads of a damaged checkpoint leave behind (the failure itself is raised once)."""
+
+    def __enter__(self):
+        self._hook = sys.unraisablehook
+
+        def hook(unraisable):
+            name = getattr(getattr(unraisable, "object", None), "__qualname__", "")
+            if not name.startswith("_read"):
+                self._hook(unraisable)
+
+        sys.unraisablehook = hook
+        return self
+
+    def __exit__(self, *exc):
+        sys.unraisablehook = self._hook
+        return False
+
+
+def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
+    try:
+        with _QuietUnraisable(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return manager.restore(int(step), args=ocp.args.StandardRestore(abstract_state))
+    except Exception as err:  # orbax raises many types for one cause: a damaged step
+        raise CheckpointError(
+            f"checkpoint step {step} in {manager.directory} cannot be restored: "
+            f"{describe_failure(err)}"
+        ) from err
+
+
+def intact_steps(directory: str, steps, exclude: int | None = None) -> list[int]:
+    """The ``steps`` of the checkpoint folder ``directory`` whose whole saved tree reads back
+    (arrays to host memory); ``exclude`` is not tried.  For error messages: it reads every
+    checked step in full."""
+    intact = []
+    for step in sorted(steps):
+        if step == exclude:
+            continue
+        item = os.path.join(str(directory), str(step), "default")
+        try:
+            with _QuietUnraisable(), warnings.catch_warnings(), ocp.PyTreeCheckpointer() as c:
+                warnings.simplefilter("ignore")
+                c.restore(item)
+        except Exception:  # noqa: BLE001 - any failure means "not intact"
+            continue
+        intact.append(int(step))
+    return intact
+
+
+def _damage_error(manager_dir: str, step: int, steps, err: CheckpointError) -> CheckpointError:
+    intact = intact_steps(manager_dir, steps, exclude=step)
+    hint = (
+        f"intact steps: {intact} (choose one with --step N)" if intact else "no other step restores"
+    )
+    return CheckpointError(f"{err}; {hint}")
+
+
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
-    """State saved at ``step``, placed with the shardings of ``abstract_state``."""
-    if step not in manager.all_steps():
+    """State saved at ``step``, placed with the shardings of ``abstract_state``.
+
+    A step that is not kept is a FileNotFoundError listing the kept ones; a damaged one a
+    :class:`CheckpointError` naming the damage and the intact steps."""
+    steps = list(manager.all_steps())
+    if step not in steps:
         raise FileNotFoundError(
-            f"no checkpoint at step {step} in {manager.directory}; "
-            f"available: {list(manager.all_steps())}"
+            f"no checkpoint at step {step} in {manager.directory}; available: {steps}"
         )
-    return manager.restore(int(step), args=ocp.args.StandardRestore(abstract_state))
+    try:
+        return _restore_step(manager, step, abstract_state)
+    except CheckpointError as err:
+        raise _damage_error(str(manager.directory), step, steps, err) from err.__cause__
 
 
 def restore_or_init(
     manager: ocp.CheckpointManager, abstract_state: Any, init_fn
 ) -> tuple[Any, int | None]:
-    """Latest checkpoint restored into ``abstract_state``, else ``init_fn()``.
+    """The newest checkpoint that restores into ``abstract_state``, else ``init_fn()``.
 
-    Returns ``(state, restored_step)``, ``restored_step`` None for a fresh start.
-    """
-    step = manager.latest_step()
-    if step is None:
+    A damaged newer step is skipped with a warning naming it and the damage.  When steps
+    exist but none restores, a :class:`CheckpointError` lists each one's damage: starting
+    afresh would replace them.  Returns ``(state, restored_step)``, ``restored_step`` None
+    for a fresh start."""
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
         return init_fn(), None
-    return restore(manager, step, abstract_state), step
+    failures = []
+    for step in steps:
+        try:
+            state = _restore_step(manager, step, abstract_state)
+        except CheckpointError as err:
+            logger.warning("skipped damaged checkpoint: %s", err)
+            failures.append(f"step {step}: {describe_failure(err.__cause__ or err)}")
+            continue
+        if failures:
+            logger.warning(
+                "resuming from step %d, the newest checkpoint that restores (skipped %s)",
+                step,
+                ", ".join(str(s) for s in steps[: len(failures)]),
+            )
+        return state, step
+    raise CheckpointError(
+        f"no checkpoint in {manager.directory} restores ({'; '.join(failures)}); move the "
+        "folder away to start the run over"
+    )
+
+
+def check_saves(manager: ocp.CheckpointManager, step: int | None = None) -> None:
+    """Raises the failure of a finished asynchronous save (disk full, permissions) as a
+    :class:`CheckpointError` naming the OS error; cheap, called once per training step."""
+    try:
+        manager.check_for_errors()
+    except Exception as err:  # the async thread's exception, whatever its type
+        raise save_error(manager, step, err) from err
+
+
+def save_error(manager: ocp.CheckpointManager, step: int | None, err: BaseException):
+    where = f" (noticed at step {step})" if step is not None else ""
+    kept = sorted(manager.all_steps())
+    return CheckpointError(
+        f"saving a checkpoint in {manager.directory} failed{where}: {describe_failure(err)}; "
+        f"complete checkpoints: {kept or 'none'}. Free space (or fix the folder) and run the "
+        "same command to resume"
+    )
 
 
 def select_step(manager: ocp.CheckpointManager, train_config: Mapping[str, Any], step) -> int:
@@ -197,26 +439,38 @@ def restore_variables(path: str, sharding: Any, expected: Any = None) -> dict[st
     variables; a leaf present in both with another shape is an error naming it and both
     shapes (a config that does not match the checkpoint)."""
     item = os.path.join(path, "default")
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        metadata = checkpointer.metadata(item)
-        tree = getattr(metadata, "item_metadata", metadata)
-        target = {
-            name: jax.tree.map(
-                lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding),
-                tree[name],
+    try:
+        with _QuietUnraisable(), warnings.catch_warnings(), ocp.PyTreeCheckpointer() as ckptr:
+            warnings.simplefilter("ignore")
+            metadata = ckptr.metadata(item)
+            tree = getattr(metadata, "item_metadata", metadata)
+            target = {
+                name: jax.tree.map(
+                    lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding),
+                    tree[name],
+                )
+                for name in ("params", "batch_stats")
+                if name in tree and tree[name]
+            }
+            if expected is not None:
+                _check_shapes(target, expected, path)
+            restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+            return ckptr.restore(
+                item,
+                args=ocp.args.PyTreeRestore(
+                    item=target, restore_args=restore_args, partial_restore=True
+                ),
             )
-            for name in ("params", "batch_stats")
-            if name in tree and tree[name]
-        }
-        if expected is not None:
-            _check_shapes(target, expected, path)
-        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-        return checkpointer.restore(
-            item,
-            args=ocp.args.PyTreeRestore(
-                item=target, restore_args=restore_args, partial_restore=True
-            ),
-        )
+    except ValueError as err:
+        if str(err).startswith(f"{path}: variable"):  # _check_shapes: a config mismatch
+            raise
+        damage = err
+    except Exception as err:  # orbax raises many types for one cause: a damaged step
+        damage = err
+    folder, step = os.path.split(os.path.normpath(path))
+    steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
+    error = CheckpointError(f"checkpoint {path} cannot be restored: {describe_failure(damage)}")
+    raise _damage_error(folder, int(step) if step.isdigit() else None, steps, error) from damage
 
 
 def _check_shapes(saved: Any, expected: Any, path: str) -> None:

@@ -27,6 +27,19 @@ passed down: its ``loss_fn``, ``supervision``, optimiser mask and evaluator kind
   as ``{split}_random`` at step 0, the level a weak model must beat.
 * Data order on resume: the train iterator is deterministic given its seed; a resumed run
   skips the batches already consumed.
+* Faults: the workdir is claimed (``checkpointing.claim_workdir``) only after the config,
+  data and model were built, so a bad config writes nothing, and another run's workdir is
+  refused.  A step whose loss, gradient norm or new parameters are not finite leaves the state
+  as it was (the update is dropped inside the jitted step) and sets its ``nonfinite`` flag;
+  the host reads each step's flag while the next step runs and stops with
+  :class:`~vmr_jax.errors.TrainingDiverged` naming the step and the quantities, after the
+  pending checkpoint save completes: no checkpoint ever holds non-finite values.  A failed
+  asynchronous save stops the run at the next step (``checkpointing.check_saves``).  Logs are
+  cut back to the restored step on resume (``MetricsWriter(resume_step=...)``) and flushed at
+  every checkpoint.
+* Progress: the bar counts finished steps (it trails the dispatched one by one step, the
+  flag read above), and its clock starts after the first step, so compilation does not
+  inflate the ETA.
 """
 
 from __future__ import annotations
@@ -47,6 +60,7 @@ from flax.training import train_state
 
 from data_pipelines.sources import DataSources
 from vmr_jax import checkpointing, sharding
+from vmr_jax.errors import TrainingDiverged
 from vmr_jax.evaluation import didemo
 from vmr_jax.evaluation.evaluators import chance_metrics, make_evaluator, make_state_evaluator
 from vmr_jax.metrics_writer import MetricsWriter
@@ -167,7 +181,10 @@ def train_step(
     and ``steps_per_epoch`` as keywords, for losses with epoch schedules.
 
     Metrics: ``loss``, the model's loss parts, ``grad_norm`` (before clipping),
-    ``param_norm`` (after the update) and ``lr`` (used by this step).
+    ``param_norm`` (after the update), ``lr`` (used by this step) and ``nonfinite``: a bit set
+    (:data:`NONFINITE_BITS`) of the quantities that were not finite.  When it is not 0 the
+    returned state is the input state (the update is dropped), so parameters, optimiser
+    moments and the step count never take non-finite values.
     """
     rng = jax.random.fold_in(rng, state.step)
     has_stats = bool(state.batch_stats)
@@ -198,7 +215,23 @@ def train_step(
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["param_norm"] = optax.tree.norm(new_state.params)
     metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
+    checks = [metrics[name] for name in NONFINITE_BITS]
+    flags = [~jnp.isfinite(x) for x in checks]
+    metrics["nonfinite"] = sum(f.astype(jnp.int32) << i for i, f in enumerate(flags))
+    keep = metrics["nonfinite"] == 0
+    new_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_state, state)
     return new_state, metrics
+
+
+# The quantities a step checks, in the bit order of its ``nonfinite`` metric.  A non-finite
+# gradient (or an overflowing update) shows in the global norm, so three scalars cover every
+# leaf.
+NONFINITE_BITS = ("loss", "grad_norm", "param_norm")
+
+
+def nonfinite_names(flags: int) -> list[str]:
+    """The quantities named by a step's ``nonfinite`` bit set."""
+    return [name for i, name in enumerate(NONFINITE_BITS) if int(flags) >> i & 1]
 
 
 # Batch fields the evaluation needs on the host, returned by eval_step next to the scores.
@@ -257,7 +290,7 @@ def num_train_steps(config, steps_per_epoch: int) -> int:
 def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
     """Mean over the logged interval; ``lr`` is the last step's."""
     host = jax.device_get(history)
-    out = {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+    out = {k: float(np.mean([h[k] for h in host])) for k in host[0] if k != "nonfinite"}
     out["lr"] = float(host[-1]["lr"])
     return out
 
@@ -267,16 +300,18 @@ def _is_every(step: int, every: int) -> bool:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint), evaluating
-    every ``config.evals.every`` steps (or ``every_epochs`` epochs: :func:`every_steps`) and at
-    the end.
+    """Trains ``config`` in ``workdir`` (resuming from its newest checkpoint that restores),
+    evaluating every ``config.evals.every`` steps (or ``every_epochs`` epochs:
+    :func:`every_steps`) and at the end.
+
+    Nothing is written into ``workdir`` until the config, data and model have been built and
+    the workdir is known to be this run's (``checkpointing.claim_workdir``).  Raises
+    :class:`~vmr_jax.errors.TrainingDiverged` at a non-finite step and
+    :class:`~vmr_jax.errors.CheckpointError` when a save fails or no checkpoint restores.
 
     Returns ``{'step', 'train_metrics', 'eval_metrics', 'eval_split', 'checkpoint_dir',
     'best_step', 'workdir'}``, and ``'random_baseline'`` when :func:`chance_metrics` gives one.
     """
-    os.makedirs(workdir, exist_ok=True)
-    checkpointing.save_config(config, workdir)
-    writer = MetricsWriter(workdir)
     main = sharding.is_main_process()
 
     # Mesh.
@@ -294,15 +329,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.evals.get("protocol", "2dtan") == didemo.PROTOCOL:
         data.didemo_ground_truth(eval_split)  # a non-DiDeMo split fails before training
     sample = data.sample_batch()
-    if main:  # inference reads the text encoder from the workdir, not the training data
-        saved.save_text_inputs(data.datasets.text, workdir)
-    chance = chance_metrics(config, family, data, eval_split)
-    if chance is not None:
-        logger.info(
-            "random-proposal baseline on %s: %s",
-            eval_split,
-            ", ".join(f"{k} {v:.4f}" for k, v in chance.items()),
-        )
 
     # Model and optimizer.
     model = family.create_model(config.model)
@@ -313,18 +339,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     abstract = abstract_train_state(config, model, init_rng, sample, mesh, tx=tx)
     state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
 
+    # The config is valid: the workdir becomes this run's (or is refused, untouched).
+    if main:
+        checkpointing.claim_workdir(config, workdir)
+        # Inference reads the text encoder from the workdir, not the training data.
+        saved.save_text_inputs(data.datasets.text, workdir)
+    chance = chance_metrics(config, family, data, eval_split)
+    if chance is not None:
+        logger.info(
+            "random-proposal baseline on %s: %s",
+            eval_split,
+            ", ".join(f"{k} {v:.4f}" for k, v in chance.items()),
+        )
+
     # Jitted steps.
     train_step_fn = make_train_step(config, state_sharding, mesh, schedule, steps_per_epoch, family)
     evaluator = make_evaluator(config, family, data, state_sharding, mesh, eval_split)
 
     # Restore or initialise.
     manager = checkpointing.create_checkpoint_manager(workdir, config.train)
-    state, restored = checkpointing.restore_or_init(
-        manager,
-        abstract,
-        lambda: create_train_state(config, model, init_rng, sample, mesh, tx=tx),
-    )
+    try:
+        state, restored = checkpointing.restore_or_init(
+            manager,
+            abstract,
+            lambda: create_train_state(config, model, init_rng, sample, mesh, tx=tx),
+        )
+    except BaseException:
+        manager.close()
+        raise
     start_step = int(jax.device_get(state.step))
+    writer = MetricsWriter(workdir, resume_step=start_step)
     if restored is not None:
         logger.info("resumed from %s at step %d", manager.directory, start_step)
     else:
@@ -332,66 +376,147 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if chance is not None:
             writer.write(0, f"{eval_split}_random", chance)
 
-    # Eval.
-    def run_eval(state: TrainState, step: int) -> dict[str, float]:
-        metrics, _ = evaluator.run(state)
-        writer.write(step, eval_split, metrics)
-        return metrics
-
-    # Loop.
-    train_iter = data.train_iterator(start_step)
-    log_every = int(config.train.get("log_every", 50))
-    ckpt_every = every_steps(config.train, "checkpoint_every", steps_per_epoch)
-    eval_every = every_steps(config.evals, "every", steps_per_epoch)
-    history: list[dict[str, Any]] = []
-    train_metrics: dict[str, float] = {}
-    eval_metrics: dict[str, float] = {}
-    progress = _progress_bar(
-        start_step, total_steps, enabled=main and config.train.get("progress_bar", True)
-    )
-    tick, tick_step = time.perf_counter(), start_step
-    for step in range(start_step + 1, total_steps + 1):
-        batch = sharding.put_batch(next(train_iter), mesh)
-        state, metrics = train_step_fn(state, batch, train_rng)
-        history.append(metrics)
-        last = step == total_steps
-        if _is_every(step, log_every) or last:
-            train_metrics = _mean_metrics(history)
-            now = time.perf_counter()
-            train_metrics["steps_per_sec"] = (step - tick_step) / max(now - tick, 1e-9)
-            tick, tick_step = now, step
-            writer.write(step, "train", train_metrics)
-            history = []
-            progress.set_postfix(loss=f"{train_metrics['loss']:.4f}", refresh=False)
-        progress.update(1)
-        evaluated = _is_every(step, eval_every) or last
-        if evaluated:
-            eval_metrics = run_eval(state, step)
-        if evaluated or _is_every(step, ckpt_every) or last:
-            checkpointing.save(manager, step, state, eval_metrics if evaluated else None)
-    progress.close()
-    if start_step >= total_steps and restored is not None:
-        logger.info("nothing to train: checkpoint step %d >= %d steps", start_step, total_steps)
-        eval_metrics = (manager.metrics(start_step) or {}) if start_step else {}
-    manager.wait_until_finished()
-    writer.flush()
-    writer.close()
-    best_metric = config.train.get("best_metric", checkpointing.DEFAULT_BEST_METRIC)
-    result = {
-        "step": int(jax.device_get(state.step)),
-        "train_metrics": train_metrics,
-        "eval_metrics": dict(eval_metrics),
-        "eval_split": eval_split,
-        "checkpoint_dir": str(manager.directory),
-        "best_step": checkpointing.best_step(
-            manager, best_metric, config.train.get("best_mode", "max")
-        ),
-        "workdir": os.path.abspath(workdir),
-    }
+    loop = _Loop(config, manager, writer, total_steps, steps_per_epoch, start_step, main)
+    try:
+        state, train_metrics, eval_metrics = loop.run(
+            state,
+            data.train_iterator(start_step),
+            train_step_fn,
+            train_rng,
+            mesh,
+            lambda state, step: _run_eval(evaluator, writer, eval_split, state, step),
+        )
+        if start_step >= total_steps and restored is not None:
+            logger.info("nothing to train: checkpoint step %d >= %d steps", start_step, total_steps)
+            eval_metrics = (manager.metrics(start_step) or {}) if start_step else {}
+        try:
+            manager.wait_until_finished()
+            checkpointing.check_saves(manager)
+        except Exception as err:
+            if isinstance(err, checkpointing.CheckpointError):
+                raise
+            raise checkpointing.save_error(manager, None, err) from err
+        best_metric = config.train.get("best_metric", checkpointing.DEFAULT_BEST_METRIC)
+        result = {
+            "step": int(jax.device_get(state.step)),
+            "train_metrics": train_metrics,
+            "eval_metrics": dict(eval_metrics),
+            "eval_split": eval_split,
+            "checkpoint_dir": str(manager.directory),
+            "best_step": checkpointing.best_step(
+                manager, best_metric, config.train.get("best_mode", "max")
+            ),
+            "workdir": os.path.abspath(workdir),
+        }
+    finally:
+        loop.close()
+        writer.close()
+        manager.close()
     if chance is not None:
         result["random_baseline"] = chance
-    manager.close()
     return result
+
+
+def _run_eval(evaluator, writer: MetricsWriter, split: str, state, step: int) -> dict:
+    metrics, _ = evaluator.run(state)
+    writer.write(step, split, metrics)
+    return metrics
+
+
+class _Loop:
+    """The training loop of :func:`train_and_evaluate`: steps, logs, evals, checkpoints.
+
+    Each step's ``nonfinite`` flag is read while the next step runs (one step in flight, so
+    the device never idles on the read), and synchronously before a log, an eval or a save.
+    """
+
+    def __init__(self, config, manager, writer, total_steps, steps_per_epoch, start_step, main):
+        self.manager = manager
+        self.writer = writer
+        self.total_steps = total_steps
+        self.start_step = start_step
+        self.log_every = int(config.train.get("log_every", 50))
+        self.ckpt_every = every_steps(config.train, "checkpoint_every", steps_per_epoch)
+        self.eval_every = every_steps(config.evals, "every", steps_per_epoch)
+        self.lr = config.train.get("lr", None)
+        self.progress = _progress_bar(
+            start_step, total_steps, enabled=main and config.train.get("progress_bar", True)
+        )
+        self._clock_started = False
+
+    def run(self, state, train_iter, train_step_fn, train_rng, mesh, run_eval):
+        history: list[dict[str, Any]] = []
+        train_metrics: dict[str, float] = {}
+        eval_metrics: dict[str, float] = {}
+        pending: tuple[int, dict] | None = None  # the step in flight, not yet checked
+        tick, tick_step = time.perf_counter(), self.start_step
+        for step in range(self.start_step + 1, self.total_steps + 1):
+            batch = sharding.put_batch(next(train_iter), mesh)
+            state, metrics = train_step_fn(state, batch, train_rng)
+            if pending is not None:
+                self._check(*pending)
+            pending = (step, metrics)
+            checkpointing.check_saves(self.manager, step)
+            history.append(metrics)
+            last = step == self.total_steps
+            logged = _is_every(step, self.log_every) or last
+            evaluated = _is_every(step, self.eval_every) or last
+            saving = evaluated or _is_every(step, self.ckpt_every) or last
+            if logged or saving:
+                self._check(*pending)
+                pending = None
+            if logged:
+                train_metrics = _mean_metrics(history)
+                now = time.perf_counter()
+                train_metrics["steps_per_sec"] = (step - tick_step) / max(now - tick, 1e-9)
+                tick, tick_step = now, step
+                self.writer.write(step, "train", train_metrics)
+                history = []
+                self.progress.set_postfix(loss=f"{train_metrics['loss']:.4f}", refresh=False)
+            if evaluated:
+                eval_metrics = run_eval(state, step)
+            if saving:
+                checkpointing.save(self.manager, step, state, eval_metrics if evaluated else None)
+                self.writer.flush()
+        if pending is not None:
+            self._check(*pending)
+        return state, train_metrics, eval_metrics
+
+    def _check(self, step: int, metrics: dict) -> None:
+        """Reads step ``step``'s flag (waits for it); advances the bar; raises when set."""
+        flags = int(jax.device_get(metrics["nonfinite"]))
+        if flags:
+            self._diverged(step, flags, metrics)
+        if not self._clock_started:  # the first step includes compilation: restart the clock
+            self._clock_started = True
+            _restart_clock(self.progress, step)
+        else:
+            self.progress.update(step - self.progress.n)
+
+    def _diverged(self, step: int, flags: int, metrics: dict) -> None:
+        host = {k: float(jax.device_get(metrics[k])) for k in NONFINITE_BITS}
+        try:
+            self.manager.wait_until_finished()  # the last finite save completes
+        except Exception:  # noqa: BLE001 - the divergence is the error to report
+            pass
+        kept = sorted(self.manager.all_steps())
+        values = ", ".join(f"{k} {v}" for k, v in host.items())
+        raise TrainingDiverged(
+            f"training diverged at step {step}: non-finite {' and '.join(nonfinite_names(flags))} "
+            f"({values}); the update was dropped and nothing past step {step - 1} is saved "
+            f"(checkpoints: {kept or 'none'} in {self.manager.directory}). Lower train.lr "
+            f"(now {self.lr}) or check the inputs, then rerun with the same --workdir to resume"
+        )
+
+    def close(self) -> None:
+        self.progress.close()
+
+
+def _restart_clock(progress, done: int) -> None:
+    """Shows ``done`` steps and restarts tqdm's clock (rate and ETA) from now."""
+    progress.reset(total=progress.total)
+    progress.n = progress.last_print_n = progress.initial = done
+    progress.refresh()
 
 
 def _progress_bar(start: int, total: int, enabled: bool):
