@@ -61,6 +61,7 @@ from data_pipelines.input_pipeline import DATA_DEFAULTS, TextInputs
 from data_pipelines.sources import DataSources
 from data_pipelines.video_tables import InMemoryVideos, fit_clips
 from vmr_jax import checkpointing, config_cli, sharding
+from vmr_jax.evaluation.prediction_files import PREDICT_FORMAT
 from vmr_jax.models import get_family
 from vmr_jax.predictor import (
     PredictError,
@@ -78,7 +79,7 @@ __all__ = ["FORMAT", "METHODS", "PredictError", "predict_workdir", "write_predic
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "vmr-jax-predictions/1"
+FORMAT = PREDICT_FORMAT  # what `vmr-jax score` detects (evaluation.prediction_files)
 METHODS = ("auto", "gallery", "forward")
 
 

@@ -59,11 +59,16 @@ def test_2dtan_strict_and_mmn_inclusive(moment_files):
             r"1 ground-truth queries have no prediction.*'b'",
         ),
         ([{"query_id": "z", "moments": []}], r"line 1: query 'z' is not in the ground truth"),
-        ([{"query_id": "a", "moments": [[5, 1]]}] * 1, r"query 'a': field 'moments\[0\]'"),
-        ([{"query_id": "a", "moments": [[0, float("nan")]]}], r"query 'a': field 'moments\[0\]'"),
+        ([{"query_id": "a", "moments": [[5, 1]]}], r"line 1 \(query 'a'\): field 'moments\[0\]'"),
+        (
+            [{"query_id": "a", "moments": [[0, float("nan")]]}],
+            r"\(query 'a'\): field 'moments\[0\]'",
+        ),
         ([{"query_id": "a", "moments": []}] * 2, r"line 2: query 'a' appears twice"),
-        ([{"query": "a"}], r"line 1: needs 'query_id' and 'moments'"),
-        ([{"query_id": "a", "moments": [["0", 1]]}], r"query 'a': field 'moments\[0\]'"),
+        ([{"query": "a"}], r"object has keys \['query'\], none of a predictions format"),
+        ([{"query": "a"}, {"query_id": "b"}], r"line 1 has keys \['query'\], none of a"),
+        ([{"query_id": "a"}, {"query_id": "b"}], r"line 1 \(query 'a'\): field 'moments' missing"),
+        ([{"query_id": "a", "moments": [["0", 1]]}], r"\(query 'a'\): field 'moments\[0\]'"),
     ],
 )
 def test_bad_moment_predictions(moment_files, tmp_path, rows, match):

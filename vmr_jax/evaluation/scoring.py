@@ -1,26 +1,29 @@
 """``vmr-jax score``: a predictions file scored under a named official protocol.
 
-Protocols, their ground truth and predictions formats:
+Protocols and their ground truth (``--ground-truth``):
 
-==========  ==============================================  ===================================
-protocol    ground truth (``--ground-truth``)               predictions (``--predictions``)
-==========  ==============================================  ===================================
-2dtan, mmn  a queries jsonl: one line per query with        jsonl, one line per query:
-            ``query_id``, ``spans_s`` (or ``gt_spans``)     ``{"query_id", "moments": [[st,
-            -- a built dataset's ``<split>.queries.jsonl``  ed(, score)], ...]}`` best first,
-            or the predictions of ``vmr-jax eval``; or      after NMS (what ``vmr-jax eval``
-            the official annotation folder with             writes)
-            ``--dataset D --split S``
-tvr         ``tvr_<split>_release.jsonl`` (+               the official submission json
-            ``tvr_video2dur_idx.json`` beside it or        ``{video2idx, VCMR, SVMR, VR}``
-            ``--video2dur_idx``)                            (:mod:`vmr_jax.evaluation.vcmr`)
-didemo      ``<split>_data.json`` (LocalizingMoments)       ``{"rankings": {annotation_id:
-                                                            [21 moment indices]}}``
-                                                            (:mod:`vmr_jax.evaluation.didemo`)
-==========  ==============================================  ===================================
+==========  ==============================================================================
+protocol    ground truth
+==========  ==============================================================================
+2dtan, mmn  a queries jsonl: one line per query with ``query_id``, ``spans_s`` (or
+            ``gt_spans``) -- a built dataset's ``<split>.queries.jsonl`` or the predictions
+            of ``vmr-jax eval``; or the official annotation folder with ``--dataset D
+            --split S``
+tvr         ``tvr_<split>_release.jsonl`` (+ ``tvr_video2dur_idx.json`` beside it or
+            ``--video2dur_idx``)
+didemo      ``<split>_data.json`` (LocalizingMoments)
+==========  ==============================================================================
 
-The results record the protocol and its rule, the split, the SHA-256 of the ground-truth and
-predictions files, and (``vmr-jax eval``) the checkpoint step and config.
+Predictions (``--predictions``): the format is detected from the file's header
+(:mod:`vmr_jax.evaluation.prediction_files`, which also converts it to the protocol's input):
+``vmr-jax predict``'s JSON (every protocol), ``vmr-jax eval``'s ``*_predictions.jsonl``
+moment lines (every protocol), the official TVR submission (``tvr``) and DiDeMo rankings
+(``didemo``) that ``vmr-jax eval`` writes.  :data:`ACCEPTED` lists them per protocol; any
+other file is refused with that list.
+
+The results record the protocol and its rule, the split, the predictions format (and the
+conversion applied to it), the SHA-256 of the ground-truth and predictions files, and
+(``vmr-jax eval``) the checkpoint step and config.
 """
 
 from __future__ import annotations
@@ -36,12 +39,26 @@ import numpy as np
 
 from data_pipelines.stored import sha256
 from vmr_jax.evaluation import didemo, svmr, vcmr
+from vmr_jax.evaluation import prediction_files as files
+from vmr_jax.evaluation.prediction_files import PredictionsError
+
+__all__ = [
+    "ACCEPTED",
+    "PROTOCOLS",
+    "PredictionsError",
+    "load_query_ground_truth",
+    "score",
+    "score_moments",
+]
 
 PROTOCOLS = ("2dtan", "mmn", "tvr", "didemo")
-
-
-class PredictionsError(ValueError):
-    """A predictions file that cannot be scored; the message names the query and field."""
+_MOMENT_LISTS = (files.PREDICT_FORMAT, files.MOMENT_LINES)
+ACCEPTED = {
+    "2dtan": _MOMENT_LISTS,
+    "mmn": _MOMENT_LISTS,
+    "tvr": (files.TVR_SUBMISSION, *_MOMENT_LISTS),
+    "didemo": (files.DIDEMO_RANKINGS, *_MOMENT_LISTS),
+}
 
 
 # --------------------------------------------------------------------------- 2dtan / mmn
@@ -74,62 +91,16 @@ def load_query_ground_truth(
     return ids, spans
 
 
-def read_moment_predictions(
-    path: str | os.PathLike, query_ids: Sequence[str], top_k: int
-) -> np.ndarray:
-    """``[Q, top_k, 2]`` float64 seconds in ``query_ids`` order (NaN where a list is short).
-
-    Every query must appear exactly once; moments must be finite with ``start <= end``.
-    """
-    index = {q: i for i, q in enumerate(query_ids)}
-    times = np.full((len(query_ids), top_k, 2), np.nan)
-    seen = np.zeros(len(query_ids), bool)
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}: line {line_no}"
-            try:
-                p = json.loads(line)
-                qid = str(p["query_id"])
-                moments = p["moments"]
-            except (ValueError, KeyError, TypeError) as err:
-                raise PredictionsError(f"{where}: needs 'query_id' and 'moments': {err}") from err
-            if qid not in index:
-                raise PredictionsError(f"{where}: query {qid!r} is not in the ground truth")
-            q = index[qid]
-            if seen[q]:
-                raise PredictionsError(f"{where}: query {qid!r} appears twice")
-            seen[q] = True
-            for k, m in enumerate(moments[:top_k]):
-                ok = isinstance(m, (list, tuple)) and len(m) in (2, 3)
-                ok = ok and all(
-                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in m[:2]
-                )
-                st, ed = (float(m[0]), float(m[1])) if ok else (np.nan, np.nan)
-                if not ok or not np.isfinite([st, ed]).all() or st > ed:
-                    raise PredictionsError(
-                        f"{where}: query {qid!r}: field 'moments[{k}]' = {m!r} is not a finite "
-                        "[start <= end(, score)]"
-                    )
-                times[q, k] = (st, ed)
-    if not seen.all():
-        missing = [query_ids[i] for i in np.flatnonzero(~seen)[:5]]
-        raise PredictionsError(
-            f"{path}: {int((~seen).sum())} ground-truth queries have no prediction, e.g. {missing}"
-        )
-    return times
-
-
 def score_moments(
     protocol: str,
     ground_truth: str,
-    predictions: str,
+    found: files.QueryMoments,
     recalls=(1, 5),
     ious=(0.3, 0.5, 0.7),
     dataset: str | None = None,
     split: str | None = None,
 ) -> dict[str, Any]:
+    """Protocol ``2dtan`` / ``mmn`` of moment lists against one span per query."""
     ids, spans = load_query_ground_truth(ground_truth, dataset, split)
     multi = [q for q, s in zip(ids, spans) if len(s) != 1]
     if multi:
@@ -137,7 +108,7 @@ def score_moments(
             f"{ground_truth}: protocol {protocol!r} needs one span per query; {len(multi)} "
             f"queries have another count (e.g. {multi[:3]}); DiDeMo uses protocol 'didemo'"
         )
-    times = read_moment_predictions(predictions, ids, max(recalls))
+    times = files.moment_times(found, files.align(found, ids), max(recalls))
     gt = np.stack([s[0] for s in spans])
     return svmr.evaluate(times, gt, recalls, ious, protocol)
 
@@ -180,20 +151,35 @@ def score(
     for path in (ground_truth, predictions):
         if not os.path.exists(path):
             raise FileNotFoundError(f"no such file: {path}")
+    fmt = files.detect_format(predictions, ACCEPTED[protocol], protocol)
+    found = files.read_query_moments(predictions, fmt) if fmt in _MOMENT_LISTS else None
+    conversion = None
     if protocol in ("2dtan", "mmn"):
-        metrics = score_moments(protocol, ground_truth, predictions, recalls, ious, dataset, split)
+        metrics = score_moments(protocol, ground_truth, found, recalls, ious, dataset, split)
     elif protocol == "tvr":
         split = split or _tvr_split(ground_truth)
         if split is None:
             raise ValueError(f"cannot tell the TVR split of {ground_truth}: pass --split")
         table = video2dur_idx or str(Path(ground_truth).parent / "tvr_video2dur_idx.json")
         gt = vcmr.load_tvr_ground_truth(ground_truth, table, split)
+        if found is None:
+            submission, topks = vcmr.read_submission(predictions, as_arrays=True), None
+        else:
+            submission, topks = files.svmr_submission(found, files.align(found, gt.desc_id), gt)
+            conversion = (
+                f"SVMR lists [video2idx[video_id], start, end, score]; R@K for K in {topks}"
+            )
         metrics = vcmr.evaluate_submission(
-            vcmr.read_submission(predictions, as_arrays=True), gt, truncate=truncate
+            submission, gt, recall_topks=topks or vcmr.RECALL_TOPKS, truncate=truncate
         )
     else:
         gt = didemo.load_didemo_ground_truth(ground_truth)
-        rankings = didemo.read_predictions_json(predictions, gt.annotation_ids)
+        if found is None:
+            rankings = didemo.read_predictions_json(predictions, gt.annotation_ids)
+        else:
+            rankings, conversion = files.didemo_rankings(
+                found, files.align(found, gt.annotation_ids)
+            )
         metrics = didemo.evaluate(rankings, gt.times, gt.n_times)
     rule = metrics.pop("rule")
     return {
@@ -205,6 +191,8 @@ def score(
         "ground_truth": os.path.abspath(ground_truth),
         "ground_truth_sha256": _ground_truth_checksums(ground_truth, dataset, split),
         "predictions": os.path.abspath(predictions),
+        "predictions_format": fmt,
+        "conversion": conversion,
         "predictions_sha256": sha256(predictions),
         "checkpoint_step": None,
         "config": None,

@@ -60,6 +60,7 @@ from vmr_jax.ops import segments
 
 MULTI_SPAN_HITS = 2  # a row must reach the threshold on this many spans of a multi-span GT
 MAX_PER_VIDEO = 100  # the max_after_nms default of temporal_non_maximum_suppression
+RECALL_TOPKS = (1, 5, 10, 100)  # the official R@K of every task
 PROTOCOLS = {
     "tvr": (
         "jayleicn/TVRetrieval standalone_eval/eval.py (match_number=True): first 100 rows of each "
@@ -91,7 +92,7 @@ def query_hits(
     gt_spans: np.ndarray,
     gt_num_spans: np.ndarray,
     iou_thresholds: Sequence[float] = (0.5, 0.7),
-    recall_topks: Sequence[int] = (1, 5, 10, 100),
+    recall_topks: Sequence[int] = RECALL_TOPKS,
 ) -> np.ndarray:
     """Per-query hits of ``[Q, K]`` lists against ``gt_video_idx [Q]``, ``gt_spans [Q, S, 2]``
     and ``gt_num_spans [Q]``.
@@ -179,7 +180,7 @@ def evaluate_predictions(
     predictions: Mapping[str, RankedPredictions],
     ground_truth: TvrGroundTruth,
     iou_thresholds: Sequence[float] = (0.5, 0.7),
-    recall_topks: Sequence[int] = (1, 5, 10, 100),
+    recall_topks: Sequence[int] = RECALL_TOPKS,
     max_predictions: int = 100,
     truncate: bool = False,
     protocol: str = "tvr",
@@ -209,7 +210,7 @@ def evaluate_submission(
     submission: Mapping,
     ground_truth: TvrGroundTruth,
     iou_thresholds: Sequence[float] = (0.5, 0.7),
-    recall_topks: Sequence[int] = (1, 5, 10, 100),
+    recall_topks: Sequence[int] = RECALL_TOPKS,
     max_predictions: int = 100,
     truncate: bool = False,
     protocol: str = "tvr",
