@@ -52,8 +52,10 @@ RoBERTa tokens), is an error.  ``'spacy'`` parses with ``spacy_model`` (``pip in
 a built dataset, in ``<dir>/semantic_parses_spacy-<model>.json`` (written on first use; a
 complete cache never loads spaCy).  ``'synthetic'`` uses the synthetic benchmark's grammar.
 
-Lengths: queries longer than ``max_query_len`` keep their first ``max_query_len`` tokens; the
-number cut is logged per split and stored in ``PreparedSplit.num_truncated``.  A query with no
+Lengths: queries longer than ``max_query_len`` keep their first ``max_query_len`` tokens: one
+warning per split gives the number cut and the longest query's id and length
+(:func:`~data_pipelines.text_inputs.warn_cut_queries`; training goes on, as the reference
+code cuts too), and ``PreparedSplit.num_truncated`` keeps the count.  A query with no
 token (e.g. only punctuation) is an error naming it.  Spans: ``max_spans`` slots (0: the most
 spans of any record in the split); a record with more is an error, never truncated.
 
@@ -93,8 +95,10 @@ from data_pipelines.text_inputs import (  # noqa: F401  (re-exported)
     TEXT_MODES,
     TextInputs,
     build_text_inputs,
+    check_text_files,
     data_field,
     encode_queries,
+    warn_cut_queries,
 )
 from data_pipelines.video_tables import (  # noqa: F401  (resampling helpers re-exported)
     CLIP_SAMPLING,
@@ -196,22 +200,16 @@ def prepare_split(
 
     max_len = data_field(config_data, "max_query_len")
     if lazy_tokens is not None:
-        lengths = np.minimum(records.num_query_tokens, max_len)
+        token_counts = records.num_query_tokens
+        lengths = np.minimum(token_counts, max_len)
         if (lengths < 1).any():
             q = int(np.argmin(lengths))
             raise ValueError(f"record {records[q].query_id!r}: no query token features")
         query = {"query_mask": (np.arange(max_len)[None] < lengths[:, None]).astype(np.float32)}
-        truncated = int((records.num_query_tokens > max_len).sum())
     else:
-        query, truncated = encode_queries(records, text, max_len)
-    if truncated:
-        logger.warning(
-            "split %r: %d of %d queries cut to max_query_len=%d",
-            name,
-            truncated,
-            len(records),
-            max_len,
-        )
+        query, token_counts = encode_queries(records, text, max_len)
+    query_ids = [r.query_id for r in records]
+    truncated = warn_cut_queries(token_counts, query_ids, max_len, name)
     tree_summary = None
     if data_field(config_data, "semantic_tree"):
         trees, tree_summary = query_trees.query_trees(
@@ -237,8 +235,8 @@ def prepare_split(
         video_index=video_index,
         video_ids=video_ids,
         query=query,
-        query_ids=[r.query_id for r in records],
-        num_truncated=int(truncated),
+        query_ids=query_ids,
+        num_truncated=truncated,
         query_features=lazy_tokens,
         tree_summary=tree_summary,
     )
@@ -412,10 +410,12 @@ def get_datasets(config: Any) -> Datasets:
     ``config.data.seed``), in memory.  A benchmark name (``charades_sta``, ``tacos``,
     ``activitynet``, ``didemo``, ``tvr``): the dataset built by ``vmr-jax data build`` in
     ``config.data.dir``, whose features are read on demand; ``config.data.features``, when
-    set, must name the feature set it was built from.
+    set, must name the feature set it was built from.  A missing GloVe file is an error
+    before any split is read (:func:`~data_pipelines.text_inputs.check_text_files`).
     """
     data = config.data
     name = data_field(data, "name")
+    check_text_files(data)
     if name == "synthetic":
         spec = synthetic.spec_from_config(data.get("synthetic") if "synthetic" in data else None)
         splits = synthetic.make_splits(spec, int(data_field(data, "seed")))

@@ -5,6 +5,11 @@ config's data through (host-local batches of the contract in ``vmr_jax/models/__
 Under ``config.train.supervision = 'weak'`` the training batches and the sample batch carry no
 ``spans``/``span_mask`` (removed, not zeroed), so a model or loss that reads them in training
 fails with a ``KeyError``; eval batches always carry them.
+
+Building a :class:`DataSources` completes the config's data-dependent model fields: in text
+mode ``'tokens'`` ``config.model.vocab_size`` 0 becomes the tokenizer's size and a smaller
+positive size is refused (:func:`data_pipelines.text_inputs.resolve_model_vocab`), so a
+trainer builds it before it writes or uses ``config.model``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import input_pipeline
+from data_pipelines.text_inputs import resolve_model_vocab
 from vmr_jax.evaluation import didemo
 
 SPAN_FIELDS = ("spans", "span_mask")  # what weak supervision keeps out of training
@@ -27,11 +33,17 @@ def without_spans(batch: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class DataSources:
-    """Prepared splits and the iterators over them for one config (host-local batches)."""
+    """Prepared splits and the iterators over them for one config (host-local batches).
+
+    ``config.model.vocab_size`` is resolved in place from the run's tokenizer (module
+    docstring).
+    """
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
         self.datasets = input_pipeline.get_datasets(config)
+        if "model" in config:
+            resolve_model_vocab(config.model, self.datasets.text)
         self._prepared: dict[str, input_pipeline.PreparedSplit] = {}
         self._didemo_gt: dict[str, didemo.DidemoGroundTruth] = {}
 

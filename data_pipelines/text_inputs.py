@@ -4,12 +4,19 @@
 vocabulary or a SentencePiece model fit on the training queries), ``'features'`` (the records'
 token features) or ``'glove'`` (GloVe vectors of every word of every split).  A run's
 :class:`TextInputs` is saved with its checkpoints (:mod:`vmr_jax.text.saved`).
+
+Checked before any data is read (:func:`check_text_files`): a GloVe file that is not there
+raises :class:`TextFileMissing`, one message naming the path, the field that sets it and where
+to get the file (or how to train without it).  The model's word table follows the tokenizer
+(:func:`resolve_model_vocab`): ``model.vocab_size = 0`` is set to the tokenizer's size, a
+smaller positive size is refused (token ids past the table would index out of it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from data_pipelines.records import Record
+from vmr_jax.errors import UserError
 from vmr_jax.text.glove import glove_embeddings
 from vmr_jax.text.tokenizer import (
     SentencePieceTokenizer,
@@ -49,6 +57,13 @@ DATA_DEFAULTS: dict[str, Any] = {
     "tree_cache": "",
 }
 TEXT_MODES = ("tokens", "features", "glove")
+# Where the GloVe vectors the benchmark configs name (data/glove.840B.300d.txt) come from.
+GLOVE_URL = "https://nlp.stanford.edu/data/glove.840B.300d.zip"
+
+
+class TextFileMissing(UserError, FileNotFoundError):
+    """A text file the config names (the GloVe vectors) is not there; the message says which
+    path, which ``config.data`` field sets it and where to get it."""
 
 
 def data_field(config_data: Any, name: str) -> Any:
@@ -76,6 +91,61 @@ class TextInputs:
         return len(self.encoder) if self.mode == "tokens" else 0
 
 
+def check_text_files(config_data: Any) -> None:
+    """Raises :class:`TextFileMissing` when ``text_mode='glove'`` names no GloVe file that
+    exists (called before any split is read, so a run fails at once)."""
+    if data_field(config_data, "text_mode") != "glove":
+        return
+    path = data_field(config_data, "glove_path")
+    if not path:
+        raise ValueError(
+            "config.data.text_mode='glove' needs config.data.glove_path (a GloVe text file, "
+            f"e.g. from {GLOVE_URL}), or use --config.data.text_mode=tokens"
+        )
+    if not Path(path).is_file():
+        where = "" if os.path.isabs(path) else f" (relative to {os.getcwd()})"
+        raise TextFileMissing(
+            f"GloVe file {path!r} not found{where}; config.data.glove_path sets it "
+            f"(text_mode='glove').  Download and unzip {GLOVE_URL} and pass "
+            "--config.data.glove_path=PATH, or learn the word embeddings instead: "
+            "--config.data.text_mode=tokens (the config argument `tiny` does this)"
+        )
+
+
+def resolve_model_vocab(model_config: Any, text: TextInputs) -> int:
+    """Sizes the model's learned word table to ``text``'s tokenizer; returns the size.
+
+    Text mode ``'tokens'``: ``model_config.vocab_size = 0`` is set to the tokenizer's size
+    (ids ``0 .. size - 1``, padding and unknown included); a positive size below it is
+    refused, naming both sizes; a larger one is kept (unused rows).
+    Other modes feed word vectors and leave the model untouched (returns 0).  Raises
+    ``ValueError`` for a model without a word table (no ``vocab_size`` field) in mode
+    ``'tokens'``.
+    """
+    if text.mode != "tokens":
+        return 0
+    need = text.vocab_size
+    if "vocab_size" not in model_config:
+        raise ValueError(
+            f"config.data.text_mode='tokens' gives token ids, but model "
+            f"{model_config.get('name', '?')!r} has no learned word table "
+            "(no config.model.vocab_size): use text_mode 'features' or 'glove'"
+        )
+    have = int(model_config.vocab_size or 0)
+    if have == 0:
+        model_config.vocab_size = need
+        logger.info("config.model.vocab_size = %d (the tokenizer's vocabulary)", need)
+        return need
+    if have < need:
+        raise ValueError(
+            f"config.model.vocab_size={have} is smaller than the tokenizer's vocabulary of "
+            f"{need} ids (padding and unknown included): ids {have}..{need - 1} would fall "
+            "outside the word table.  Leave config.model.vocab_size at 0 to size it from the "
+            f"tokenizer, or set it to at least {need}"
+        )
+    return have
+
+
 def build_text_inputs(config_data: Any, splits: Mapping[str, Sequence[Record]]) -> TextInputs:
     """The tokenizer / embedding table of ``config.data.text_mode``, fit on ``splits['train']``."""
     mode = data_field(config_data, "text_mode")
@@ -84,9 +154,8 @@ def build_text_inputs(config_data: Any, splits: Mapping[str, Sequence[Record]]) 
     if mode == "features":
         return TextInputs(mode)
     if mode == "glove":
+        check_text_files(config_data)
         path = data_field(config_data, "glove_path")
-        if not path:
-            raise ValueError("config.data.text_mode='glove' needs config.data.glove_path")
         vocab = Vocabulary.build(r.query_text for recs in splits.values() for r in recs)
         table, missing = glove_embeddings(
             vocab, path, data_field(config_data, "glove_missing"), data_field(config_data, "seed")
@@ -124,9 +193,11 @@ def build_text_inputs(config_data: Any, splits: Mapping[str, Sequence[Record]]) 
 
 
 def encode_queries(records: Sequence[Record], text: TextInputs, max_len: int):
-    """``({'query_mask', 'query_tokens' | 'query_features'}, number truncated)`` of records'
-    queries under ``text``, cut at ``max_len`` tokens; an empty query is an error naming it."""
-    ids_or_feats, lengths, truncated = [], [], 0
+    """``({'query_mask', 'query_tokens' | 'query_features'}, token_counts)`` of records'
+    queries under ``text``, cut at ``max_len`` tokens; ``token_counts [Q] int64`` are the
+    lengths before the cut (:func:`warn_cut_queries` reports the cut ones).  An empty query
+    is an error naming it."""
+    ids_or_feats, lengths, counts = [], [], []
     for r in records:
         if text.mode == "features":
             if r.query_token_features is None:
@@ -141,7 +212,7 @@ def encode_queries(records: Sequence[Record], text: TextInputs, max_len: int):
             raise ValueError(
                 f"record {r.query_id!r}: field 'query_text' has no token: {r.query_text!r}"
             )
-        truncated += len(seq) > max_len
+        counts.append(len(seq))
         ids_or_feats.append(seq[:max_len])
         lengths.append(min(len(seq), max_len))
     lengths = np.asarray(lengths)
@@ -163,4 +234,27 @@ def encode_queries(records: Sequence[Record], text: TextInputs, max_len: int):
             out["query_tokens"] = tokens
         else:
             out["query_features"] = text.embeddings[tokens] * mask[..., None]
-    return out, truncated
+    return out, np.asarray(counts, np.int64)
+
+
+def warn_cut_queries(
+    token_counts: np.ndarray, query_ids: Sequence[str], max_len: int, name: str
+) -> int:
+    """Logs one warning for a split whose queries exceed ``max_len`` tokens: how many were
+    cut and the longest one (id and length), so a 500-word query is never cut silently.
+    Returns the number cut."""
+    counts = np.asarray(token_counts, np.int64)
+    cut = int((counts > max_len).sum())
+    if cut:
+        longest = int(np.argmax(counts))
+        logger.warning(
+            "split %r: %d of %d queries cut to config.data.max_query_len=%d tokens (longest: "
+            "query %r (%d tokens)); raise --config.data.max_query_len to keep more",
+            name,
+            cut,
+            len(counts),
+            max_len,
+            query_ids[longest],
+            int(counts[longest]),
+        )
+    return cut

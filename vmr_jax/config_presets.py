@@ -3,6 +3,18 @@
 The config files stay the place where a run's values are written down (each file lists the
 official YAML values it reproduces); these builders only assemble the sections the files
 share, so the four MGPN benchmark configs cannot drift apart in structure.
+
+Every ``config.data`` holds every field the input pipeline reads (:func:`data_section`), so
+each can be overridden on the command line (``--config.data.vocab_size=5000``).
+
+Two config arguments shorten a benchmark run (:func:`short_run`):
+
+* ``runlocal``: four steps of batch 4, to check the set-up in seconds.
+* ``tiny``: a first model in a few minutes on a CPU: the family's ``tiny`` sizes
+  (:func:`tiny_model`; the data's feature widths and time geometry stay), 200 steps of batch
+  16, one evaluation and checkpoint at the end, and learned word embeddings
+  (``text_mode='tokens'``, vocabulary of the training queries, ``model.vocab_size`` sized
+  from it), so no GloVe file is needed.  XML reads TVR's query token features as before.
 """
 
 from __future__ import annotations
@@ -11,8 +23,87 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from data_pipelines.text_inputs import DATA_DEFAULTS
 from vmr_jax.config_cli import parse_config_arg
-from vmr_jax.models import fvmr, mgpn, tan2d, vlanet
+from vmr_jax.models import fvmr, mgpn, tan2d, vlanet, xml
+
+# Model fields the ``tiny`` argument takes from the family's ``tiny`` variant: widths, layers
+# and the map size.  Feature widths and clip / proposal times stay the benchmark's.
+TINY_MODEL_FIELDS: dict[str, tuple[str, ...]] = {
+    "mgpn": (
+        "hidden", "num_clips", "frame_stride", "pooling_counts", "gru_layers", "word_dim",
+        "groups",
+    ),
+    "tan2d": (
+        "hidden", "num_clips", "frame_stride", "num_scale_layers", "word_dim", "txt_hidden",
+        "lstm_layers", "map_hidden", "map_kernels", "map_strides", "map_paddings",
+        "map_dilations",
+    ),
+    "fvmr": (
+        "num_clips", "frame_stride", "pooling_counts", "hidden", "video_kernels", "word_dim",
+        "lstm_hidden", "lstm_layers", "node_hidden", "mlp_hidden", "embed_dim",
+    ),
+    "vlanet": ("word_dim", "gru_hidden", "embed_dim", "attention_dim"),
+    "xml": ("hidden_size",),
+}  # fmt: skip
+_FAMILY_MODULES = {"mgpn": mgpn, "tan2d": tan2d, "fvmr": fvmr, "vlanet": vlanet, "xml": xml}
+
+# Training lengths of the two short-run arguments (runlocal wins when both are given).
+TINY_RUN = {
+    "train.batch_size": 16,
+    "train.num_epochs": 0,
+    "train.num_steps": 200,
+    "train.log_every": 20,
+    "train.checkpoint_every": 100,
+    "train.checkpoint_every_epochs": 0.0,
+    "evals.batch_size": 64,
+    "evals.every": 0,
+    "evals.every_epochs": 0.0,
+}
+RUNLOCAL_RUN = {
+    "train.batch_size": 4,
+    "train.num_epochs": 0,
+    "train.num_steps": 4,
+    "train.log_every": 1,
+    "train.checkpoint_every": 2,
+    "train.checkpoint_every_epochs": 0.0,
+    "evals.batch_size": 4,
+    "evals.every": 0,
+    "evals.every_epochs": 0.0,
+}
+
+
+def data_section(**fields) -> ml_collections.ConfigDict:
+    """``config.data`` with every defaulted input-pipeline field (``DATA_DEFAULTS``) present,
+    so each can be overridden, updated with ``fields``."""
+    data = ml_collections.ConfigDict(dict(DATA_DEFAULTS))
+    for name, value in fields.items():
+        data[name] = value
+    return data
+
+
+def tiny_model(family: str, variant: str) -> ml_collections.ConfigDict:
+    """``config.model`` of the ``tiny`` argument: ``VARIANTS[variant]`` of ``family`` with the
+    fields of :data:`TINY_MODEL_FIELDS` taken from its ``tiny`` variant."""
+    variants = _FAMILY_MODULES[family].VARIANTS
+    fields = dict(variants[variant])
+    fields.update({k: variants["tiny"][k] for k in TINY_MODEL_FIELDS[family]})
+    model = ml_collections.ConfigDict(fields)
+    model.name = family
+    return model
+
+
+def short_run(config: ml_collections.ConfigDict, *, tiny: bool, runlocal: bool) -> None:
+    """Applies the ``tiny`` (:data:`TINY_RUN`, learned word embeddings) and ``runlocal``
+    (:data:`RUNLOCAL_RUN`) training lengths to a full benchmark config, in place."""
+    runs = ([TINY_RUN] if tiny else []) + ([RUNLOCAL_RUN] if runlocal else [])
+    for run in runs:
+        for key, value in run.items():
+            section, name = key.split(".")
+            config[section][name] = value
+    if tiny and config.data.text_mode == "glove":
+        config.data.text_mode = "tokens"
+        config.model.vocab_size = 0  # sized from the tokenizer when the data is read
 
 
 def _map_benchmark(
@@ -30,6 +121,7 @@ def _map_benchmark(
     nms_thresh: float,
     ious: Sequence[float],
     runlocal: bool,
+    tiny: bool,
 ) -> ml_collections.ConfigDict:
     """The sections every 2D-map family shares on a built benchmark (unlocked).
 
@@ -40,40 +132,41 @@ def _map_benchmark(
     (text.tokenizer.split_words); the official code splits on whitespace, so a word glued to
     punctuation ("door.") misses GloVe there and hits it here.  Adam (betas 0.9/0.999, no
     weight decay), LR x0.1 at the ``milestones`` (epochs), evaluation and checkpoints once per
-    epoch under the ``2dtan`` protocol.  ``runlocal``: a few steps with a small batch.
+    epoch under the ``2dtan`` protocol.  ``runlocal`` and ``tiny``: :func:`short_run`.
     """
     config = ml_collections.ConfigDict()
     config.model = model
 
-    config.data = ml_collections.ConfigDict()
-    config.data.name = dataset
-    config.data.features = features
-    config.data.dir = f"data/vmr_jax/{dataset}-{features}"
-    config.data.seed = 0
-    config.data.num_input_clips = model.num_clips * model.frame_stride
-    config.data.clip_sampling = "resample"
-    config.data.normalize = True
-    config.data.text_mode = "glove"
-    config.data.glove_path = "data/glove.840B.300d.txt"
-    config.data.glove_missing = "zero"
-    config.data.max_query_len = max_query_len
-    config.data.max_spans = 1
-    config.data.prefetch = 2
+    config.data = data_section(
+        name=dataset,
+        features=features,
+        dir=f"data/vmr_jax/{dataset}-{features}",
+        seed=0,
+        num_input_clips=model.num_clips * model.frame_stride,
+        clip_sampling="resample",
+        normalize=True,
+        text_mode="glove",
+        glove_path="data/glove.840B.300d.txt",
+        glove_missing="zero",
+        max_query_len=max_query_len,
+        max_spans=1,
+        prefetch=2,
+    )
 
     config.train = ml_collections.ConfigDict()
     config.train.seed = 0
-    config.train.batch_size = 4 if runlocal else batch_size
-    config.train.num_epochs = 0 if runlocal else num_epochs
-    config.train.num_steps = 4 if runlocal else 0
+    config.train.batch_size = batch_size
+    config.train.num_epochs = num_epochs
+    config.train.num_steps = 0
     config.train.lr = lr
     config.train.b1 = 0.9
     config.train.b2 = 0.999
     config.train.milestones = tuple(milestones)
     config.train.gamma = 0.1
     config.train.grad_clip_norm = grad_clip_norm
-    config.train.log_every = 1 if runlocal else 50
-    config.train.checkpoint_every = 2 if runlocal else 0
-    config.train.checkpoint_every_epochs = 0.0 if runlocal else 1.0
+    config.train.log_every = 50
+    config.train.checkpoint_every = 0
+    config.train.checkpoint_every_epochs = 1.0
     config.train.keep = 3
     config.train.best_metric = "R@1,IoU=0.5"
     config.train.best_mode = "max"
@@ -82,18 +175,27 @@ def _map_benchmark(
 
     config.evals = ml_collections.ConfigDict()
     config.evals.split = eval_split
-    config.evals.batch_size = 4 if runlocal else batch_size
+    config.evals.batch_size = batch_size
     config.evals.protocol = "2dtan"
     config.evals.recalls = (1, 5)
     config.evals.ious = tuple(ious)
     config.evals.nms_thresh = nms_thresh
     config.evals.every = 0
-    config.evals.every_epochs = 0.0 if runlocal else 1.0  # resolved by the trainer
+    config.evals.every_epochs = 1.0  # resolved by the trainer
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.shape = (-1, 1)  # ('data', 'model')
     config.mesh.fsdp = False
+    short_run(config, tiny=tiny, runlocal=runlocal)
     return config
+
+
+def _benchmark_model(family: str, variant: str, tiny: bool) -> ml_collections.ConfigDict:
+    if tiny:
+        return tiny_model(family, variant)
+    model = ml_collections.ConfigDict(dict(_FAMILY_MODULES[family].VARIANTS[variant]))
+    model.name = family
+    return model
 
 
 def mgpn_benchmark(
@@ -108,6 +210,7 @@ def mgpn_benchmark(
     eval_split: str = "test",
     num_epochs: int = 15,
     runlocal: bool = False,
+    tiny: bool = False,
 ) -> ml_collections.ConfigDict:
     """MGPN on a built benchmark with the official training schedule (Huntersxsx/MGPN YAML).
 
@@ -119,11 +222,10 @@ def mgpn_benchmark(
         ``TRAIN.MILESTONES``, ``TEST.NMS_THRESH``, ``TEST.TIOU``.
       eval_split: ``NO_VAL: True`` in every MGPN YAML: the test split is the one evaluated.
       runlocal: a few steps with a small batch, to check the set-up on a CPU.
+      tiny: a small model trained for a few minutes on a CPU, without GloVe (module docstring).
     """
-    model = ml_collections.ConfigDict(dict(mgpn.VARIANTS[variant]))
-    model.name = "mgpn"
     config = _map_benchmark(
-        model,
+        _benchmark_model("mgpn", variant, tiny),
         dataset=dataset,
         features=features,
         max_query_len=64,
@@ -136,6 +238,7 @@ def mgpn_benchmark(
         nms_thresh=nms_thresh,
         ious=ious,
         runlocal=runlocal,
+        tiny=tiny,
     )
     config.lock()
     return config
@@ -151,6 +254,7 @@ def fvmr_benchmark(
     eval_split: str = "test",
     num_epochs: int = 30,
     runlocal: bool = False,
+    tiny: bool = False,
     without_distillation: bool = False,
 ) -> ml_collections.ConfigDict:
     """FVMR on a built benchmark with the paper's training values (section 4.1).
@@ -167,10 +271,10 @@ def fvmr_benchmark(
       variant: key of ``fvmr.VARIANTS``.
       dataset, features: the built dataset, expected in ``data/vmr_jax/<D>-<F>``.
       nms_thresh, ious: 2D-TAN's ``TEST.NMS_THRESH`` and ``TEST.TIOU`` of that dataset.
+      runlocal, tiny: :func:`short_run` (``tiny`` keeps the spaCy trees of the teacher).
       without_distillation: the paper's "FVMR (w/o SD)" ablation (``distill_weight = 0``).
     """
-    model = ml_collections.ConfigDict(dict(fvmr.VARIANTS[variant]))
-    model.name = "fvmr"
+    model = _benchmark_model("fvmr", variant, tiny)
     if without_distillation:
         model.distill_weight = 0.0
     config = _map_benchmark(
@@ -187,6 +291,7 @@ def fvmr_benchmark(
         nms_thresh=nms_thresh,
         ious=ious,
         runlocal=runlocal,
+        tiny=tiny,
     )
     config.data.semantic_tree = "spacy"
     config.data.spacy_model = "en_core_web_sm"
@@ -209,7 +314,8 @@ def tan2d_benchmark(
     Args:
       arg: the config file's argument, comma-separated: ``conv`` (default) or ``pool`` picks the
         YAML (``SparsePropConv`` / ``SparsePropMaxPool``), ``runlocal`` a few steps with a small
-        batch; e.g. ``"pool,runlocal"``.
+        batch, ``tiny`` a small model without GloVe (:func:`short_run`); e.g.
+        ``"pool,runlocal"``.
       dataset, features: the built dataset (``vmr-jax data build --dataset D --features F``),
         expected in ``data/vmr_jax/<D>-<F>`` unless ``--config.data.dir`` says otherwise.
       yamls: ``{'conv': values, 'pool': values}``; values hold ``variant`` (key of
@@ -224,14 +330,11 @@ def tan2d_benchmark(
     val split) has no counterpart in the trainer: the LR stays constant.
     """
     tokens = parse_config_arg(
-        arg, ("conv", "pool", "runlocal"), config_file, exclusive=[("conv", "pool")]
+        arg, ("conv", "pool", "runlocal", "tiny"), config_file, exclusive=[("conv", "pool")]
     )
-    runlocal = "runlocal" in tokens
     official = yamls["pool" if "pool" in tokens else "conv"]
-    model = ml_collections.ConfigDict(dict(tan2d.VARIANTS[official["variant"]]))
-    model.name = "tan2d"
     config = _map_benchmark(
-        model,
+        _benchmark_model("tan2d", official["variant"], "tiny" in tokens),
         dataset=dataset,
         features=features,
         max_query_len=64,
@@ -243,7 +346,8 @@ def tan2d_benchmark(
         eval_split=official["eval_split"],
         nms_thresh=official["nms_thresh"],
         ious=official["ious"],
-        runlocal=runlocal,
+        runlocal="runlocal" in tokens,
+        tiny="tiny" in tokens,
     )
     config.lock()
     return config
@@ -267,11 +371,9 @@ def vlanet_benchmark(
     The paper gives no optimiser, batch or schedule; the choices here: Adam 1e-3 (no decay,
     no clipping), batch 32, 30 epochs, GloVe 840B 300-d words (the paper's GloVe), queries cut
     at 20 words.  ``flags``: Table 3's ``wo_surrogate``, ``wo_self``, ``wo_cross``, and
-    ``runlocal`` (a few steps with a small batch).
+    ``runlocal`` / ``tiny`` (:func:`short_run`; ``tiny`` keeps the proposal geometry).
     """
-    runlocal = "runlocal" in flags
-    model = ml_collections.ConfigDict(dict(vlanet.VARIANTS[variant]))
-    model.name = "vlanet"
+    model = _benchmark_model("vlanet", variant, "tiny" in flags)
     model.surrogate = "wo_surrogate" not in flags
     model.self_attention = "wo_self" not in flags
     if "wo_cross" in flags:
@@ -279,36 +381,37 @@ def vlanet_benchmark(
 
     config = ml_collections.ConfigDict()
     config.model = model
-    config.data = ml_collections.ConfigDict()
-    config.data.name = dataset
-    config.data.features = features
-    config.data.dir = f"data/vmr_jax/{dataset}-{features}"
-    config.data.seed = 0
-    config.data.num_input_clips = num_input_clips
-    config.data.clip_sampling = clip_sampling
-    config.data.normalize = normalize
-    config.data.text_mode = "glove"
-    config.data.glove_path = "data/glove.840B.300d.txt"
-    config.data.glove_missing = "zero"
-    config.data.max_query_len = 20
-    config.data.max_spans = 0 if dataset == "didemo" else 1  # DiDeMo: one span per annotator
-    config.data.prefetch = 2
+    config.data = data_section(
+        name=dataset,
+        features=features,
+        dir=f"data/vmr_jax/{dataset}-{features}",
+        seed=0,
+        num_input_clips=num_input_clips,
+        clip_sampling=clip_sampling,
+        normalize=normalize,
+        text_mode="glove",
+        glove_path="data/glove.840B.300d.txt",
+        glove_missing="zero",
+        max_query_len=20,
+        max_spans=0 if dataset == "didemo" else 1,  # DiDeMo: one span per annotator
+        prefetch=2,
+    )
 
     config.train = ml_collections.ConfigDict()
     config.train.supervision = "weak"
     config.train.seed = 0
-    config.train.batch_size = 4 if runlocal else 32
-    config.train.num_epochs = 0 if runlocal else 30
-    config.train.num_steps = 4 if runlocal else 0
+    config.train.batch_size = 32
+    config.train.num_epochs = 30
+    config.train.num_steps = 0
     config.train.lr = 1e-3
     config.train.b1 = 0.9
     config.train.b2 = 0.999
     config.train.milestones = ()
     config.train.gamma = 0.1
     config.train.grad_clip_norm = 0.0
-    config.train.log_every = 1 if runlocal else 50
-    config.train.checkpoint_every = 2 if runlocal else 0
-    config.train.checkpoint_every_epochs = 0.0 if runlocal else 1.0
+    config.train.log_every = 50
+    config.train.checkpoint_every = 0
+    config.train.checkpoint_every_epochs = 1.0
     config.train.keep = 3
     config.train.best_metric = best_metric
     config.train.best_mode = "max"
@@ -317,15 +420,16 @@ def vlanet_benchmark(
 
     config.evals = ml_collections.ConfigDict()
     config.evals.split = eval_split
-    config.evals.batch_size = 4 if runlocal else 32
+    config.evals.batch_size = 32
     config.evals.protocol = protocol
     config.evals.recalls = (1, 5)
     config.evals.ious = (0.3, 0.5, 0.7)
     config.evals.nms_thresh = 0.5
     config.evals.every = 0
-    config.evals.every_epochs = 0.0 if runlocal else 1.0  # resolved by the trainer
+    config.evals.every_epochs = 1.0  # resolved by the trainer
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.shape = (-1, 1)  # ('data', 'model')
     config.mesh.fsdp = False
+    short_run(config, tiny="tiny" in flags, runlocal="runlocal" in flags)
     return config

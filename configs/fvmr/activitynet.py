@@ -4,7 +4,8 @@ Proposals as 2D-TAN's ``experiments/activitynet/2D-TAN-64x64-K9L4-pool.yaml``: 2
 clips pooled by 4 to a 64x64 map with NUM_SCALE_LAYERS [16, 8, 8], NMS 0.5, tIoU 0.3/0.5/0.7;
 paper training values (``config_presets.fvmr_benchmark``).  37,417 training queries -> 1,169
 steps per epoch.  Arguments (comma-separated): ``wo_sd`` (the "w/o SD" ablation),
-``runlocal`` (four steps).
+``runlocal`` (four steps),
+``tiny`` (a small model, a few CPU minutes, no GloVe).
 
 Data: ``vmr-jax data build --dataset activitynet --features c3d --data_dir DIR
 --output_dir data/vmr_jax/activitynet-c3d``; GloVe in ``data/glove.840B.300d.txt``; the role
@@ -20,7 +21,7 @@ from vmr_jax.config_presets import fvmr_benchmark
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    flags = parse_config_arg(arg, ("runlocal", "wo_sd"), __file__)
+    flags = parse_config_arg(arg, ("runlocal", "tiny", "wo_sd"), __file__)
     return fvmr_benchmark(
         variant="activitynet",
         dataset="activitynet",
@@ -28,5 +29,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         nms_thresh=0.5,
         ious=(0.3, 0.5, 0.7),
         runlocal="runlocal" in flags,
+        tiny="tiny" in flags,
         without_distillation="wo_sd" in flags,
     )

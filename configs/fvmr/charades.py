@@ -4,7 +4,8 @@ Proposals as 2D-TAN's ``experiments/charades/2D-TAN-16x16-K5L8-pool.yaml``: 256 
 pooled by 16 to a 16x16 map (NUM_SCALE_LAYERS [16]: all 136 moments), NMS 0.45, tIoU 0.5/0.7;
 paper training values (``config_presets.fvmr_benchmark``).  12,404 training queries -> 387
 steps per epoch.  Arguments (comma-separated): ``i3d`` (I3D instead of VGG features),
-``wo_sd`` (the "w/o SD" ablation), ``runlocal`` (four steps).
+``wo_sd`` (the "w/o SD" ablation), ``runlocal`` (four steps), ``tiny`` (a small
+model, a few CPU minutes, no GloVe).
 
 Data: ``vmr-jax data build --dataset charades_sta --features vgg --data_dir DIR
 --output_dir data/vmr_jax/charades_sta-vgg`` (or ``--features i3d``); GloVe in
@@ -20,7 +21,7 @@ from vmr_jax.config_presets import fvmr_benchmark
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    flags = parse_config_arg(arg, ("i3d", "runlocal", "wo_sd"), __file__)
+    flags = parse_config_arg(arg, ("i3d", "runlocal", "tiny", "wo_sd"), __file__)
     features = "i3d" if "i3d" in flags else "vgg"
     return fvmr_benchmark(
         variant=f"charades_{features}",
@@ -29,5 +30,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         nms_thresh=0.45,
         ious=(0.5, 0.7),
         runlocal="runlocal" in flags,
+        tiny="tiny" in flags,
         without_distillation="wo_sd" in flags,
     )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ml_collections
 
 from vmr_jax.config_cli import parse_config_arg
+from vmr_jax.config_presets import data_section
 from vmr_jax.models import fvmr
 
 
@@ -35,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if "wo_sd" in flags:
         config.model.distill_weight = 0.0
 
-    config.data = ml_collections.ConfigDict()
+    config.data = data_section()  # every input-pipeline field, so each can be overridden
     config.data.name = "synthetic"
     config.data.seed = 0
     config.data.num_input_clips = config.model.num_clips * config.model.frame_stride

@@ -4,7 +4,8 @@ Proposals as 2D-TAN's ``experiments/tacos/2D-TAN-128x128-K5L8-pool.yaml``: 256 s
 pooled by 2 to a 128x128 map with NUM_SCALE_LAYERS [16, 8, 8, 8] (2,548 moments), NMS 0.4,
 tIoU 0.1/0.3/0.5/0.7; paper training values (``config_presets.fvmr_benchmark``).  9,790
 training queries -> 305 steps per epoch.  Arguments (comma-separated): ``wo_sd`` (the "w/o
-SD" ablation), ``runlocal`` (four steps).
+SD" ablation), ``runlocal`` (four steps), ``tiny`` (a small model, a few CPU minutes, no
+GloVe).
 
 Data: ``vmr-jax data build --dataset tacos --features c3d --data_dir DIR
 --output_dir data/vmr_jax/tacos-c3d``; GloVe in ``data/glove.840B.300d.txt``; the role trees
@@ -20,7 +21,7 @@ from vmr_jax.config_presets import fvmr_benchmark
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    flags = parse_config_arg(arg, ("runlocal", "wo_sd"), __file__)
+    flags = parse_config_arg(arg, ("runlocal", "tiny", "wo_sd"), __file__)
     return fvmr_benchmark(
         variant="tacos",
         dataset="tacos",
@@ -28,5 +29,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         nms_thresh=0.4,
         ious=(0.1, 0.3, 0.5, 0.7),
         runlocal="runlocal" in flags,
+        tiny="tiny" in flags,
         without_distillation="wo_sd" in flags,
     )

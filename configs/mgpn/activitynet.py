@@ -8,7 +8,8 @@ MAX_EPOCH 15, MILESTONES [5, 8], GAMMA 0.1, NMS_THRESH 0.52, TIOU 0.3/0.5/0.7, l
 training queries (37,421 minus 4 with start >= end) -> 584 steps per epoch.
 
 Data: ``vmr-jax data build --dataset activitynet --features c3d --data_dir DIR
---output_dir data/vmr_jax/activitynet-c3d``.  ``:runlocal`` runs four steps.
+--output_dir data/vmr_jax/activitynet-c3d``.  ``:runlocal`` runs four steps;
+``:tiny`` trains a small model for a few minutes on a CPU without GloVe.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from vmr_jax.config_presets import mgpn_benchmark
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    flags = parse_config_arg(arg, ("runlocal",), __file__)
+    flags = parse_config_arg(arg, ("runlocal", "tiny"), __file__)
     return mgpn_benchmark(
         variant="activitynet",
         dataset="activitynet",
@@ -30,4 +31,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         nms_thresh=0.52,
         ious=(0.3, 0.5, 0.7),
         runlocal="runlocal" in flags,
+        tiny="tiny" in flags,
     )

@@ -6,9 +6,10 @@ features, hidden 256, NUM_SCALE_LAYERS [15, 8, 8], BATCH_SIZE 64, LR 1e-3, MAX_E
 MILESTONES [5, 8], GAMMA 0.1, NMS_THRESH 0.44, TIOU 0.3/0.5/0.7, loss IoU 0.5-1.0, NO_VAL
 (the test split is evaluated).  12,404 training queries -> 193 steps per epoch.
 
-Data: ``vmr-jax data build --dataset charades_sta --features i3d --data_dir DIR
---output_dir data/vmr_jax/charades_sta-i3d`` and a GloVe file at
-``config.data.glove_path``.  ``:runlocal`` runs four steps.
+Data: ``vmr-jax data build --dataset charades_sta --features i3d --data_dir DIR`` (written to
+``data/vmr_jax/charades_sta-i3d``) and a GloVe file at ``config.data.glove_path``.
+``:runlocal`` runs four steps; ``:tiny`` trains a small model for a few minutes on a CPU
+without GloVe (learned word embeddings): ``config_presets.short_run``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from vmr_jax.config_presets import mgpn_benchmark
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    flags = parse_config_arg(arg, ("runlocal",), __file__)
+    flags = parse_config_arg(arg, ("runlocal", "tiny"), __file__)
     return mgpn_benchmark(
         variant="charades_i3d",
         dataset="charades_sta",
@@ -30,4 +31,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         nms_thresh=0.44,
         ious=(0.3, 0.5, 0.7),
         runlocal="runlocal" in flags,
+        tiny="tiny" in flags,
     )

@@ -7,7 +7,8 @@ MAX_EPOCH 15, MILESTONES [5, 12], GAMMA 0.1, NMS_THRESH 0.44, TIOU 0.3/0.5/0.7, 
 0.5-1.0, NO_VAL.  12,404 training queries -> 387 steps per epoch.
 
 Data: ``vmr-jax data build --dataset charades_sta --features vgg --data_dir DIR
---output_dir data/vmr_jax/charades_sta-vgg``.  ``:runlocal`` runs four steps.
+--output_dir data/vmr_jax/charades_sta-vgg``.  ``:runlocal`` runs four steps;
+``:tiny`` trains a small model for a few minutes on a CPU without GloVe.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from vmr_jax.config_presets import mgpn_benchmark
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    flags = parse_config_arg(arg, ("runlocal",), __file__)
+    flags = parse_config_arg(arg, ("runlocal", "tiny"), __file__)
     return mgpn_benchmark(
         variant="charades_vgg",
         dataset="charades_sta",
@@ -29,4 +30,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         nms_thresh=0.44,
         ious=(0.3, 0.5, 0.7),
         runlocal="runlocal" in flags,
+        tiny="tiny" in flags,
     )

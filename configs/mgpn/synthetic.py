@@ -14,6 +14,7 @@ from __future__ import annotations
 import ml_collections
 
 from vmr_jax.config_cli import parse_config_arg
+from vmr_jax.config_presets import data_section
 from vmr_jax.models import mgpn
 
 
@@ -24,7 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(dict(mgpn.VARIANTS["tiny"]))
     config.model.name = "mgpn"
 
-    config.data = ml_collections.ConfigDict()
+    config.data = data_section()  # every input-pipeline field, so each can be overridden
     config.data.name = "synthetic"
     config.data.seed = 0
     # The model pools frame_stride input clips into each of its num_clips clips.

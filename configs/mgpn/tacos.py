@@ -7,7 +7,8 @@ NMS_THRESH 0.4, TIOU 0.1/0.3/0.5/0.7, loss IoU 0.3-0.7, NO_VAL (the test split i
 9,790 training queries -> 305 steps per epoch.
 
 Data: ``vmr-jax data build --dataset tacos --features c3d --data_dir DIR
---output_dir data/vmr_jax/tacos-c3d``.  ``:runlocal`` runs four steps.
+--output_dir data/vmr_jax/tacos-c3d``.  ``:runlocal`` runs four steps;
+``:tiny`` trains a small model for a few minutes on a CPU without GloVe.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from vmr_jax.config_presets import mgpn_benchmark
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    flags = parse_config_arg(arg, ("runlocal",), __file__)
+    flags = parse_config_arg(arg, ("runlocal", "tiny"), __file__)
     return mgpn_benchmark(
         variant="tacos",
         dataset="tacos",
@@ -29,4 +30,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         nms_thresh=0.4,
         ious=(0.1, 0.3, 0.5, 0.7),
         runlocal="runlocal" in flags,
+        tiny="tiny" in flags,
     )

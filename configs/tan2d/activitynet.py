@@ -1,8 +1,9 @@
 """2D-TAN on ActivityNet Captions with C3D features: microsoft/2D-TAN
 ``experiments/activitynet/2D-TAN-64x64-K9L4-{conv,pool}.yaml``.
 
-Argument: ``conv`` (default) or ``pool`` picks the YAML, ``runlocal`` runs four steps; combine
-with a comma: ``--config configs/tan2d/activitynet.py:pool,runlocal``.
+Argument: ``conv`` (default) or ``pool`` picks the YAML, ``runlocal`` runs four steps,
+``tiny`` trains a small model for a few CPU minutes without GloVe; combine with a comma:
+``--config configs/tan2d/activitynet.py:pool,runlocal``.
 
 YAML values: NUM_SAMPLE_CLIPS 256, TARGET_STRIDE 4 (64 map clips), NORMALIZE True, 500-d C3D
 features, hidden 512, NUM_SCALE_LAYERS [16, 8, 8] (1,104 proposals), 3-layer LSTM over 300-d

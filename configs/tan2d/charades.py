@@ -1,8 +1,9 @@
 """2D-TAN on Charades-STA with VGG features: microsoft/2D-TAN
 ``experiments/charades/2D-TAN-16x16-K5L8-{conv,pool}.yaml``.
 
-Argument: ``conv`` (default) or ``pool`` picks the YAML, ``runlocal`` runs four steps; combine
-with a comma: ``--config configs/tan2d/charades.py:pool,runlocal``.
+Argument: ``conv`` (default) or ``pool`` picks the YAML, ``runlocal`` runs four steps,
+``tiny`` trains a small model for a few CPU minutes without GloVe; combine with a comma:
+``--config configs/tan2d/charades.py:pool,runlocal``.
 
 YAML values: NUM_SAMPLE_CLIPS 256, TARGET_STRIDE 16 (16 map clips), NORMALIZE True, 4096-d VGG
 features, hidden 512, NUM_SCALE_LAYERS [16] (the full upper triangle, 136 proposals), 3-layer

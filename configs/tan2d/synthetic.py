@@ -17,6 +17,7 @@ from __future__ import annotations
 import ml_collections
 
 from vmr_jax.config_cli import parse_config_arg
+from vmr_jax.config_presets import data_section
 from vmr_jax.models import tan2d
 
 
@@ -27,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(dict(tan2d.VARIANTS["tiny"]))
     config.model.name = "tan2d"
 
-    config.data = ml_collections.ConfigDict()
+    config.data = data_section()  # every input-pipeline field, so each can be overridden
     config.data.name = "synthetic"
     config.data.seed = 0
     # The frame layer pools frame_stride input clips into each of its num_clips clips.

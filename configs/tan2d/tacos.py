@@ -1,8 +1,9 @@
 """2D-TAN on TACoS with C3D features: microsoft/2D-TAN
 ``experiments/tacos/2D-TAN-128x128-K5L8-{conv,pool}.yaml``.
 
-Argument: ``conv`` (default) or ``pool`` picks the YAML, ``runlocal`` runs four steps; combine
-with a comma: ``--config configs/tan2d/tacos.py:pool,runlocal``.
+Argument: ``conv`` (default) or ``pool`` picks the YAML, ``runlocal`` runs four steps,
+``tiny`` trains a small model for a few CPU minutes without GloVe; combine with a comma:
+``--config configs/tan2d/tacos.py:pool,runlocal``.
 
 YAML values: NUM_SAMPLE_CLIPS 256, TARGET_STRIDE 2 (128 map clips), NORMALIZE True, 4096-d C3D
 features, hidden 512, NUM_SCALE_LAYERS [16, 8, 8, 8] (2,548 proposals), 3-layer LSTM over 300-d

@@ -8,7 +8,8 @@ the video as 2D-TAN does and L2-normalised per clip.  Proposals: stride 8 frames
 176/208/240 frames at 24 fps (the paper's best row of Table 3); 584 segment groups cover the
 longest Charades video (194.33 s).  Evaluation: R@{1,5} at IoU {0.3, 0.5, 0.7} on the test
 split (``2dtan`` protocol, NMS 0.5).  Arguments (comma-separated): ``i3d``, ``wo_surrogate``,
-``wo_self``, ``wo_cross``, ``runlocal``; other strides and windows of Table 3 by override, e.g.
+``wo_self``, ``wo_cross``, ``runlocal``, ``tiny`` (a small model for a few CPU minutes, no
+GloVe); other strides and windows of Table 3 by override, e.g.
 ``--config.model.proposal_stride=0.25`` (6 frames) or
 ``--config.model.proposal_windows='(5.333,10.667)'`` (128/256 frames).
 """
@@ -20,7 +21,7 @@ import ml_collections
 from vmr_jax.config_cli import parse_config_arg
 from vmr_jax.config_presets import vlanet_benchmark
 
-FLAGS = {"i3d", "wo_surrogate", "wo_self", "wo_cross", "runlocal"}
+FLAGS = {"i3d", "wo_surrogate", "wo_self", "wo_cross", "runlocal", "tiny"}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

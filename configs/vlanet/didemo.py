@@ -7,7 +7,8 @@
 with windows of 1..6 chunks, i.e. exactly the 21 candidate moments (15 for 25-s videos).
 Evaluation under the official ``didemo`` protocol (R@1, R@5, mIoU over the 21-moment ranking)
 on the validation split during training; ``vmr-jax eval --split test`` gives Table 2's numbers.
-Arguments (comma-separated): ``wo_surrogate``, ``wo_self``, ``wo_cross``, ``runlocal``.
+Arguments (comma-separated): ``wo_surrogate``, ``wo_self``, ``wo_cross``, ``runlocal``,
+``tiny`` (a small model for a few CPU minutes, no GloVe).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import ml_collections
 from vmr_jax.config_cli import parse_config_arg
 from vmr_jax.config_presets import vlanet_benchmark
 
-FLAGS = {"wo_surrogate", "wo_self", "wo_cross", "runlocal"}
+FLAGS = {"wo_surrogate", "wo_self", "wo_cross", "runlocal", "tiny"}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

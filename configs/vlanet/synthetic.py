@@ -32,6 +32,7 @@ from __future__ import annotations
 import ml_collections
 
 from vmr_jax.config_cli import parse_config_arg
+from vmr_jax.config_presets import data_section
 from vmr_jax.models import vlanet
 
 FLAGS = ("runlocal", "wo_surrogate", "wo_self", "wo_cross")
@@ -49,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if "wo_cross" in flags:
         config.model.cross_attention_steps = 0
 
-    config.data = ml_collections.ConfigDict()
+    config.data = data_section()  # every input-pipeline field, so each can be overridden
     config.data.name = "synthetic"
     config.data.seed = 0
     config.data.clip_sampling = "truncate"  # native 1-s clips, masked past the video

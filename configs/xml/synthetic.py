@@ -17,6 +17,7 @@ from __future__ import annotations
 import ml_collections
 
 from vmr_jax.config_cli import parse_config_arg
+from vmr_jax.config_presets import data_section
 from vmr_jax.models import xml
 
 
@@ -30,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.max_vcmr_video = 10
     config.model.hard_negative_start_epoch = 10
 
-    config.data = ml_collections.ConfigDict()
+    config.data = data_section()  # every input-pipeline field, so each can be overridden
     config.data.name = "synthetic"
     config.data.seed = 0
     # TVRetrieval's max_ctx_l rule: the first max_ctx_l clips, padded, with a mask.

@@ -13,7 +13,8 @@ every epoch is evaluated and the best checkpoint is kept by ``VCMR/0.5-r1``.
 Data: ``vmr-jax data build --dataset tvr --features resnet_i3d --data_dir DIR
 --output_dir data/vmr_jax/tvr-resnet_i3d``.  The val split (10,895 queries, 2,179 videos) is
 evaluated, as in the official code (test_public has no public ground truth).
-``:runlocal`` runs four steps.
+``:runlocal`` runs four steps; ``:tiny`` trains a small XML (hidden 32) for a few minutes on a
+CPU (``config_presets.short_run``; the queries stay the release's RoBERTa token features).
 """
 
 from __future__ import annotations
@@ -21,44 +22,48 @@ from __future__ import annotations
 import ml_collections
 
 from vmr_jax.config_cli import parse_config_arg
+from vmr_jax.config_presets import data_section, short_run, tiny_model
 from vmr_jax.models import xml
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    runlocal = "runlocal" in parse_config_arg(arg, ("runlocal",), __file__)
-    batch_size = 128
+    flags = parse_config_arg(arg, ("runlocal", "tiny"), __file__)
     config = ml_collections.ConfigDict()
 
-    config.model = ml_collections.ConfigDict(dict(xml.VARIANTS["tvr"]))
-    config.model.name = "xml"
+    if "tiny" in flags:
+        config.model = tiny_model("xml", "tvr")
+    else:
+        config.model = ml_collections.ConfigDict(dict(xml.VARIANTS["tvr"]))
+        config.model.name = "xml"
 
-    config.data = ml_collections.ConfigDict()
-    config.data.name = "tvr"
-    config.data.features = "resnet_i3d"
-    config.data.dir = "data/vmr_jax/tvr-resnet_i3d"
-    config.data.seed = 0
-    config.data.clip_sampling = "truncate"
-    config.data.num_input_clips = config.model.max_ctx_l
-    config.data.normalize = False
-    config.data.subtitles = True
-    config.data.text_mode = "features"
-    config.data.max_query_len = config.model.max_desc_l
-    config.data.max_spans = 1
-    config.data.prefetch = 2
+    config.data = data_section(
+        name="tvr",
+        features="resnet_i3d",
+        dir="data/vmr_jax/tvr-resnet_i3d",
+        seed=0,
+        clip_sampling="truncate",
+        num_input_clips=config.model.max_ctx_l,
+        normalize=False,
+        subtitles=True,
+        text_mode="features",
+        max_query_len=config.model.max_desc_l,
+        max_spans=1,
+        prefetch=2,
+    )
 
     config.train = ml_collections.ConfigDict()
     config.train.seed = 2018  # config.py default
-    config.train.batch_size = 4 if runlocal else batch_size
-    config.train.num_epochs = 0 if runlocal else 100
-    config.train.num_steps = 4 if runlocal else 0
+    config.train.batch_size = 128
+    config.train.num_epochs = 100
+    config.train.num_steps = 0
     config.train.optimizer = "bert_adam"
     config.train.lr = 1e-4
     config.train.warmup = 0.01
     config.train.weight_decay = 0.01
     config.train.max_grad_norm = 1.0  # BertAdam's default; train.py's grad_clip is off
-    config.train.log_every = 1 if runlocal else 100
-    config.train.checkpoint_every = 2 if runlocal else 0
-    config.train.checkpoint_every_epochs = 0.0 if runlocal else 1.0
+    config.train.log_every = 100
+    config.train.checkpoint_every = 0
+    config.train.checkpoint_every_epochs = 1.0
     config.train.keep = 3
     config.train.best_metric = "VCMR/0.5-r1"
     config.train.best_mode = "max"
@@ -67,18 +72,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.evals = ml_collections.ConfigDict()
     config.evals.split = "val"
-    config.evals.batch_size = 4 if runlocal else 50  # eval_query_bsz
-    config.evals.video_batch_size = 4 if runlocal else 200  # eval_context_bsz
+    config.evals.batch_size = 50  # eval_query_bsz
+    config.evals.video_batch_size = 4 if "runlocal" in flags else 200  # eval_context_bsz
     config.evals.protocol = "tvr"
     config.evals.recalls = (1, 5, 10, 100)
     config.evals.ious = (0.5, 0.7)
     config.evals.nms_thresh = config.model.nms_thd
     config.evals.every = 0
-    config.evals.every_epochs = 0.0 if runlocal else 1.0  # resolved by the trainer
+    config.evals.every_epochs = 1.0  # resolved by the trainer
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.shape = (-1, 1)  # ('data', 'model')
     config.mesh.fsdp = False
+    short_run(config, tiny="tiny" in flags, runlocal="runlocal" in flags)
 
     config.lock()
     return config

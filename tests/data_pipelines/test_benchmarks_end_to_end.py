@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from data_pipelines import build
 from data_pipelines import input_pipeline as ip
 from data_pipelines.fake_features import write_fake_features
 from data_pipelines.stored import StoredDataset
+from data_pipelines.text_inputs import TextFileMissing
 
 SUBSET = 24
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -174,3 +176,72 @@ def test_mgpn_trains_on_a_built_benchmark(tmp_path, shared_data_dir, jax_compila
     assert np.isfinite(result["train_metrics"]["loss"])
     assert result["eval_split"] == "test"
     assert 0.0 <= result["eval_metrics"]["R@1,IoU=0.5"] <= 1.0
+
+
+@pytest.fixture
+def charades_i3d_subset(tmp_path, shared_data_dir):
+    """A Charades-STA I3D dataset built from the first 32 train and 24 test lines of the
+    official files, with `data fake` features; returns (built dir, its train lines)."""
+    ann = tmp_path / "annotations"
+    ann.mkdir()
+    lines = (shared_data_dir / "charades_sta" / "charades_sta_train.txt").read_text()
+    train = lines.splitlines(True)[:32]
+    (ann / "charades_sta_train.txt").write_text("".join(train))
+    shutil.copy(shared_data_dir / "charades_sta" / "Charades_v1_train.csv", ann)
+    _charades(shared_data_dir, ann)
+    sources = build.resolve_sources("charades_sta", "i3d", str(tmp_path / "raw"), str(ann))
+    write_fake_features(sources, clips_per_second=1.0)
+    build.build(sources, str(tmp_path / "built"))
+    return tmp_path / "built", train
+
+
+def test_tiny_config_trains_without_glove(tmp_path, charades_i3d_subset, jax_compilation_cache):
+    """`charades_i3d.py:tiny` needs one override (where the data is): learned word embeddings
+    sized from the training queries' vocabulary, no GloVe file."""
+    from vmr_jax import config_cli, trainer
+
+    built, train = charades_i3d_subset
+    overrides = [
+        ("data.dir", str(built)),
+        ("train.num_steps", "2"),
+        ("train.progress_bar", "false"),
+    ]
+    config = config_cli.load_config(f"{CONFIGS}/mgpn/charades_i3d.py:tiny", overrides)
+    workdir = tmp_path / "workdir"
+    result = trainer.train_and_evaluate(config, str(workdir))
+    assert result["step"] == 2
+    assert np.isfinite(result["train_metrics"]["loss"])
+    assert result["eval_split"] == "test"
+    # The vocabulary by hand: lower-cased runs of letters/digits of the 32 train sentences,
+    # plus <pad> and <unk>.
+    words = {w for line in train for w in re.findall(r"[^\W_]+", line.split("##")[1].lower())}
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["model"]["vocab_size"] == len(words) + 2
+    assert saved["data"]["text_mode"] == "tokens"
+
+
+def test_a_word_table_smaller_than_the_vocabulary_is_refused(tmp_path, charades_i3d_subset):
+    from vmr_jax import config_cli, trainer
+
+    built, _ = charades_i3d_subset
+    overrides = [("data.dir", str(built)), ("model.vocab_size", "10")]
+    config = config_cli.load_config(f"{CONFIGS}/mgpn/charades_i3d.py:tiny", overrides)
+    with pytest.raises(ValueError, match=r"vocab_size=10 is smaller than the tokenizer's"):
+        trainer.train_and_evaluate(config, str(tmp_path / "workdir"))
+    assert not (tmp_path / "workdir" / "checkpoints").exists()
+
+
+def test_missing_glove_stops_a_benchmark_run_before_training(tmp_path, charades_i3d_subset):
+    from vmr_jax import config_cli, trainer
+
+    built, _ = charades_i3d_subset
+    glove = tmp_path / "glove.840B.300d.txt"
+    overrides = [("data.dir", str(built)), ("data.glove_path", str(glove))]
+    config = config_cli.load_config(f"{CONFIGS}/mgpn/charades_i3d.py", overrides)
+    with pytest.raises(FileNotFoundError) as info:
+        trainer.train_and_evaluate(config, str(tmp_path / "workdir"))
+    assert isinstance(info.value, TextFileMissing)
+    message = str(info.value)
+    assert f"GloVe file {str(glove)!r} not found" in message
+    assert "config.data.glove_path" in message and "glove.840B.300d.zip" in message
+    assert not (tmp_path / "workdir" / "checkpoints").exists()
