@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import ml_collections
 import pytest
 
 from vmr_jax import config_cli
+from vmr_jax.errors import ConfigError
 from vmr_jax.models import FAMILIES
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -69,10 +71,106 @@ def test_overrides_parse_by_field_type():
 
 def test_bad_overrides_name_the_field():
     config = ml_collections.ConfigDict({"train": {"batch_size": 8}})
-    with pytest.raises(KeyError, match="batch_sise"):
+    with pytest.raises(ConfigError, match="batch_sise"):
         config_cli.apply_override(config, "train.batch_sise", "4")
     with pytest.raises(ValueError, match="train.batch_size"):
         config_cli.apply_override(config, "train.batch_size", "0.5")
+    with pytest.raises(ConfigError, match=r"--config.train.batch_size.x: train.batch_size has"):
+        config_cli.apply_override(config, "train.batch_size.x", "1")
+
+
+TYPED = {
+    "pooling_counts": (15, 8, 8),
+    "ious": (0.3, 0.5),
+    "names": ("val", "test"),
+    "milestones": (),
+    "shape": [1, 1],
+    "windows": ((1, 2),),
+    "flags": (True,),
+    "batch_size": 8,
+    "lr": 1e-3,
+    "flag": False,
+    "name": "a",
+}
+
+
+@pytest.mark.parametrize(
+    "field, text, want",
+    [
+        ("pooling_counts", "1,5", (1, 5)),
+        ("pooling_counts", "(1, 5)", (1, 5)),
+        ("pooling_counts", "[3]", (3,)),
+        ("pooling_counts", "7", (7,)),
+        ("pooling_counts", "()", ()),
+        ("pooling_counts", "-1, 2,", (-1, 2)),
+        ("ious", "0.1,1", (0.1, 1.0)),
+        ("names", "train,val", ("train", "val")),
+        ("names", "('a,b', c)", ("a,b", "c")),
+        ("milestones", "100,200", (100, 200)),
+        ("milestones", "1,x", (1, "x")),  # empty: any literal (else the text)
+        ("shape", "4,2", [4, 2]),
+        ("windows", "(1,2),(3,4)", ((1, 2), (3, 4))),
+        ("flags", "true,False,0", (True, False, False)),
+        ("batch_size", "1_000", 1000),
+        ("lr", "3", 3.0),
+        ("lr", "1e-4", 1e-4),
+        ("flag", "yes", True),
+        ("name", "1.5", "1.5"),  # a str field takes any text
+        ("name", "(a, b)", "(a, b)"),
+    ],
+)
+def test_overrides_keep_their_field_type(field, text, want):
+    config = ml_collections.ConfigDict(TYPED)
+    config_cli.apply_override(config, field, text)
+    assert config[field] == want
+    assert type(config[field]) is type(want)
+    if isinstance(want, (tuple, list)):
+        assert [type(x) for x in config[field]] == [type(x) for x in want]
+
+
+@pytest.mark.parametrize(
+    "field, text, expected",
+    [
+        ("pooling_counts", "abc", "a tuple of int"),
+        ("pooling_counts", "1,abc", "a tuple of int"),
+        ("pooling_counts", "1,2.5", "a tuple of int"),
+        ("pooling_counts", "1,,2", "a tuple of int"),
+        ("ious", "0.5,high", "a tuple of float"),
+        ("shape", "4,x", "a list of int"),
+        ("windows", "(1,2),(3,a)", "a tuple of tuple of int"),
+        ("flags", "maybe", "a tuple of bool"),
+        ("batch_size", "1.5", "an int"),
+        ("batch_size", "abc", "an int"),
+        ("batch_size", "True", "an int"),
+        ("lr", "abc", "a float"),
+        ("lr", "(1,)", "a float"),
+        ("flag", "2", "a bool (true or false)"),
+    ],
+)
+def test_overrides_of_the_wrong_type_are_refused(field, text, expected):
+    config = ml_collections.ConfigDict(TYPED)
+    message = f"--config.{field}={text}: expected {expected}, got {text!r}"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config_cli.apply_override(config, field, text)
+    assert config[field] == TYPED[field]
+
+
+def test_overrides_of_unset_fields_sections_and_references():
+    shared = ml_collections.FieldReference(8)
+    config = ml_collections.ConfigDict(
+        {
+            "train": {"batch_size": shared, "glove_path": None},
+            "evals": {"batch_size": shared, "val": {"ious": (0.5,)}},
+        }
+    )
+    config_cli.apply_override(config, "evals.val.ious", "0.3,0.7")
+    assert config.evals.val.ious == (0.3, 0.7)
+    config_cli.apply_override(config, "train.glove_path", "glove.txt")
+    assert config.train.glove_path == "glove.txt"
+    config_cli.apply_override(config, "train.batch_size", "16")
+    assert config.evals.batch_size == 16  # the reference follows
+    with pytest.raises(ConfigError, match=r"evals.batch_size=x: expected an int, got 'x'"):
+        config_cli.apply_override(config, "evals.batch_size", "x")
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(CONFIG_DIR)))

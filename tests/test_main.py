@@ -131,10 +131,15 @@ def test_eval_writes_results_and_predictions(trained_workdir, capsys):
             assert scored["metrics"][key] == value, key
 
 
-def test_eval_earlier_step(trained_workdir):
+def test_eval_earlier_step(trained_workdir, capsys):
     code = main.main(["eval", "--workdir", str(trained_workdir), "--step", "3"])
     assert code == 0
     results = json.loads((trained_workdir / "eval" / "val_step3.json").read_text())
     assert results["step"] == 3 and results["split"] == "val"
-    with pytest.raises(FileNotFoundError, match="no checkpoint at step 4"):
-        main.main(["eval", "--workdir", str(trained_workdir), "--step", "4"])
+    capsys.readouterr()
+    # A step that was not saved: one error line, exit code 2, no traceback.
+    assert main.main(["eval", "--workdir", str(trained_workdir), "--step", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.rstrip("\n").splitlines()[-1]
+    assert last.startswith("error: no checkpoint at step 4")

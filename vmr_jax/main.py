@@ -11,6 +11,8 @@ Each subcommand is a :class:`Command` in ``COMMANDS``: a help line, a function a
 arguments to its sub-parser and a function running it (returns the exit code).  A new
 subcommand (data, convert, predict) is one more entry.  ``--config.*`` overrides are taken
 out of the argument list before argparse sees it (``config_cli.split_overrides``).
+Commands raise; ``main`` alone turns a user error into one ``error:`` line and exit code 2
+(``vmr-jax --debug COMMAND ...`` adds the traceback).
 """
 
 from __future__ import annotations
@@ -27,6 +29,16 @@ class Command(NamedTuple):
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     main: Callable[[argparse.Namespace], int]
+
+
+def _step(text: str) -> int | str:
+    """``--step``: a checkpoint step number or ``best``."""
+    if text == "best":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a step number or 'best', not {text!r}") from None
 
 
 # --------------------------------------------------------------------------- train
@@ -50,7 +62,9 @@ def _train(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- eval
 def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", required=True, help="a training workdir")
-    parser.add_argument("--step", default=None, help="checkpoint step, or 'best' (default: latest)")
+    parser.add_argument(
+        "--step", type=_step, default=None, help="checkpoint step, or 'best' (default: latest)"
+    )
     parser.add_argument("--split", default=None, help="split to evaluate (default: evals.split)")
     parser.add_argument("--output_dir", default=None, help="default: WORKDIR/eval")
 
@@ -59,10 +73,9 @@ def _eval(args: argparse.Namespace) -> int:
     from vmr_jax import checkpoint_eval, sharding
 
     sharding.initialize_distributed()
-    step = args.step if args.step in (None, "best") else int(args.step)
     result = checkpoint_eval.evaluate_workdir(
         args.workdir,
-        step=step,
+        step=args.step,
         split=args.split,
         output_dir=args.output_dir,
         overrides=args.config_overrides,
@@ -95,7 +108,9 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = PREDICT_EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--workdir", required=True, help="a training workdir")
-    parser.add_argument("--step", default=None, help="checkpoint step, or 'best' (default: latest)")
+    parser.add_argument(
+        "--step", type=_step, default=None, help="checkpoint step, or 'best' (default: latest)"
+    )
     parser.add_argument("--split", default=None, help="split of the configured data (evals.split)")
     parser.add_argument("--features", default=None, help="own video features: .h5/.hdf5/.npz")
     parser.add_argument("--queries", default=None, help="own queries: JSON list (see below)")
@@ -116,28 +131,22 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from data_pipelines.annotations import DataError
     from vmr_jax import predict, sharding
 
     sharding.initialize_distributed()
-    step = args.step if args.step in (None, "best") else int(args.step)
-    try:
-        result = predict.predict_workdir(
-            args.workdir,
-            step=step,
-            split=args.split,
-            features=args.features,
-            queries=args.queries,
-            output=args.output,
-            top_k=args.top_k,
-            nms_thresh=args.nms_thresh,
-            method=args.method,
-            rebuild_gallery=args.rebuild_gallery,
-            overrides=args.config_overrides,
-        )
-    except (predict.PredictError, DataError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    result = predict.predict_workdir(
+        args.workdir,
+        step=args.step,
+        split=args.split,
+        features=args.features,
+        queries=args.queries,
+        output=args.output,
+        top_k=args.top_k,
+        nms_thresh=args.nms_thresh,
+        method=args.method,
+        rebuild_gallery=args.rebuild_gallery,
+        overrides=args.config_overrides,
+    )
     if sharding.is_main_process():
         keys = ("model", "method", "source", "step", "num_queries", "top_k", "nms_thresh")
         print(json.dumps({k: result[k] for k in keys}, indent=2, sort_keys=True))
@@ -198,21 +207,17 @@ def _score(args: argparse.Namespace) -> int:
 
     from vmr_jax.evaluation import scoring
 
-    try:
-        result = scoring.score(
-            args.protocol,
-            args.ground_truth,
-            args.predictions,
-            split=args.split,
-            dataset=args.dataset,
-            video2dur_idx=args.video2dur_idx,
-            recalls=tuple(int(x) for x in args.recalls.split(",")),
-            ious=tuple(float(x) for x in args.ious.split(",")),
-            truncate=args.truncate,
-        )
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    result = scoring.score(
+        args.protocol,
+        args.ground_truth,
+        args.predictions,
+        split=args.split,
+        dataset=args.dataset,
+        video2dur_idx=args.video2dur_idx,
+        recalls=tuple(int(x) for x in args.recalls.split(",")),
+        ious=tuple(float(x) for x in args.ious.split(",")),
+        truncate=args.truncate,
+    )
     output = args.output or os.path.splitext(args.predictions)[0] + f".{args.protocol}.json"
     with open(output, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
@@ -257,6 +262,9 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+DEBUG_HELP = "on an error, print the traceback too (before the error line)"
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The ``vmr-jax`` parser; with ``only``, just that command gets its arguments (the
     others' argument functions import their modules, e.g. ``bench`` imports the trainer and
@@ -265,18 +273,22 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="vmr-jax", description="Video moment retrieval in JAX/Flax."
     )
     parser.add_argument("--log_level", default="INFO", help="python logging level")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=command.help, description=command.help)
+        # Also after the command; SUPPRESS keeps a --debug given before it.
+        sub_parser.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP
+        )
         if only is None or name == only:
             command.add_arguments(sub_parser)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _run_command(argv: list[str]) -> int:
     from vmr_jax import config_cli
 
-    argv = list(sys.argv[1:] if argv is None else argv)
     argv, overrides = config_cli.split_overrides(argv)
     args = build_parser(next((a for a in argv if a in COMMANDS), None)).parse_args(argv)
     args.config_overrides = overrides
@@ -287,6 +299,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("vmr_jax", "data_pipelines"):
         logging.getLogger(name).setLevel(str(args.log_level).upper())
     return COMMANDS[args.command].main(args)
+
+
+def _print_last(text: str) -> None:
+    """``text`` on stderr after whatever the logging handlers still hold."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    print(text, file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command and returns its exit code.
+
+    The one place where errors meet the user: a user error (``errors.user_message``: bad
+    input, a missing file, a foreign workdir, a diverged run, a full disk) is an
+    ``error: <message>`` line, the last on stderr, exit code 2; Ctrl-C is ``interrupted``,
+    130.  With ``--debug`` (before or after the command) the traceback comes first.  Any
+    other exception is a bug: it propagates with its traceback (exit code 1).
+    """
+    import traceback
+
+    from vmr_jax import errors
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        return _run_command(argv)
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        _print_last("interrupted")
+        return 130
+    except Exception as err:
+        message = errors.user_message(err)
+        if message is None:
+            raise
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else " (--debug shows the traceback)"
+        _print_last(f"error: {message}{hint}")
+        return 2
 
 
 def run() -> None:
