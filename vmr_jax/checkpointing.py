@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import warnings
 from collections.abc import Mapping
@@ -51,14 +52,60 @@ CHECKPOINT_DIR = "checkpoints"
 DEFAULT_BEST_METRIC = "R@1,IoU=0.5"
 
 
-class _QuietUnevaluatedSaves(logging.Filter):
-    """Drops orbax's warning for saves without metrics (only evaluated steps carry them)."""
+class _QuietOrbax(logging.Filter):
+    """Drops orbax's warning for saves without metrics (only evaluated steps carry them) and
+    its ERROR records with tracebacks: every save or restore failure is raised by this module
+    as one :class:`CheckpointError` whose cause chain (``--debug``) holds the traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "did not provide metrics" not in record.getMessage()
+        if "did not provide metrics" in record.getMessage():
+            return False
+        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
 
 
-logging.getLogger("absl").addFilter(_QuietUnevaluatedSaves())
+logging.getLogger("absl").addFilter(_QuietOrbax())
+
+
+class _QuietOrphanedWrites(logging.Filter):
+    """Drops asyncio's 'exception was never retrieved' reports of the parallel TensorStore
+    writes of a failed save (one per array, at exit): the save's failure is raised once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "exception was never retrieved" not in record.getMessage():
+            return True
+        return "OCDBT" not in str(record.exc_info[1] if record.exc_info else record.msg)
+
+
+logging.getLogger("asyncio").addFilter(_QuietOrphanedWrites())
+
+
+def _is_closed_loop_post(kind, value, tb) -> bool:
+    if kind is not RuntimeError or str(value) != "Event loop is closed":
+        return False
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "call_soon_threadsafe":
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    """After a failed TensorStore write or read, orbax's event loop closes while TensorStore
+    threads still post their results to it; each post reports a 'RuntimeError: Event loop is
+    closed' traceback as an unraisable exception (hundreds of them on a full disk).  The
+    failure itself is raised once; these hooks drop exactly those reports."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_vmr_quiet_loop", False):
+        return
+
+    def unraisable_hook(unraisable):
+        if not _is_closed_loop_post(
+            unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback
+        ):
+            previous(unraisable)
+
+    unraisable_hook._vmr_quiet_loop = True
+    sys.unraisablehook = unraisable_hook
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -212,6 +259,7 @@ def create_checkpoint_manager(
             ),
         ]
     )
+    _quiet_closed_loop_callbacks()
     options = ocp.CheckpointManagerOptions(
         preservation_policy=preservation,
         # best_fn makes the manager store the metrics with each step (read by best_step).
@@ -252,11 +300,13 @@ def save(
     if metrics is not None:
         metrics = {k: float(v) for k, v in metrics.items()}
     try:
-        return manager.save(
+        started = manager.save(
             int(step), args=ocp.args.StandardSave(state), metrics=metrics, force=True
         )
     except Exception as err:
         raise save_error(manager, step, err) from err
+    manager._vmr_last_save = int(step)  # named by save_error if this save fails later
+    return started
 
 
 def abstract_like(state: Any, shardings: Any) -> Any:
@@ -266,14 +316,24 @@ def abstract_like(state: Any, shardings: Any) -> Any:
     )
 
 
+_OS_ERROR = re.compile(r'"([^"]+)": [^:"]*?: ([^:"\[]+?) \[os_error_code=\'(\d+)\'\]')
+
+
 def describe_failure(err: BaseException) -> str:
     """One line for an orbax / TensorStore failure: its innermost cause's first line (that is
-    where the file and the damage are named), TensorStore's spec dump cut off."""
+    where the file and the damage are named), TensorStore's spec dump cut off; an OS error
+    inside a TensorStore message as ``[Errno N] text: file``."""
     inner = err
     while inner.__cause__ is not None or inner.__context__ is not None:
         inner = inner.__cause__ or inner.__context__
     text = (str(inner).strip().splitlines() or [type(inner).__name__])[0]
     text = text.split(" See full TensorStore details")[0]
+    found = _OS_ERROR.search(text)
+    if found:
+        path, message, code = found.groups()
+        return f"[Errno {code}] {message.strip()}: {path}"
+    if isinstance(inner, OSError) and inner.errno is not None:
+        return str(inner)[:400]
     return f"{type(inner).__name__}: {text}"[:400]
 
 
@@ -357,10 +417,11 @@ def restore_or_init(
 ) -> tuple[Any, int | None]:
     """The newest checkpoint that restores into ``abstract_state``, else ``init_fn()``.
 
-    A damaged newer step is skipped with a warning naming it and the damage.  When steps
-    exist but none restores, a :class:`CheckpointError` lists each one's damage: starting
-    afresh would replace them.  Returns ``(state, restored_step)``, ``restored_step`` None
-    for a fresh start."""
+    A damaged newer step is skipped with a warning naming it and the damage, and moved to
+    ``WORKDIR/damaged_checkpoints/<step>`` (kept for inspection, out of the way of the step
+    that will be saved again).  When steps exist but none restores, a
+    :class:`CheckpointError` lists each one's damage: starting afresh would replace them.
+    Returns ``(state, restored_step)``, ``restored_step`` None for a fresh start."""
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
         return init_fn(), None
@@ -373,10 +434,14 @@ def restore_or_init(
             failures.append(f"step {step}: {describe_failure(err.__cause__ or err)}")
             continue
         if failures:
+            skipped = steps[: len(failures)]
+            moved = _set_aside(manager, skipped)
             logger.warning(
-                "resuming from step %d, the newest checkpoint that restores (skipped %s)",
+                "resuming from step %d, the newest checkpoint that restores (skipped %s, "
+                "moved to %s)",
                 step,
-                ", ".join(str(s) for s in steps[: len(failures)]),
+                ", ".join(str(s) for s in skipped),
+                moved,
             )
         return state, step
     raise CheckpointError(
@@ -385,20 +450,45 @@ def restore_or_init(
     )
 
 
+DAMAGED_DIR = "damaged_checkpoints"
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps) -> str:
+    """Moves the step folders ``steps`` to ``damaged_checkpoints/`` beside the checkpoint
+    folder (a name taken already gets a numbered suffix); returns that folder."""
+    root = os.path.join(os.path.dirname(str(manager.directory)), DAMAGED_DIR)
+    os.makedirs(root, exist_ok=True)
+    for step in steps:
+        target = os.path.join(root, str(step))
+        n = 1
+        while os.path.exists(target):
+            target, n = os.path.join(root, f"{step}.{n}"), n + 1
+        os.replace(os.path.join(str(manager.directory), str(step)), target)
+    manager.reload()
+    return root
+
+
 def check_saves(manager: ocp.CheckpointManager, step: int | None = None) -> None:
     """Raises the failure of a finished asynchronous save (disk full, permissions) as a
-    :class:`CheckpointError` naming the OS error; cheap, called once per training step."""
+    :class:`CheckpointError` naming the OS error; cheap (no wait while a save is still
+    writing), called once per training step."""
     try:
         manager.check_for_errors()
+        if not manager.is_saving_in_progress():
+            manager.wait_until_finished()  # returns at once, or raises the finished failure
     except Exception as err:  # the async thread's exception, whatever its type
         raise save_error(manager, step, err) from err
 
 
 def save_error(manager: ocp.CheckpointManager, step: int | None, err: BaseException):
-    where = f" (noticed at step {step})" if step is not None else ""
-    kept = sorted(manager.all_steps())
+    """The :class:`CheckpointError` of a failed save: the step whose save failed (the last
+    one started), where it was noticed, the OS error and the complete checkpoints."""
+    saving = getattr(manager, "_vmr_last_save", None)
+    what = f"saving the checkpoint of step {saving}" if saving is not None else "saving"
+    where = f" (noticed at step {step})" if step is not None and step != saving else ""
+    kept = sorted(s for s in manager.all_steps() if s != saving)
     return CheckpointError(
-        f"saving a checkpoint in {manager.directory} failed{where}: {describe_failure(err)}; "
+        f"{what} in {manager.directory} failed{where}: {describe_failure(err)}; "
         f"complete checkpoints: {kept or 'none'}. Free space (or fix the folder) and run the "
         "same command to resume"
     )
