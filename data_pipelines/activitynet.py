@@ -60,7 +60,13 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines.annotations import Annotation, DataError, ParseReport, check_unique_ids
+from data_pipelines.annotations import (
+    Annotation,
+    DataError,
+    ParseReport,
+    check_unique_ids,
+    json_error,
+)
 from data_pipelines.benchmarks import FeatureSet, FeatureSpec
 
 NAME = "activitynet"
@@ -123,11 +129,13 @@ def load_caption_json(path: str | os.PathLike) -> dict[str, Any]:
 
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f, object_pairs_hook=no_repeats)
-    except json.JSONDecodeError as err:
-        raise DataError(str(path), f"line {err.lineno}", None, f"invalid JSON: {err.msg}") from err
+            text = f.read()
     except UnicodeDecodeError as err:
         raise DataError(str(path), None, None, f"not UTF-8 text: {err}") from err
+    try:
+        data = json.loads(text, object_pairs_hook=no_repeats)
+    except json.JSONDecodeError as err:
+        raise json_error(str(path), text, err) from err
     if not isinstance(data, dict):
         raise DataError(
             str(path), None, None, f"expected an object keyed by video, got {type(data).__name__}"

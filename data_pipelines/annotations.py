@@ -5,7 +5,10 @@ Every dataset module (``data_pipelines/<dataset>.py``) turns its official annota
 that the reference code drops or clips, with the reason: nothing is lost silently, and
 ``vmr-jax data stats`` prints the counts.  Input that the reference code would not accept (a
 malformed line, a missing field, an end before a start that the reference code does not drop)
-raises :class:`DataError` naming the file, the line or record and the field.
+raises :class:`DataError` naming the file, the line or record and the field.  An empty file,
+or one that holds no query, is an error; so is a file cut mid-record (a truncated download):
+JSON whose text ends inside a value (:func:`json_error`), a JSON-lines or text file whose
+last line has no line end and no complete record.
 
 A :class:`~data_pipelines.records.Record` is an annotation plus its video's features
 (:func:`to_record`).
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,6 +42,41 @@ class DataError(ValueError):
         if field:
             parts.append(f"field {field!r}")
         super().__init__(": ".join(parts) + f": {problem}")
+
+
+EMPTY_FILE = "empty file: an annotation file holds the queries of its split"
+TRUNCATED = "the file ends mid-record (truncated? download or copy it again)"
+
+
+def ends_inside(text: str, err: json.JSONDecodeError) -> bool:
+    """Whether decoding ``text`` failed because it stops inside a value: the error is at its
+    end, or a string runs to its end (a cut file, not a typo)."""
+    return err.pos >= len(text.rstrip()) or err.msg.startswith("Unterminated string")
+
+
+def json_error(source: str, text: str, err: json.JSONDecodeError) -> DataError:
+    """The :class:`DataError` of a JSON decode error in ``text`` (the whole file): line and
+    column, and whether the file is empty or ends inside a value (truncated)."""
+    if not text.strip():
+        return DataError(source, None, None, EMPTY_FILE)
+    where = f"line {err.lineno}, column {err.colno}"
+    if ends_inside(text, err):
+        return DataError(source, where, None, f"{TRUNCATED}: {err.msg}")
+    return DataError(source, where, None, f"malformed JSON: {err.msg}")
+
+
+def load_json_text(path: str | os.PathLike) -> Any:
+    """The JSON value of the file at ``path`` (UTF-8); :func:`json_error` on bad JSON."""
+    source = str(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as err:
+        raise DataError(source, None, None, f"not UTF-8 text: {err}") from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise json_error(source, text, err) from err
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

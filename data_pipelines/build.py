@@ -5,6 +5,10 @@ module) in ``annotation_dir`` (default ``data_dir``); feature files by their off
 (``FeatureSpec.file``) in ``data_dir``, unless given explicitly per role (``video``,
 ``subtitle``, ``query``).
 
+Empty input.  An annotation file with nothing but whitespace, or a split whose files hold no
+query (``{}``, ``[]``, every query dropped), is a :class:`DataError` naming the file, for
+``data stats`` and ``validate`` as for ``build``.
+
 Missing features.  An annotation whose video (or TVR query) has no entry in a feature file is
 an error that lists how many and which, unless ``allow_missing`` is set: then the query is
 dropped and counted in the parse report under the reason ``"no features in <file>"``.  A
@@ -31,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from data_pipelines import stored
-from data_pipelines.annotations import Annotation, DataError, ParseReport, to_record
+from data_pipelines.annotations import EMPTY_FILE, Annotation, DataError, ParseReport, to_record
 from data_pipelines.benchmarks import FeatureSet, get_benchmark
 
 logger = logging.getLogger(__name__)
@@ -103,7 +107,19 @@ def parse_splits(
     for split in names:
         if split not in sources.module.SPLITS:
             raise ValueError(f"{sources.module.NAME} has no split {split!r}")
+        for path in sources.annotation_files(split):
+            if _is_blank(path):
+                raise DataError(path, None, None, EMPTY_FILE)
         annotations = sources.module.parse_split(sources.annotation_dir, split, report)
+        if not annotations:
+            dropped = sum(report.counts(split, "dropped").values())
+            why = f"all {dropped} dropped by the reference rules" if dropped else "an empty file?"
+            raise DataError(
+                sources.annotation_files(split)[0],
+                None,
+                None,
+                f"no query of split {split!r}: {why}",
+            )
         if annotations and all(not a.video_id and len(a.spans_s) == 0 for a in annotations):
             why = "query-only split (no video, no ground truth, e.g. TVR test_public)"
             if splits:
@@ -113,6 +129,18 @@ def parse_splits(
             continue
         out[split] = annotations
     return out, report
+
+
+def _is_blank(path: str) -> bool:
+    """Whether the file at ``path`` exists and holds only whitespace (reads up to the first
+    other byte)."""
+    if not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
 
 
 def open_stores(sources: Sources) -> dict[str, Any]:

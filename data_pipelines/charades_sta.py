@@ -30,8 +30,9 @@ Where the reference code would crash or silently misbehave this module raises
 :class:`~data_pipelines.annotations.DataError` naming the file, ``line N`` and the field: no
 ``"##"`` or several, not exactly three space-separated fields before it, non-numeric or
 NaN/inf times, a negative start (the reference does not clamp it), an empty sentence, a
-video missing from the CSV, and in the CSV a missing column, a repeated id or a
-non-numeric or non-positive ``length``.
+video missing from the CSV, a last line cut mid-record (no line end and no final ``.``: a
+truncated file), and in the CSV a missing column, a repeated id or a non-numeric or
+non-positive ``length``.
 
 Feature manifest (``FEATURES``); every set is read whole per video and resampled to 256
 clips assuming they evenly cover ``[0, duration]``, and L2-normalised per clip at load
@@ -78,7 +79,13 @@ from pathlib import Path
 
 import numpy as np
 
-from data_pipelines.annotations import Annotation, DataError, ParseReport, check_unique_ids
+from data_pipelines.annotations import (
+    TRUNCATED,
+    Annotation,
+    DataError,
+    ParseReport,
+    check_unique_ids,
+)
 from data_pipelines.benchmarks import FeatureSet, FeatureSpec
 
 NAME = "charades_sta"
@@ -189,17 +196,26 @@ def parse_split(
     try:
         # Text mode with universal newlines, as the reference opens it: "\r\n" reads as "\n".
         with open(query_path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                annotation = _parse_line(
-                    line, number, split, source, durations, csv_path.name, report
-                )
-                if annotation is not None:
-                    annotations.append(annotation)
+            lines = f.readlines()
     except UnicodeDecodeError as err:
         raise DataError(source, None, None, f"not UTF-8 text: {err}") from err
+    if lines:
+        _check_last_line(lines[-1], len(lines), source)
+    for number, line in enumerate(lines, start=1):
+        annotation = _parse_line(line, number, split, source, durations, csv_path.name, report)
+        if annotation is not None:
+            annotations.append(annotation)
     check_unique_ids(annotations, source)
     report.kept(split, len(annotations))
     return annotations
+
+
+def _check_last_line(line: str, number: int, source: str) -> None:
+    """A file cut mid-record: its last line has no line end and is no complete record (every
+    official line is ``<video> <start> <end>##<sentence>.`` and a line end)."""
+    if line.endswith("\n") or (line.count("##") == 1 and line.rstrip().endswith(".")):
+        return
+    raise DataError(source, f"line {number}", None, f"{TRUNCATED}: {line!r} has no line end")
 
 
 def _parse_line(

@@ -59,14 +59,19 @@ resnet_slowfast   ResNet-152 (ImageNet, 2048) + SlowFast       4352    1.5-s cli
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from data_pipelines.annotations import Annotation, DataError, ParseReport, check_unique_ids
+from data_pipelines.annotations import (
+    Annotation,
+    DataError,
+    ParseReport,
+    check_unique_ids,
+    load_json_text,
+)
 from data_pipelines.benchmarks import FeatureSet, FeatureSpec
 
 NAME = "didemo"
@@ -135,13 +140,7 @@ def _is_int(value: Any) -> bool:
 def _load_list(path: Path) -> list:
     if not path.is_file():
         raise DataError(str(path), None, None, "no such annotation file")
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(
-            str(path), f"line {err.lineno}, column {err.colno}", None, f"malformed JSON: {err.msg}"
-        ) from err
+    data = load_json_text(path)
     if not isinstance(data, list):
         raise DataError(str(path), None, None, f"expected a JSON list, got {type(data).__name__}")
     return data

@@ -1,11 +1,13 @@
 """Random features in a benchmark's official layouts, for a dry run without the real files.
 
-``vmr-jax data fake --dataset D --features F --annotation_dir A --data_dir OUT`` writes, under
-``OUT`` and with the official file names of the manifest, one random ``float32 [T, D]`` array
-per annotated video (and per query for TVR's query tokens): ``T = max(1, round(duration *
-clips_per_second))`` clips, or ``ceil(duration / clip_seconds)`` for fixed-length clips.
-``vmr-jax data build`` then runs on ``OUT`` exactly as on the real files, so a user can check a
-set-up (and ``vmr-jax bench --data-only`` can time the pipeline) before the downloads finish.
+``vmr-jax data fake --dataset D --features F --data_dir A [--output_dir OUT]`` reads the
+annotations in ``A`` and writes, under ``OUT`` (default ``data/fake_features/<D>-<F>`` in the
+current directory, never the annotation folder) and with the official file names of the
+manifest, one random ``float32 [T, D]`` array per annotated video (and per query for TVR's
+query tokens): ``T = max(1, round(duration * clips_per_second))`` clips, or
+``ceil(duration / clip_seconds)`` for fixed-length clips.  ``vmr-jax data build --data_dir OUT
+--annotation_dir A`` then runs exactly as on the real files, so a user can check a set-up (and
+``vmr-jax bench --data-only`` can time the pipeline) before the downloads finish.
 The values are seeded Gaussians: nothing is learnable from them.
 """
 

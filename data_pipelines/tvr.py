@@ -77,7 +77,15 @@ from typing import Any
 
 import numpy as np
 
-from data_pipelines.annotations import Annotation, DataError, ParseReport, check_unique_ids
+from data_pipelines.annotations import (
+    TRUNCATED,
+    Annotation,
+    DataError,
+    ParseReport,
+    check_unique_ids,
+    ends_inside,
+    load_json_text,
+)
 from data_pipelines.benchmarks import FeatureSet, FeatureSpec
 
 NAME = "tvr"
@@ -185,12 +193,7 @@ def load_video2dur_idx(
     source = str(path)
     if not path.is_file():
         raise DataError(source, None, None, "no such annotation file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(
-            source, f"line {err.lineno}, column {err.colno}", None, f"malformed JSON: {err.msg}"
-        ) from err
+    data = load_json_text(path)
     if not isinstance(data, dict):
         raise DataError(source, None, None, f"expected an object, got {type(data).__name__}")
     table: dict[str, dict[str, tuple[float, int]]] = {}
@@ -226,23 +229,27 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
         raise DataError(source, None, None, "no such annotation file")
     rows = []
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(
-                    source,
-                    f"line {lineno}",
-                    None,
-                    f"malformed JSON: {err.msg} (column {err.colno})",
-                ) from err
-            if not isinstance(obj, dict):
-                raise DataError(
-                    source, f"line {lineno}", None, f"expected an object, got {type(obj).__name__}"
-                )
-            rows.append((lineno, obj))
+        lines = f.readlines()
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            last = lineno == len(lines) and not line.endswith("\n")
+            if last and ends_inside(line, err):  # cut inside the last record
+                raise DataError(source, f"line {lineno}", None, f"{TRUNCATED}: {err.msg}") from err
+            raise DataError(
+                source,
+                f"line {lineno}",
+                None,
+                f"malformed JSON: {err.msg} (column {err.colno})",
+            ) from err
+        if not isinstance(obj, dict):
+            raise DataError(
+                source, f"line {lineno}", None, f"expected an object, got {type(obj).__name__}"
+            )
+        rows.append((lineno, obj))
     return rows
 
 

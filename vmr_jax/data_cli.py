@@ -1,5 +1,5 @@
-"""``vmr-jax data build | validate | stats``: the official files of a benchmark, checked and
-built into a dataset the training pipeline streams.
+"""``vmr-jax data build | validate | stats | fake``: the official files of a benchmark, checked
+and built into a dataset the training pipeline streams.
 
     vmr-jax data stats    --dataset charades_sta --features i3d --data_dir DIR
     vmr-jax data validate --dataset charades_sta --features i3d --data_dir DIR
@@ -9,14 +9,19 @@ built into a dataset the training pipeline streams.
 ``DIR`` holds the official annotation and feature files under their official names (the
 manifest printed by ``data stats``); ``--annotation_dir``, ``--video_features``,
 ``--subtitle_features`` and ``--query_features`` point elsewhere.  ``build`` writes to
-``--output_dir`` (default ``DIR/vmr_jax/<dataset>-<features>``); a config reads it with
-``config.data.dir``.
+``--output_dir``, by default ``data/vmr_jax/<dataset>-<features>`` under the current
+directory, where the benchmark configs' ``config.data.dir`` looks (run ``train`` from the same
+directory), never inside the folder of the official files.
 
-    vmr-jax data fake --dataset tvr --features resnet_i3d --annotation_dir A --data_dir OUT
+    vmr-jax data fake --dataset charades_sta --features i3d --data_dir ANNOTATIONS \\
+        [--output_dir OUT]
 
-writes random features in the official layouts under ``OUT`` for every annotated video
-(:mod:`data_pipelines.fake_features`): a dry run of ``build`` and training before the real
-feature files are at hand.
+reads the annotations of ``ANNOTATIONS`` (or ``--annotation_dir``) and writes random features
+in the official layouts for every annotated video (:mod:`data_pipelines.fake_features`) under
+``OUT``, by default ``data/fake_features/<dataset>-<features>`` under the current directory
+(never the annotation folder): a dry run of ``build`` (``--data_dir OUT --annotation_dir
+ANNOTATIONS``, as the command prints) and of training before the real feature files are at
+hand.
 """
 
 from __future__ import annotations
@@ -27,6 +32,14 @@ import os
 import sys
 
 ACTIONS = ("build", "validate", "stats", "fake")
+BUILD_ROOT = os.path.join("data", "vmr_jax")  # relative to the current directory
+FAKE_ROOT = os.path.join("data", "fake_features")
+
+
+def default_output_dir(action: str, dataset: str, features: str) -> str:
+    """Where ``build`` / ``fake`` write without ``--output_dir``: under ``data/`` of the current
+    directory, ``<root>/<dataset>-<features>``."""
+    return os.path.join(BUILD_ROOT if action == "build" else FAKE_ROOT, f"{dataset}-{features}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,13 +48,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dataset", required=True, help="charades_sta|tacos|activitynet|didemo|tvr"
     )
     parser.add_argument("--features", required=True, help="feature set of the dataset's manifest")
-    parser.add_argument("--data_dir", required=True, help="folder of the official files")
+    parser.add_argument(
+        "--data_dir",
+        required=True,
+        help="folder of the official files (fake: of the annotations, which it only reads)",
+    )
     parser.add_argument("--annotation_dir", default=None, help="default: --data_dir")
     parser.add_argument("--video_features", default=None, help="file/folder (default: official)")
     parser.add_argument("--subtitle_features", default=None, help="TVR subtitle h5")
     parser.add_argument("--query_features", default=None, help="TVR query token h5")
     parser.add_argument("--splits", default=None, help="comma-separated (default: all present)")
-    parser.add_argument("--output_dir", default=None, help="build: where to write")
+    parser.add_argument(
+        "--output_dir",
+        default=None,
+        help=(
+            f"where build writes the dataset (default: {BUILD_ROOT}/<dataset>-<features> in the "
+            "current directory, where the configs' config.data.dir looks) or fake writes its "
+            f"feature files (default: {FAKE_ROOT}/<dataset>-<features>); never the "
+            "annotation folder unless given"
+        ),
+    )
     parser.add_argument(
         "--allow_missing",
         action="store_true",
@@ -66,12 +92,14 @@ def main(args: argparse.Namespace) -> int:
     from data_pipelines import build, data_report
     from data_pipelines.annotations import DataError
 
+    out = args.output_dir or default_output_dir(args.action, args.dataset, args.features)
     try:
+        # fake writes the official feature files under OUT: they are the sources it fills.
         sources = build.resolve_sources(
             args.dataset,
             args.features,
-            args.data_dir,
-            args.annotation_dir,
+            out if args.action == "fake" else args.data_dir,
+            args.annotation_dir or args.data_dir,
             {
                 "video": args.video_features,
                 "subtitle": args.subtitle_features,
@@ -86,14 +114,12 @@ def main(args: argparse.Namespace) -> int:
             from data_pipelines.fake_features import write_fake_features
 
             result = {"written": write_fake_features(sources, splits, args.clips_per_second)}
+            result["output_dir"] = out
             code = 0
         elif args.action == "validate":
             result = data_report.validate(sources, splits)
             code = 1 if result["errors"] else 0
         else:
-            out = args.output_dir or os.path.join(
-                args.data_dir, "vmr_jax", f"{args.dataset}-{args.features}"
-            )
             result = build.build(sources, out, splits=splits, allow_missing=args.allow_missing)
             result["output_dir"] = out
             code = 0
@@ -109,4 +135,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"{len(result['errors'])} problems found", file=sys.stderr)
     if args.action == "build":
         print(f"built: {result['output_dir']} (set config.data.dir to it)", file=sys.stderr)
+    if args.action == "fake":
+        print(
+            f"fake features: {out}; build from them with: vmr-jax data build --dataset "
+            f"{args.dataset} --features {args.features} --data_dir {out} --annotation_dir "
+            f"{sources.annotation_dir}",
+            file=sys.stderr,
+        )
     return code

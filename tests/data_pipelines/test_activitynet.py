@@ -169,7 +169,12 @@ def test_nan_time_is_refused(tmp_path):
 @pytest.mark.parametrize(
     "text, where, words",
     [
-        ('{"v_a": {"duration": 10,\n "timestamps": [[1, 2]] "sentences": []}}', "line 2", "JSON"),
+        # The error is at the quote of "sentences": line 2, column 25 (by hand).
+        (
+            '{"v_a": {"duration": 10,\n "timestamps": [[1, 2]] "sentences": []}}',
+            "line 2, column 25",
+            "malformed JSON",
+        ),
         ("[1, 2]", None, "expected an object keyed by video"),
         ('{"v_a": {"duration": 1}, "v_a": {"duration": 2}}', "key 'v_a'", "twice"),
     ],

@@ -147,9 +147,9 @@ def test_bad_records_name_file_record_and_field(tmp_path, record, where, field, 
 
 
 def test_truncated_json_names_the_line(tmp_path):
-    with pytest.raises(DataError, match="invalid JSON") as err:
+    with pytest.raises(DataError, match="the file ends mid-record") as err:
         parse_records(tmp_path, '{"s1-d1.avi": {"fps": 29.4,\n"num_frames": ')
-    assert err.value.where == "line 2"
+    assert err.value.where == "line 2, column 15"  # just after '"num_frames": '
 
 
 # --- features: tall_c3d_features.hdf5, f["sXX-dYY.avi"] [T, 4096] ----------------------------
