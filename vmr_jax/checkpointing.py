@@ -168,6 +168,9 @@ def _identity(config_dict: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_NAMES = ("model.name", "data.name")  # listed first: the differences that explain the rest
+
+
 def workdir_differences(saved: Mapping[str, Any], config: ml_collections.ConfigDict) -> list:
     """``[(field, saved value, new value), ...]`` over :data:`WORKDIR_IDENTITY` (values
     compared as JSON, so tuples equal the lists ``config.json`` holds)."""
@@ -175,7 +178,7 @@ def workdir_differences(saved: Mapping[str, Any], config: ml_collections.ConfigD
     old = _identity(saved)
     return [
         (key, old.get(key, "<absent>"), new.get(key, "<absent>"))
-        for key in sorted(set(old) | set(new))
+        for key in sorted(set(old) | set(new), key=lambda k: (k not in _NAMES, k))
         if old.get(key, "<absent>") != new.get(key, "<absent>")
     ]
 
@@ -300,13 +303,16 @@ def save(
     if metrics is not None:
         metrics = {k: float(v) for k, v in metrics.items()}
     try:
-        started = manager.save(
+        manager.wait_until_finished()  # orbax waits here anyway; a failure is the last save's
+    except Exception as err:
+        raise save_error(manager, step, err) from err
+    manager._vmr_last_save = int(step)  # named by save_error if this save fails
+    try:
+        return manager.save(
             int(step), args=ocp.args.StandardSave(state), metrics=metrics, force=True
         )
     except Exception as err:
         raise save_error(manager, step, err) from err
-    manager._vmr_last_save = int(step)  # named by save_error if this save fails later
-    return started
 
 
 def abstract_like(state: Any, shardings: Any) -> Any:
