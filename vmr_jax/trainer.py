@@ -47,7 +47,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -60,23 +59,33 @@ from flax.training import train_state
 
 from data_pipelines.sources import DataSources
 from vmr_jax import checkpointing, sharding
-from vmr_jax.errors import TrainingDiverged
 from vmr_jax.evaluation import didemo
 from vmr_jax.evaluation.evaluators import chance_metrics, make_evaluator, make_state_evaluator
 from vmr_jax.metrics_writer import MetricsWriter
 from vmr_jax.models import Family, get_family
 from vmr_jax.optimizers import family_optimizer
 from vmr_jax.text import saved
+from vmr_jax.train_loop import (
+    NONFINITE_BITS,
+    TrainLoop,
+    every_steps,
+    nonfinite_names,
+    num_train_steps,
+)
 
 __all__ = [
+    "NONFINITE_BITS",
     "DataSources",
     "TrainState",
     "abstract_train_state",
     "create_model",
     "create_train_state",
+    "every_steps",
     "family_optimizer",
     "make_state_evaluator",
     "make_train_step",
+    "nonfinite_names",
+    "num_train_steps",
     "train_and_evaluate",
     "train_step",
     "training_supervision",
@@ -223,20 +232,6 @@ def train_step(
     return new_state, metrics
 
 
-# The quantities a step checks, in the bit order of its ``nonfinite`` metric.  A non-finite
-# gradient (or an overflowing update) shows in the global norm, so three scalars cover every
-# leaf.
-NONFINITE_BITS = ("loss", "grad_norm", "param_norm")
-
-
-def nonfinite_names(flags: int) -> list[str]:
-    """The quantities named by a step's ``nonfinite`` bit set."""
-    return [name for i, name in enumerate(NONFINITE_BITS) if int(flags) >> i & 1]
-
-
-# Batch fields the evaluation needs on the host, returned by eval_step next to the scores.
-
-
 def make_train_step(
     config,
     state_sharding: PyTree,
@@ -264,41 +259,7 @@ def make_train_step(
     )
 
 
-def every_steps(section: Mapping[str, Any], key: str, steps_per_epoch: int) -> int:
-    """A cadence in steps: ``section[key + '_epochs']`` epochs (when > 0) at this run's
-    ``steps_per_epoch`` (training queries // batch, so overriding the batch keeps "once per
-    epoch"), else ``section[key]`` steps; 0 = never (the end of training always counts).
-    Setting both is refused: which one wins would be a guess."""
-    steps = int(section.get(key, 0) or 0)
-    epochs = float(section.get(f"{key}_epochs", 0) or 0)
-    if steps > 0 and epochs > 0:
-        raise ValueError(
-            f"set one of {key}={steps} (steps) and {key}_epochs={epochs} (epochs), not both"
-        )
-    if epochs > 0:
-        return max(1, round(epochs * steps_per_epoch))
-    return steps
-
-
-def num_train_steps(config, steps_per_epoch: int) -> int:
-    """``train.num_steps`` if positive, else ``train.num_epochs * steps_per_epoch``."""
-    steps = int(config.train.get("num_steps", 0) or 0)
-    return steps if steps > 0 else int(config.train.num_epochs) * steps_per_epoch
-
-
 # --------------------------------------------------------------------------- loop
-def _mean_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean over the logged interval; ``lr`` is the last step's."""
-    host = jax.device_get(history)
-    out = {k: float(np.mean([h[k] for h in host])) for k in host[0] if k != "nonfinite"}
-    out["lr"] = float(host[-1]["lr"])
-    return out
-
-
-def _is_every(step: int, every: int) -> bool:
-    return every > 0 and step % every == 0
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains ``config`` in ``workdir`` (resuming from its newest checkpoint that restores),
     evaluating every ``config.evals.every`` steps (or ``every_epochs`` epochs:
@@ -376,7 +337,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if chance is not None:
             writer.write(0, f"{eval_split}_random", chance)
 
-    loop = _Loop(config, manager, writer, total_steps, steps_per_epoch, start_step, main)
+    loop = TrainLoop(config, manager, writer, total_steps, steps_per_epoch, start_step, main)
     try:
         state, train_metrics, eval_metrics = loop.run(
             state,
@@ -421,112 +382,3 @@ def _run_eval(evaluator, writer: MetricsWriter, split: str, state, step: int) ->
     metrics, _ = evaluator.run(state)
     writer.write(step, split, metrics)
     return metrics
-
-
-class _Loop:
-    """The training loop of :func:`train_and_evaluate`: steps, logs, evals, checkpoints.
-
-    Each step's ``nonfinite`` flag is read while the next step runs (one step in flight, so
-    the device never idles on the read), and synchronously before a log, an eval or a save.
-    """
-
-    def __init__(self, config, manager, writer, total_steps, steps_per_epoch, start_step, main):
-        self.manager = manager
-        self.writer = writer
-        self.total_steps = total_steps
-        self.start_step = start_step
-        self.log_every = int(config.train.get("log_every", 50))
-        self.ckpt_every = every_steps(config.train, "checkpoint_every", steps_per_epoch)
-        self.eval_every = every_steps(config.evals, "every", steps_per_epoch)
-        self.lr = config.train.get("lr", None)
-        self.progress = _progress_bar(
-            start_step, total_steps, enabled=main and config.train.get("progress_bar", True)
-        )
-        self._clock_started = False
-
-    def run(self, state, train_iter, train_step_fn, train_rng, mesh, run_eval):
-        history: list[dict[str, Any]] = []
-        train_metrics: dict[str, float] = {}
-        eval_metrics: dict[str, float] = {}
-        pending: tuple[int, dict] | None = None  # the step in flight, not yet checked
-        tick, tick_step = time.perf_counter(), self.start_step
-        for step in range(self.start_step + 1, self.total_steps + 1):
-            batch = sharding.put_batch(next(train_iter), mesh)
-            state, metrics = train_step_fn(state, batch, train_rng)
-            if pending is not None:
-                self._check(*pending)
-            pending = (step, metrics)
-            checkpointing.check_saves(self.manager, step)
-            history.append(metrics)
-            last = step == self.total_steps
-            logged = _is_every(step, self.log_every) or last
-            evaluated = _is_every(step, self.eval_every) or last
-            saving = evaluated or _is_every(step, self.ckpt_every) or last
-            if logged or saving:
-                self._check(*pending)
-                pending = None
-            if logged:
-                train_metrics = _mean_metrics(history)
-                now = time.perf_counter()
-                train_metrics["steps_per_sec"] = (step - tick_step) / max(now - tick, 1e-9)
-                tick, tick_step = now, step
-                self.writer.write(step, "train", train_metrics)
-                history = []
-                self.progress.set_postfix(loss=f"{train_metrics['loss']:.4f}", refresh=False)
-            if evaluated:
-                eval_metrics = run_eval(state, step)
-            if saving:
-                checkpointing.save(self.manager, step, state, eval_metrics if evaluated else None)
-                self.writer.flush()
-        if pending is not None:
-            self._check(*pending)
-        return state, train_metrics, eval_metrics
-
-    def _check(self, step: int, metrics: dict) -> None:
-        """Reads step ``step``'s flag (waits for it); advances the bar; raises when set."""
-        flags = int(jax.device_get(metrics["nonfinite"]))
-        if flags:
-            self._diverged(step, flags, metrics)
-        if not self._clock_started:  # the first step includes compilation: restart the clock
-            self._clock_started = True
-            _restart_clock(self.progress, step)
-        else:
-            self.progress.update(step - self.progress.n)
-
-    def _diverged(self, step: int, flags: int, metrics: dict) -> None:
-        host = {k: float(jax.device_get(metrics[k])) for k in NONFINITE_BITS}
-        try:
-            self.manager.wait_until_finished()  # the last finite save completes
-        except Exception:  # noqa: BLE001 - the divergence is the error to report
-            pass
-        kept = sorted(self.manager.all_steps())
-        values = ", ".join(f"{k} {v}" for k, v in host.items())
-        raise TrainingDiverged(
-            f"training diverged at step {step}: non-finite {' and '.join(nonfinite_names(flags))} "
-            f"({values}); the update was dropped and nothing past step {step - 1} is saved "
-            f"(checkpoints: {kept or 'none'} in {self.manager.directory}). Lower train.lr "
-            f"(now {self.lr}) or check the inputs, then rerun with the same --workdir to resume"
-        )
-
-    def close(self) -> None:
-        self.progress.close()
-
-
-def _restart_clock(progress, done: int) -> None:
-    """Shows ``done`` steps and restarts tqdm's clock (rate and ETA) from now."""
-    progress.reset(total=progress.total)
-    progress.n = progress.last_print_n = progress.initial = done
-    progress.refresh()
-
-
-def _progress_bar(start: int, total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        initial=start,
-        disable=not enabled,
-        unit="step",
-        dynamic_ncols=True,
-        desc="train",
-    )
