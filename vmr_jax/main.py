@@ -188,7 +188,12 @@ def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--protocol", required=True, choices=PROTOCOLS)
     parser.add_argument("--ground-truth", "--ground_truth", dest="ground_truth", required=True)
-    parser.add_argument("--predictions", required=True, help="file in the protocol's format")
+    parser.add_argument(
+        "--predictions",
+        required=True,
+        help="vmr-jax predict's JSON, or vmr-jax eval's predictions JSONL / TVR submission / "
+        "DiDeMo rankings (format detected from the file)",
+    )
     parser.add_argument("--split", default=None, help="tvr: split of video2idx; with --dataset")
     parser.add_argument("--dataset", default=None, help="2dtan/mmn: GT from official files")
     parser.add_argument("--video2dur_idx", default=None, help="tvr: tvr_video2dur_idx.json")
@@ -224,10 +229,17 @@ def _score(args: argparse.Namespace) -> int:
         f.write("\n")
     print(
         json.dumps(
-            {k: result[k] for k in ("protocol", "split", "num_queries", "metrics")}, indent=2
+            {
+                k: result[k]
+                for k in ("protocol", "split", "num_queries", "predictions_format", "metrics")
+                if k in result
+            },
+            indent=2,
         )
     )
     print(f"rule: {result['rule']}")
+    if result.get("conversion"):
+        print(f"conversion: {result['conversion']}")
     print(f"results: {output}")
     return 0
 
