@@ -5,6 +5,15 @@ minutes on two CPU cores and reaches R@1,IoU=0.5 far above chance (0.10, see
 ``data_pipelines/synthetic.py``).  ``--config configs/mgpn/synthetic.py:runlocal`` is a
 seconds-long debug run (tiny data, a handful of steps).
 
+Queries are read as text: the words of each query (verb, adjective, noun and fillers of the
+benchmark's grammar) are token ids of a vocabulary fit on the training queries, embedded by
+a learned table of ``model.vocab_size`` rows (the benchmark's 64 words plus padding and
+unknown, set here so the model can be built before the data), so the trained workdir answers
+free-text queries (``vmr-jax predict --queries``, ``Predictor.predict``).
+The ``features`` argument reads the benchmark's noisy word vectors instead (``text_mode =
+'features'``, the behaviour before; such a workdir cannot rebuild query features from text).
+Arguments combine with a comma (``:runlocal,features``).
+
 Optimiser as the official MGPN (Adam 1e-3, no weight decay, grad-norm clip 10, LR x0.1 at
 the milestone epochs); model sizes from ``vmr_jax.models.mgpn.VARIANTS['tiny']``.
 """
@@ -13,13 +22,15 @@ from __future__ import annotations
 
 import ml_collections
 
+from data_pipelines import synthetic
 from vmr_jax.config_cli import parse_config_arg
 from vmr_jax.config_presets import data_section
 from vmr_jax.models import mgpn
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    runlocal = "runlocal" in parse_config_arg(arg, ("runlocal",), __file__)
+    flags = parse_config_arg(arg, ("runlocal", "features"), __file__)
+    runlocal = "runlocal" in flags
     config = ml_collections.ConfigDict()
 
     config.model = ml_collections.ConfigDict(dict(mgpn.VARIANTS["tiny"]))
@@ -31,7 +42,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The model pools frame_stride input clips into each of its num_clips clips.
     config.data.num_input_clips = config.model.num_clips * config.model.frame_stride
     config.data.normalize = False
-    config.data.text_mode = "features"  # the benchmark's noisy word vectors
+    if "features" in flags:
+        config.data.text_mode = "features"  # the benchmark's noisy word vectors
+    else:
+        config.data.text_mode = "tokens"  # the words of the query text
+        # Every word of the benchmark plus <pad> and <unk>: the tokenizer never has more ids.
+        config.model.vocab_size = synthetic.SyntheticSpec().vocab_size + 2
     config.data.max_query_len = 10
     config.data.max_spans = 1
     config.data.prefetch = 2
