@@ -59,7 +59,11 @@ class DataSources:
     def prepared(self, split: str) -> input_pipeline.PreparedSplit:
         if split not in self._prepared:
             if split not in self.datasets.splits:
-                raise KeyError(f"no split {split!r}; have {sorted(self.datasets.splits)}")
+                raise ValueError(
+                    f"no split {split!r} in the data of config.data.name="
+                    f"{self.config.data.get('name', '?')!r}; have {sorted(self.datasets.splits)} "
+                    "(--config.evals.split / --split choose one)"
+                )
             self._prepared[split] = input_pipeline.prepare_split(
                 self.datasets.splits[split], self.config.data, self.datasets.text, split
             )

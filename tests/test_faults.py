@@ -389,3 +389,15 @@ def tensorboard_scalars(logdir: Path, tag: str) -> dict[int, list[float]]:
     for step, value in events:
         out.setdefault(step, []).append(value)
     return out
+
+
+def test_an_unknown_eval_split_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from vmr_jax import main
+
+    workdir = tmp_path / "w"
+    argv = ["train", "--config", f"{MGPN}:runlocal", "--workdir", str(workdir)]
+    assert main.main([*argv, "--config.evals.split=nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: no split 'nope'")
+    assert "have ['test', 'train', 'val']" in err[-1]
+    assert not workdir.exists()

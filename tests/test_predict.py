@@ -217,14 +217,19 @@ def test_bad_requests_name_the_input(tmp_path, capsys):
     assert "vmr-jax eval" in capsys.readouterr().err
 
 
-def test_query_text_is_encoded_as_the_pipeline_does(tmp_path):
-    """Tokens: the training vocabulary (unknown words -> 1), cut at max_query_len.  GloVe: the
-    training table, words it never saw read from the GloVe file (zeros when absent)."""
+def test_query_text_is_encoded_as_the_pipeline_does(tmp_path, caplog):
+    """Tokens: the training vocabulary (unknown words -> 1), cut at max_query_len with one
+    warning.  GloVe: the training table, words it never saw read from the GloVe file (zeros
+    when absent)."""
     vocab = Vocabulary(["<pad>", "<unk>", "person", "opens", "door"])
     config_data = ml_collections.ConfigDict({"max_query_len": 3, "glove_path": ""})
-    tokens = predictor_module.encode_texts(
-        ["Person opens the door", "door"], TextInputs("tokens", vocab), config_data, "q.json"
-    )
+    with caplog.at_level("WARNING"):
+        tokens = predictor_module.encode_texts(
+            ["Person opens the door", "door"], TextInputs("tokens", vocab), config_data, "q.json"
+        )
+    # The 4-word query is cut to 3: said once, with its index and length.
+    cut = [r.getMessage() for r in caplog.records if "cut to" in r.getMessage()]
+    assert len(cut) == 1 and "1 of 2 queries" in cut[0] and "'#0' (4 tokens)" in cut[0]
     np.testing.assert_array_equal(tokens["query_tokens"], [[2, 3, 1], [4, 0, 0]])
     np.testing.assert_array_equal(tokens["query_mask"], [[1, 1, 1], [1, 0, 0]])
     glove = tmp_path / "glove.txt"

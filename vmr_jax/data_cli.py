@@ -90,42 +90,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from data_pipelines import build, data_report
-    from data_pipelines.annotations import DataError
 
     out = args.output_dir or default_output_dir(args.action, args.dataset, args.features)
-    try:
-        # fake writes the official feature files under OUT: they are the sources it fills.
-        sources = build.resolve_sources(
-            args.dataset,
-            args.features,
-            out if args.action == "fake" else args.data_dir,
-            args.annotation_dir or args.data_dir,
-            {
-                "video": args.video_features,
-                "subtitle": args.subtitle_features,
-                "query": args.query_features,
-            },
-        )
-        splits = args.splits.split(",") if args.splits else None
-        if args.action == "stats":
-            result = data_report.stats(sources, splits, max_videos=args.max_videos)
-            code = 0
-        elif args.action == "fake":
-            from data_pipelines.fake_features import write_fake_features
+    # fake writes the official feature files under OUT: they are the sources it fills.
+    sources = build.resolve_sources(
+        args.dataset,
+        args.features,
+        out if args.action == "fake" else args.data_dir,
+        args.annotation_dir or args.data_dir,
+        {
+            "video": args.video_features,
+            "subtitle": args.subtitle_features,
+            "query": args.query_features,
+        },
+    )
+    splits = args.splits.split(",") if args.splits else None
+    if args.action == "stats":
+        result = data_report.stats(sources, splits, max_videos=args.max_videos)
+        code = 0
+    elif args.action == "fake":
+        from data_pipelines.fake_features import write_fake_features
 
-            result = {"written": write_fake_features(sources, splits, args.clips_per_second)}
-            result["output_dir"] = out
-            code = 0
-        elif args.action == "validate":
-            result = data_report.validate(sources, splits)
-            code = 1 if result["errors"] else 0
-        else:
-            result = build.build(sources, out, splits=splits, allow_missing=args.allow_missing)
-            result["output_dir"] = out
-            code = 0
-    except (DataError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        result = {"written": write_fake_features(sources, splits, args.clips_per_second)}
+        result["output_dir"] = out
+        code = 0
+    elif args.action == "validate":
+        result = data_report.validate(sources, splits)
+        code = 1 if result["errors"] else 0
+    else:
+        result = build.build(sources, out, splits=splits, allow_missing=args.allow_missing)
+        result["output_dir"] = out
+        code = 0
     text = json.dumps(result, indent=2, sort_keys=False)
     print(text)
     if args.json:

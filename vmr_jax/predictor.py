@@ -34,7 +34,7 @@ import numpy as np
 
 from data_pipelines.annotations import DataError
 from data_pipelines.feature_stores import check_feature_array
-from data_pipelines.text_inputs import DATA_DEFAULTS, TextInputs
+from data_pipelines.text_inputs import DATA_DEFAULTS, TextInputs, warn_cut_queries
 from data_pipelines.video_tables import InMemoryVideos, fit_clips
 from vmr_jax import checkpointing, config_cli, sharding
 from vmr_jax.evaluation import evaluators
@@ -190,7 +190,7 @@ def encode_texts(
         )
     max_len = int(config_data.max_query_len)
     if text.mode == "tokens":
-        ids = [text.encoder.encode(t)[:max_len] for t in texts]
+        ids = [text.encoder.encode(t) for t in texts]
         table = None
     else:  # glove: the training table, plus rows for words it has never seen
         vocab = dict(text.encoder.index)
@@ -215,7 +215,10 @@ def encode_texts(
                 if word in found:
                     extra[k] = found[word]
             table = np.concatenate([table, extra])
-        ids = [[vocab[w] for w in split_words(t)][:max_len] for t in texts]
+        ids = [[vocab[w] for w in split_words(t)] for t in texts]
+    # A query longer than the model's query length is cut, never silently: one warning.
+    warn_cut_queries([len(x) for x in ids], [f"#{i}" for i in range(len(ids))], max_len, source)
+    ids = [x[:max_len] for x in ids]
     lengths = np.array([len(x) for x in ids])
     if (lengths == 0).any():
         q = int(np.argmin(lengths))

@@ -287,6 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     steps_per_epoch = data.steps_per_epoch()
     total_steps = num_train_steps(config, steps_per_epoch)
     eval_split = config.evals.get("split", "val")
+    data.prepared(eval_split)  # an unknown split fails before anything is written
     if config.evals.get("protocol", "2dtan") == didemo.PROTOCOL:
         data.didemo_ground_truth(eval_split)  # a non-DiDeMo split fails before training
     sample = data.sample_batch()
@@ -300,11 +301,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     abstract = abstract_train_state(config, model, init_rng, sample, mesh, tx=tx)
     state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
 
-    # The config is valid: the workdir becomes this run's (or is refused, untouched).
-    if main:
-        checkpointing.claim_workdir(config, workdir)
-        # Inference reads the text encoder from the workdir, not the training data.
-        saved.save_text_inputs(data.datasets.text, workdir)
+    # Jitted steps.
+    train_step_fn = make_train_step(config, state_sharding, mesh, schedule, steps_per_epoch, family)
+    evaluator = make_evaluator(config, family, data, state_sharding, mesh, eval_split)
     chance = chance_metrics(config, family, data, eval_split)
     if chance is not None:
         logger.info(
@@ -313,9 +312,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             ", ".join(f"{k} {v:.4f}" for k, v in chance.items()),
         )
 
-    # Jitted steps.
-    train_step_fn = make_train_step(config, state_sharding, mesh, schedule, steps_per_epoch, family)
-    evaluator = make_evaluator(config, family, data, state_sharding, mesh, eval_split)
+    # The config is valid: the workdir becomes this run's (or is refused, untouched).
+    if main:
+        checkpointing.claim_workdir(config, workdir)
+        # Inference reads the text encoder from the workdir, not the training data.
+        saved.save_text_inputs(data.datasets.text, workdir)
 
     # Restore or initialise.
     manager = checkpointing.create_checkpoint_manager(workdir, config.train)

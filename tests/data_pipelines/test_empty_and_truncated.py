@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 
-from vmr_jax import data_cli
+from vmr_jax import main
 
 CHARADES_CSV = "id,length\nV1,30.0\nV2,12.5\n"
 CHARADES_OK = "V1 1.0 5.0##a person opens the door.\nV2 2.0 6.0##a person sits down.\n"
@@ -87,10 +86,9 @@ CASES = {
 
 
 def run(action: str, dataset: str, features: str, split: str, data_dir) -> int:
-    parser = argparse.ArgumentParser()
-    data_cli.add_arguments(parser)
+    """``vmr-jax data ACTION ...`` through the command's entry point (its error handling)."""
     argv = [action, "--dataset", dataset, "--features", features, "--data_dir", str(data_dir)]
-    return data_cli.main(parser.parse_args([*argv, "--splits", split]))
+    return main.main(["data", *argv, "--splits", split])
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
