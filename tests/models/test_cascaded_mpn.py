@@ -446,6 +446,15 @@ def test_stages_reproduce_the_training_path_and_the_direct_cascade():
     want = np.exp(20.0 * np.asarray(scores, np.float64))[..., None] * np.asarray(moments.score)
     np.testing.assert_allclose(combined, want, rtol=1e-5)
     np.testing.assert_array_equal(stages.video_rank_scores(scores), scores)
+    # localize_map='frame': stage 2 ranks f_cond(V, E_q), the training path's first map.
+    frame_stages = dataclasses.replace(stages, model=model.clone(localize_map="frame"))
+    own = jax.tree.map(lambda x: x[:, None], video_enc)
+    frame_moments = frame_stages.localize(variables, query_enc, own)
+    want = np.asarray(train_path["frame_score_map"])[:, start, end]
+    np.testing.assert_allclose(frame_moments.score[:, 0], want, atol=1e-7)
+    bad = dataclasses.replace(stages, model=model.clone(localize_map="anchors"))
+    with pytest.raises(ValueError, match="localize_map"):
+        bad.localize(variables, query_enc, own)
 
 
 def test_corpus_search_matches_brute_force():

@@ -39,6 +39,9 @@ Choices where the paper is silent (beyond those of the layers and ops named abov
   levels of sparsity pooling and sigmoid with no anchor map added), ``conditional`` (False:
   independent start/end), ``num_levels``; ``use_subtitles=False`` is the no-subtitle path of
   ActivityNet / DiDeMo (no subtitle inputs at all, ``V = E_v``).
+* What the corpus search ranks (``localize_map``): the paper's output ``M_T`` ('cascade',
+  default) or the frame-level ``f_cond(V, E_q)`` alone ('frame'), an inference-only switch
+  (the same weights serve both) for comparing the cascade with its first map.
 
 Steps of :meth:`CascadedMPN.__call__` (a batch of ``B`` (query, own video) pairs; the other
 videos of the global batch are the in-batch negatives):
@@ -110,6 +113,7 @@ from vmr_jax.models.family import Family
 from vmr_jax.ops import score_maps
 
 MAX_LEVELS = 5
+LOCALIZE_MAPS = ("cascade", "frame")
 MASKED_SIMILARITY = -1e4  # below any cosine: the max-pool never picks a padded frame
 SUBTITLE_KEYS = (
     "subtitle_word_features",
@@ -141,6 +145,7 @@ DEFAULTS = dict(
     conditional=True,
     sparsity_pooling=True,
     num_levels=3,
+    localize_map="cascade",  # what stage 2 ranks: M_T ('cascade') or f_cond(V, E_q) ('frame')
     # Loss (eqs. 19-23).
     margin=0.1,
     hinge_directions="both",
@@ -217,6 +222,7 @@ class CascadedMPN(nn.Module):
     conditional: bool = True
     sparsity_pooling: bool = True
     num_levels: int = 3
+    localize_map: str = "cascade"
 
     @property
     def anchor_segments(self) -> tuple[int, ...]:
@@ -328,12 +334,18 @@ class CascadedMPN(nn.Module):
 
     def localize(self, query_enc, video_enc) -> jax.Array:
         """Stage 2: ``M_T [Q, K, L, L]`` of query ``q`` in its ``K`` videos (``video_enc``
-        leaves ``[Q, K, ...]``); 0 outside the valid upper triangle."""
+        leaves ``[Q, K, ...]``), or ``f_cond(V, E_q)`` with ``localize_map='frame'``; 0
+        outside the valid upper triangle."""
+        if self.localize_map not in LOCALIZE_MAPS:
+            raise ValueError(
+                f"localize_map must be one of {LOCALIZE_MAPS}, got {self.localize_map!r}"
+            )
         cascade = self._cascade_fn()
         anchors = [video_enc[f"anchors_{n}"] for n in self.anchor_segments]
 
         def one(query, frames, mask, video_anchors):
-            return cascade(query, frames, mask, video_anchors).score_map
+            out = cascade(query, frames, mask, video_anchors)
+            return out.score_map if self.localize_map == "cascade" else out.frame.score_map
 
         per_video = jax.vmap(one, in_axes=(None, 0, 0, 0))
         per_query = jax.vmap(per_video, in_axes=(0, 0, 0, 0))

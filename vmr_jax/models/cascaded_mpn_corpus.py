@@ -12,7 +12,8 @@ videos".  So, per query:
 * Stage 2 (``localize``): ``M_T`` (Algorithm 1) of the query in each of its ``top_videos``
   (100, ``max_vcmr_video``) best videos; the candidates are the map's cells ``i <= j`` on
   valid frames (:func:`map_moments`: ``M = L (L + 1) / 2`` cells, no length window: the
-  paper has none), moment score ``M_T[i, j]`` (what SVMR ranks by).
+  paper has none), moment score ``M_T[i, j]`` (what SVMR ranks by); with the model's
+  ``localize_map='frame'`` the frame-level map ``f_cond(V, E_q)`` takes ``M_T``'s place.
 * combine (VCMR), the paper being silent: :func:`video_weighted_map_score`,
   ``exp(q2c_alpha * s) * M_T[i, j]`` -- HERO's and XML's video weighting (``q2c_alpha`` =
   20, their inference constant) times the cascade's map value; ``q2c_alpha = 0`` ranks by
