@@ -364,33 +364,6 @@ def test_drop_rows_after_keeps_the_restored_steps_and_drops_a_cut_line(tmp_path)
         drop_rows_after(str(path), 1)
 
 
-def tensorboard_scalars(logdir: Path, tag: str) -> dict[int, list[float]]:
-    """``{step: [values]}`` of ``tag`` as TensorBoard shows it: event files in order, and a
-    session START at step P hides the earlier events with step >= P (TensorBoard's purge of
-    orphaned data after a restart)."""
-    import tensorflow as tf
-    from tensorflow.core.util import event_pb2
-
-    events: list[tuple[int, float]] = []
-    for path in sorted(logdir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
-        for record in tf.data.TFRecordDataset(str(path)):
-            event = event_pb2.Event.FromString(record.numpy())
-            if event.HasField("session_log") and event.session_log.status == 1:  # START
-                events = [(s, v) for s, v in events if s < event.step]
-            for value in event.summary.value:
-                if value.tag == tag:
-                    number = (
-                        value.simple_value
-                        if value.HasField("simple_value")
-                        else float(tf.make_ndarray(value.tensor))
-                    )
-                    events.append((event.step, number))
-    out: dict[int, list[float]] = {}
-    for step, value in events:
-        out.setdefault(step, []).append(value)
-    return out
-
-
 def test_an_unknown_eval_split_is_one_line_and_writes_nothing(tmp_path, capsys):
     from vmr_jax import main
 
