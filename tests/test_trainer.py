@@ -138,6 +138,22 @@ def test_bert_adam_matches_a_numpy_replay_of_tvretrieval_bertadam():
     assert float(schedule(0)) == 0.0
 
 
+def test_adamw_first_step_by_hand():
+    # AdamW's first bias-corrected step is lr * (g / (|g| + eps) + wd * p) per coordinate:
+    # p = 2, g = 0.5, lr 0.1, wd 0.01 -> 2 - 0.1 * (1 + 0.02) = 1.898 (eps 1e-8 negligible);
+    # a leaf outside the decay mask (the bias) moves by lr only: 2 - 0.1 = 1.9.
+    config = {"optimizer": "adamw", "lr": 0.1, "milestones": (), "weight_decay": 0.01}
+    tx, _ = optimizers.create_optimizer(
+        config, 1, decay_mask=lambda params: {"kernel": True, "bias": False}
+    )
+    params = {"kernel": np.float32([2.0]), "bias": np.float32([2.0])}
+    grads = {"kernel": np.float32([0.5]), "bias": np.float32([0.5])}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(new["kernel"], [1.898], rtol=1e-6)
+    np.testing.assert_allclose(new["bias"], [1.9], rtol=1e-6)
+
+
 def test_unknown_optimizer_is_named():
     with pytest.raises(ValueError, match="config.train.optimizer"):
         optimizers.create_optimizer({"optimizer": "sgd", "lr": 1.0}, 1)

@@ -6,6 +6,10 @@
   epoch; here the milestones become step boundaries ``epoch * steps_per_epoch``).
 * ``'bert_adam'`` (TVRetrieval's ``BertAdam``, XML): per-tensor clipping, Adam moments
   without bias correction, decoupled weight decay, ``warmup_linear`` schedule.
+* ``'adamw'`` (Cascaded MPN's "AdamW, 3e-5, weight decay 0.01"; PyTorch ``torch.optim.AdamW``
+  defaults: eps 1e-8, bias-corrected moments): decoupled weight decay on the family's mask,
+  optional global grad-norm clipping, the multi-step schedule of ``'adam'`` (constant when
+  ``milestones`` is empty).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from vmr_jax.models import Family, get_family
 
 PyTree = Any
 
-OPTIMIZERS = ("adam", "bert_adam")
+OPTIMIZERS = ("adam", "adamw", "bert_adam")
 
 
 def lr_schedule(train_config: Mapping[str, Any], steps_per_epoch: int) -> optax.Schedule:
@@ -100,6 +104,8 @@ def create_optimizer(
 
     * ``'adam'`` (default; MGPN): clip by global norm ``grad_clip_norm``, then Adam with the
       multi-step schedule of :func:`lr_schedule`.
+    * ``'adamw'`` (Cascaded MPN): as ``'adam'`` plus decoupled weight decay ``weight_decay``
+      (0.01) on the leaves of ``decay_mask(params)``; ``eps`` 1e-8 (PyTorch's AdamW).
     * ``'bert_adam'`` (TVRetrieval's ``BertAdam``, XML): every tensor's gradient clipped to norm
       ``max_grad_norm`` (1.0) on its own, Adam moments without bias correction
       (``eps`` 1e-6 outside the root), decoupled weight decay ``weight_decay`` on the leaves of
@@ -133,7 +139,19 @@ def create_optimizer(
     clip = float(train_config.get("grad_clip_norm", 0.0) or 0.0)
     if clip > 0:
         parts.append(optax.clip_by_global_norm(clip))
-    parts.append(optax.adam(schedule, b1=b1, b2=b2))
+    if kind == "adamw":
+        parts.append(
+            optax.adamw(
+                schedule,
+                b1=b1,
+                b2=b2,
+                eps=float(train_config.get("eps", 1e-8)),
+                weight_decay=float(train_config.get("weight_decay", 0.01)),
+                mask=decay_mask or default_decay_mask,
+            )
+        )
+    else:
+        parts.append(optax.adam(schedule, b1=b1, b2=b2))
     return optax.chain(*parts), schedule
 
 
