@@ -52,6 +52,13 @@ RoBERTa tokens), is an error.  ``'spacy'`` parses with ``spacy_model`` (``pip in
 a built dataset, in ``<dir>/semantic_parses_spacy-<model>.json`` (written on first use; a
 complete cache never loads spaCy).  ``'synthetic'`` uses the synthetic benchmark's grammar.
 
+Subtitle words (``subtitle_words``, Cascaded MPN): every batch and every row of the video
+table (so a corpus index too) also carries ``subtitle_word_features [B, W, Dw]``,
+``subtitle_word_mask [B, W]``, ``subtitle_word_sentence [B, W] i32`` and ``subtitle_coverage
+[B, L, S]`` of the records' ``subtitle_words``, ``W = max_subtitle_words``, ``S =
+max_subtitle_sentences``; rules, cuts and their counts (``PreparedSplit.subtitle_summary``):
+:mod:`data_pipelines.subtitle_batches`.
+
 Lengths: queries longer than ``max_query_len`` keep their first ``max_query_len`` tokens: one
 warning per split gives the number cut and the longest query's id and length
 (:func:`~data_pipelines.text_inputs.warn_cut_queries`; training goes on, as the reference
@@ -71,9 +78,9 @@ Config fields read (``config.data``): ``name``, ``num_input_clips``, ``normalize
 ``text_mode``, ``tokenizer``, ``max_query_len``, ``vocab_size``, ``min_word_count``,
 ``sentencepiece_model``, ``glove_path``, ``glove_missing``, ``max_spans``, ``prefetch``,
 ``semantic_tree``, ``spacy_model``, ``tree_max_verbs``, ``tree_max_nouns``, ``tree_cache``,
-``seed`` (synthetic data seed) and ``synthetic`` (the ``SyntheticSpec`` fields).  Fields with a
-default in :data:`DATA_DEFAULTS` may be left out.  Batch sizes and the shuffle seed are
-arguments.
+``subtitle_words``, ``max_subtitle_words``, ``max_subtitle_sentences``, ``seed`` (synthetic
+data seed) and ``synthetic`` (the ``SyntheticSpec`` fields).  Fields with a default in
+:data:`DATA_DEFAULTS` may be left out.  Batch sizes and the shuffle seed are arguments.
 """
 
 from __future__ import annotations
@@ -90,6 +97,7 @@ import tensorflow as tf
 from data_pipelines import query_trees, synthetic
 from data_pipelines.records import Record
 from data_pipelines.stored import StoredDataset, StoredSplit
+from data_pipelines.subtitle_batches import with_subtitle_words
 from data_pipelines.text_inputs import (  # noqa: F401  (re-exported)
     DATA_DEFAULTS,
     TEXT_MODES,
@@ -131,6 +139,7 @@ class PreparedSplit:
     num_truncated: int
     query_features: Callable[[np.ndarray], np.ndarray] | None = None
     tree_summary: dict[str, float] | None = None  # semantic trees: kept nodes and drops
+    subtitle_summary: dict[str, int] | None = None  # subtitle words: videos, cuts, empty
 
     def __len__(self) -> int:
         return len(self.query_ids)
@@ -184,6 +193,11 @@ def prepare_split(
     else:
         videos, video_index, video_ids = _fit_in_memory(
             records, num_clips, sampling, normalize, subtitles, name
+        )
+    subtitle_summary = None
+    if data_field(config_data, "subtitle_words"):
+        videos, subtitle_summary = with_subtitle_words(
+            videos, records, video_index, config_data, name
         )
 
     max_spans = data_field(config_data, "max_spans") or max(len(r.spans_s) for r in records)
@@ -239,6 +253,7 @@ def prepare_split(
         num_truncated=truncated,
         query_features=lazy_tokens,
         tree_summary=tree_summary,
+        subtitle_summary=subtitle_summary,
     )
 
 

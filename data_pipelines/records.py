@@ -18,7 +18,19 @@ video_features           float32 [T, D]        one row per native clip, finite
 clip_times               float32 [T, 2]        [start, end] seconds of every native clip
 query_token_features     float32 [L, Dq]|None  e.g. RoBERTa token features (Dq = 768)
 subtitle_features        float32 [T, Ds]|None  per-clip subtitle features (TVR, Ds = 768)
+subtitle_words           SubtitleWords|None    the video's subtitle sentences and their words
+                                               (Cascaded MPN; shared by a video's records)
+extras                   dict                  dataset values the evaluators read (TVR
+                                               ``desc_id``, ``type`` v/t/vt), JSON-serialisable
 =======================  ====================  ==========================================
+
+:class:`SubtitleWords` (``S`` sentences, ``W`` words, ``S = W = 0`` for a video without
+subtitles): ``sentence_times float32 [S, 2]`` seconds, ``sentence_text`` (S strings),
+``word_features float32 [W, Dw]`` (TVR: RoBERTa token features, Dw = 768) and ``word_sentence
+int32 [W]``, the sentence of every word.  Words are in sentence order: ``word_sentence`` is
+non-decreasing and in ``[0, S)``; a sentence may have no word.  Built by
+:mod:`data_pipelines.subtitles` (TVR) and :mod:`data_pipelines.synthetic`; a bad field raises
+:class:`RecordError` naming the video (as record) and ``subtitle_words.<field>``.
 
 Validation happens on construction: a bad field raises :class:`RecordError` naming the record
 (``query_id``) and the field.  Rules: arrays have the rank and trailing size above and
@@ -27,7 +39,8 @@ consistent ``T``; features and times are finite; ``end >= start`` for every span
 as the official loaders do, and count what they clamp).  Zero-length spans are accepted; it is
 the parser's choice to drop them.  Clip times are not required to lie inside the duration
 (feature extractors often overrun the last second) and are not used by the 2D-TAN resampling,
-which assumes clips evenly cover ``[0, duration_s]``.
+which assumes clips evenly cover ``[0, duration_s]``.  Subtitle sentences must lie inside
+``[0, duration_s]`` like spans (the TVR reader clamps and counts).
 """
 
 from __future__ import annotations
@@ -36,6 +49,53 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SubtitleWords:
+    """One video's subtitle sentences and their words (module docstring); validated."""
+
+    video_id: str
+    sentence_times: np.ndarray
+    sentence_text: tuple[str, ...]
+    word_features: np.ndarray
+    word_sentence: np.ndarray
+
+    def __post_init__(self):
+        _validate_subtitle_words(self)
+
+    @property
+    def num_sentences(self) -> int:
+        return int(self.sentence_times.shape[0])
+
+    @property
+    def num_words(self) -> int:
+        return int(self.word_features.shape[0])
+
+    @classmethod
+    def empty(cls, video_id: str, dim: int) -> SubtitleWords:
+        """A video without subtitles: no sentence, no word, words ``dim`` wide."""
+        return cls(video_id, np.zeros((0, 2)), (), np.zeros((0, dim)), np.zeros(0, np.int32))
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays a built dataset stores (``subtitle_*``; texts are not stored)."""
+        return {
+            "subtitle_sentence_times": self.sentence_times,
+            "subtitle_word_features": self.word_features,
+            "subtitle_word_sentence": self.word_sentence,
+        }
+
+    @classmethod
+    def from_arrays(cls, video_id: str, arrays: dict[str, np.ndarray]) -> SubtitleWords:
+        """Inverse of :meth:`to_arrays` (sentence texts left empty)."""
+        times = arrays["subtitle_sentence_times"]
+        return cls(
+            video_id,
+            times,
+            ("",) * len(times),
+            arrays["subtitle_word_features"],
+            arrays["subtitle_word_sentence"],
+        )
 
 
 class RecordError(ValueError):
@@ -63,6 +123,8 @@ class Record:
     clip_times: np.ndarray
     query_token_features: np.ndarray | None = None
     subtitle_features: np.ndarray | None = None
+    subtitle_words: SubtitleWords | None = None
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         _validate(self)
@@ -87,26 +149,54 @@ def _set(record: Record, name: str, value: Any) -> None:
     object.__setattr__(record, name, value)
 
 
-def _as_float_array(record: Record, name: str, rank: int) -> np.ndarray:
+def _as_float_array(record: Any, name: str, rank: int, owner: str | None = None) -> np.ndarray:
     value = getattr(record, name)
+    who = owner or record.query_id
+    field = f"subtitle_words.{name}" if owner else name
     try:
         array = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError) as err:
-        raise RecordError(record.query_id, name, f"not a float array ({err})") from err
+        raise RecordError(who, field, f"not a float array ({err})") from err
     if array.ndim != rank:
-        raise RecordError(
-            record.query_id, name, f"expected rank {rank}, got shape {tuple(array.shape)}"
-        )
+        raise RecordError(who, field, f"expected rank {rank}, got shape {tuple(array.shape)}")
     bad = ~np.isfinite(array)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         raise RecordError(
-            record.query_id,
-            name,
-            f"{int(bad.sum())} non-finite values (NaN/inf), first at index {first}",
+            who, field, f"{int(bad.sum())} non-finite values (NaN/inf), first at index {first}"
         )
     _set(record, name, array)
     return array
+
+
+def _validate_subtitle_words(words: SubtitleWords) -> None:
+    who = f"video {words.video_id}"
+    times = _as_float_array(words, "sentence_times", 2, who)
+    num = times.shape[0]
+    problem = None
+    if times.shape[1] != 2:
+        field, problem = "sentence_times", f"expected [S, 2], got {times.shape}"
+    elif ((times[:, 1] < times[:, 0]) | (times[:, 0] < 0)).any():
+        k = int(np.argmax((times[:, 1] < times[:, 0]) | (times[:, 0] < 0)))
+        field, problem = "sentence_times", f"sentence {k} is {times[k].tolist()}, not 0 <= s <= e"
+    elif len(words.sentence_text) != num:
+        field, problem = "sentence_text", f"{len(words.sentence_text)} texts, {num} sentences"
+    if problem:
+        raise RecordError(who, f"subtitle_words.{field}", problem)
+    _set(words, "sentence_text", tuple(str(t) for t in words.sentence_text))
+    feats = _as_float_array(words, "word_features", 2, who)
+    ids = np.asarray(words.word_sentence)
+    if ids.shape != (feats.shape[0],) or not np.issubdtype(ids.dtype, np.integer):
+        problem = f"expected int [{feats.shape[0]}] (one per word), got {ids.dtype} {ids.shape}"
+    else:
+        ids = ids.astype(np.int64)
+        bad = (ids < 0) | (ids >= num) | (np.diff(ids, prepend=0) < 0)
+    if not problem and bad.any():
+        k = int(np.argmax(bad))
+        problem = f"word {k} has sentence {int(ids[k])}: need non-decreasing ids in [0, {num})"
+    if problem:
+        raise RecordError(who, "subtitle_words.word_sentence", problem)
+    _set(words, "word_sentence", ids.astype(np.int32))
 
 
 def _validate(record: Record) -> None:
@@ -169,3 +259,22 @@ def _validate(record: Record) -> None:
                 "subtitle_features",
                 f"expected [{num_clips}, Ds] (T of video_features), got {subtitles.shape}",
             )
+    words = record.subtitle_words
+    if words is not None:
+        if not isinstance(words, SubtitleWords):
+            raise RecordError(qid, "subtitle_words", f"expected SubtitleWords, got {type(words)}")
+        if words.video_id != record.video_id:
+            raise RecordError(
+                qid, "subtitle_words", f"of video {words.video_id!r}, not {record.video_id!r}"
+            )
+        late = words.sentence_times[:, 1] > np.float32(duration)  # as clamped: float32
+        if late.any():
+            k = int(np.argmax(late))
+            raise RecordError(
+                qid,
+                "subtitle_words.sentence_times",
+                f"sentence {k} ends at {words.sentence_times[k, 1]} s, after the duration "
+                f"{duration}",
+            )
+    if not isinstance(record.extras, dict):
+        raise RecordError(qid, "extras", f"expected a dict, got {type(record.extras).__name__}")

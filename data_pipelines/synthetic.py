@@ -26,6 +26,10 @@ string ``query_text`` (for the 'tokens' mode and GloVe-style lookups) and
 'features' mode).  With ``subtitles=True``, ``subtitle_features [T, word_dim]`` carry, during
 half of the events, the mean vector of the event's verb and noun, plus noise.
 
+Subtitle sentences (``subtitle_sentences=True``, with ``subtitles``; for Cascaded MPN): timed
+sentences made of words, some events visible only in them, the clip-level
+``subtitle_features`` derived from them: :mod:`data_pipelines.synthetic_sentences`.
+
 Corpus mode (``num_scenes > 0``, for video corpus moment retrieval): every video also has a
 *scene* (``scene<i>`` words, drawn uniformly from ``num_scenes``) whose random unit direction is
 added to all of its clips with weight ``scene_strength`` (and, with subtitles, the scene word's
@@ -59,6 +63,8 @@ from typing import Any
 import numpy as np
 
 from data_pipelines.records import Record
+from data_pipelines.subtitle_batches import pool_clip_subtitles
+from data_pipelines.synthetic_sentences import grow_sentences
 from vmr_jax.text.semantic_tree import Parse
 
 SPLITS = ("train", "val", "test")
@@ -94,6 +100,11 @@ class SyntheticSpec:
     subtitles: bool = False
     num_scenes: int = 0
     scene_strength: float = 1.0
+    subtitle_sentences: bool = False
+    subtitle_only_fraction: float = 0.25
+    max_sentence_clips: int = 4
+    max_sentence_fillers: int = 2
+    subtitle_gap_prob: float = 0.3
 
     def __post_init__(self):
         checks = [
@@ -111,6 +122,11 @@ class SyntheticSpec:
             (self.num_scenes >= 0, "num_scenes >= 0"),
             (not self.num_scenes or self.min_query_words >= 4, "min_query_words >= 4 with scenes"),
             (self.vocab_size >= self.num_content_words + 1, "vocab_size > content words"),
+            (self.subtitles or not self.subtitle_sentences, "subtitles with subtitle_sentences"),
+            (0 <= self.subtitle_only_fraction <= 1, "0 <= subtitle_only_fraction <= 1"),
+            (self.max_sentence_clips >= 1, "max_sentence_clips >= 1"),
+            (self.max_sentence_fillers >= 0, "max_sentence_fillers >= 0"),
+            (0 <= self.subtitle_gap_prob < 1, "0 <= subtitle_gap_prob < 1"),
         ]
         failed = [rule for ok, rule in checks if not ok]
         if failed:
@@ -282,21 +298,38 @@ def make_video(spec: SyntheticSpec, world: World, seed: int, video_index: int) -
     features += spec.background_std * rng.normal(size=(1, dim))
     ranges = _place_events(rng, spec, num_clips)
     labels = _choose_labels(rng, spec, world, len(ranges))
-    for (start, stop), (etype, attr) in zip(ranges, labels):
+    # Sentences draw from their own stream: without them every other draw is unchanged.
+    sentence_rng = np.random.default_rng([seed, 5, video_index])
+    subtitle_only = np.zeros(len(ranges), bool)
+    if spec.subtitle_sentences:
+        subtitle_only = sentence_rng.random(len(ranges)) < spec.subtitle_only_fraction
+    for (start, stop), (etype, attr), hidden in zip(ranges, labels, subtitle_only):
+        if hidden:  # subtitle-only: no visual signal at all
+            continue
         features[start:stop] += spec.event_strength * world.type_directions[etype]
         features[start:stop] += spec.attribute_strength * world.attribute_directions[attr]
 
     subtitles = None
+    said = np.zeros(len(ranges), bool)
     if spec.subtitles:
         subtitles = spec.token_noise_std * rng.normal(size=(num_clips, spec.word_dim))
-        for (start, stop), (etype, _) in zip(ranges, labels):
-            if rng.random() < 0.5:
+        said = np.asarray([rng.random() < 0.5 for _ in ranges], bool)
+        for (start, stop), (etype, _), spoken in zip(ranges, labels, said):
+            if spoken:
                 subtitles[start:stop] += world.word_table[world.type_words[etype]].mean(0)
         subtitles = subtitles.astype(np.float32)
 
     # Scenes draw from their own stream: without them every other draw is unchanged.
     scene_rng = np.random.default_rng([seed, 4, video_index])
     scene = int(scene_rng.integers(spec.num_scenes)) if spec.num_scenes else -1
+    video_id = f"syn{video_index:05d}"
+    words = None
+    if spec.subtitle_sentences:
+        words = grow_sentences(
+            spec, world, sentence_rng, video_id, num_clips, ranges, labels,
+            said | subtitle_only, subtitle_only, scene,
+        )  # fmt: skip
+        subtitles = pool_clip_subtitles(words, num_clips, spec.clip_seconds)
     if scene >= 0:
         features += spec.scene_strength * world.scene_directions[scene]
         if subtitles is not None:
@@ -307,7 +340,6 @@ def make_video(spec: SyntheticSpec, world: World, seed: int, video_index: int) -
     clip_times = np.stack([np.arange(num_clips), np.arange(1, num_clips + 1)], 1) * step
     clip_times = clip_times.astype(np.float32)
     duration = num_clips * step
-    video_id = f"syn{video_index:05d}"
     order = rng.permutation(len(ranges))
     records = []
     for q in range(spec.queries_per_video):
@@ -325,6 +357,9 @@ def make_video(spec: SyntheticSpec, world: World, seed: int, video_index: int) -
             size=(length, spec.word_dim)
         )
         start, stop = ranges[event]
+        extras = {}
+        if words is not None:
+            extras["type"] = "t" if subtitle_only[event] else ("vt" if said[event] else "v")
         records.append(
             Record(
                 query_id=f"{video_id}_q{q}",
@@ -336,6 +371,8 @@ def make_video(spec: SyntheticSpec, world: World, seed: int, video_index: int) -
                 clip_times=clip_times,
                 query_token_features=token_features,
                 subtitle_features=subtitles,
+                subtitle_words=words,
+                extras=extras,
             )
         )
     return records

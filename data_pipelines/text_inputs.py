@@ -55,6 +55,11 @@ DATA_DEFAULTS: dict[str, Any] = {
     "tree_max_verbs": 4,  # FVMR's limits
     "tree_max_nouns": 6,
     "tree_cache": "",
+    # Cascaded MPN's word-level subtitles (data_pipelines/subtitle_batches.py); 768 tokens
+    # hold 99.93% of TVR's subtitles (TVRetrieval lm_finetuning_on_single_sentences.py).
+    "subtitle_words": False,
+    "max_subtitle_words": 768,
+    "max_subtitle_sentences": 64,
 }
 TEXT_MODES = ("tokens", "features", "glove")
 # Where the GloVe vectors the benchmark configs name (data/glove.840B.300d.txt) come from.

@@ -92,18 +92,23 @@ class StoredVideos:
         self.split, self.num_clips, self.sampling = split, num_clips, sampling
         self.normalize, self.subtitles = normalize, subtitles
 
+    def fit(self, record: dict[str, np.ndarray], row: int) -> dict[str, np.ndarray]:
+        """The fitted arrays of one stored video record (row ``row`` of the videos file)."""
+        fitted = {}
+        fitted["video_features"], fitted["video_mask"] = fit_clips(
+            record["video_features"], self.num_clips, self.sampling, self.normalize
+        )
+        if self.subtitles:
+            fitted["subtitle_features"] = fit_clips(
+                record["subtitle_features"], self.num_clips, self.sampling
+            )[0]
+        return fitted
+
     def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         unique, inverse = np.unique(rows, return_inverse=True)
         out: dict[str, np.ndarray] = {}
         for j, record in enumerate(self.split.videos(unique)):
-            fitted = {}
-            fitted["video_features"], fitted["video_mask"] = fit_clips(
-                record["video_features"], self.num_clips, self.sampling, self.normalize
-            )
-            if self.subtitles:
-                fitted["subtitle_features"] = fit_clips(
-                    record["subtitle_features"], self.num_clips, self.sampling
-                )[0]
+            fitted = self.fit(record, int(unique[j]))
             at = inverse == j
             for key, value in fitted.items():
                 if key not in out:  # filled row by row: no stack-then-gather double copy
