@@ -61,6 +61,14 @@ text_feature``) text features of the ``video_sub`` setting:
 * query: ``bert_feature/sub_query/tvr_query_pretrained_w_sub_query.h5``, ``f[str(desc_id)]``
   of shape ``[L <= 30, 768]`` (``lm_finetuning_on_single_sentences.py``), L2 per token.
 
+Word-level subtitles (Cascaded MPN; :func:`load_subtitle_words`): the subtitle sentences of
+``tvqa_preprocessed_subtitles.jsonl`` (``SUBTITLE_FILE``, with the annotations) with their
+RoBERTa token features, ``SUBTITLE_TOKENS`` (``f[vid_name] [N, 768]`` plus ``f[vid_name +
+"-lengths"]`` tokens per sentence), aligned clip <-> sentence <-> word and every misalignment
+counted by :mod:`data_pipelines.subtitles`; subtitle times are checked against the
+``video2dur_idx`` durations.  The clip-level file above is these token features max-pooled per
+clip by the same sentence <-> clip rule (``convert_sub_feature_word_to_clip.py``).
+
 ``resnet_i3d_video_only`` is XML's ``video`` setting: no subtitle, and the query features of the
 model fine-tuned on queries only (``bert_feature/query_only/tvr_query_pretrained_w_query.h5``).
 The loaders also cut videos to ``max_ctx_l`` = 100 clips and queries to ``max_desc_l`` = 30
@@ -87,6 +95,9 @@ from data_pipelines.annotations import (
     load_json_text,
 )
 from data_pipelines.benchmarks import FeatureSet, FeatureSpec
+from data_pipelines.records import SubtitleWords
+from data_pipelines.subtitles import SubtitleReport
+from data_pipelines.subtitles import load_subtitle_words as _load_words
 
 NAME = "tvr"
 VIDEO2DUR_IDX = "tvr_video2dur_idx.json"
@@ -100,6 +111,8 @@ QUERY_TYPES = ("v", "t", "vt")
 CLIP_SECONDS = 1.5
 
 _FEATURE_ROOT = "tvr_feature_release"
+SUBTITLE_FILE = "tvqa_preprocessed_subtitles.jsonl"
+SUBTITLE_TOKENS = f"{_FEATURE_ROOT}/bert_feature/sub_query/tvr_sub_pretrained_w_sub_query.h5"
 _SOURCE = "jayleicn/TVRetrieval README (tvr_feature_release.tar.gz), scripts/train.sh"
 _TEXT_EXTRACTOR = "RoBERTa-base fine-tuned (MLM) on TVR subtitles + queries, last layer"
 _SUBTITLE = FeatureSpec(
@@ -370,3 +383,30 @@ def parse_split(
     check_unique_ids(annotations, source)
     report.kept(split, len(annotations))
     return annotations
+
+
+def load_subtitle_words(
+    annotation_dir: str | os.PathLike,
+    token_features: str | os.PathLike,
+    split: str,
+    report: SubtitleReport,
+    *,
+    token_counter=None,
+) -> dict[str, SubtitleWords]:
+    """``{vid_name: SubtitleWords}`` of every video of ``video2dur_idx[split]``, from
+    ``annotation_dir/SUBTITLE_FILE`` and the token h5 ``token_features`` (module docstring);
+    ``report`` counts every fallback (``report.summary()``) and is logged."""
+    table = load_video2dur_idx(annotation_dir)
+    if split not in table:
+        raise DataError(
+            str(Path(annotation_dir) / VIDEO2DUR_IDX), None, None, f"no split {split!r}"
+        )
+    durations = {vid: duration for vid, (duration, _) in table[split].items()}
+    return _load_words(
+        Path(annotation_dir) / SUBTITLE_FILE,
+        token_features,
+        durations,
+        report,
+        token_counter=token_counter,
+        name=f"tvr/{split}",
+    )
