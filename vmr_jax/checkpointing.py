@@ -144,6 +144,9 @@ WORKDIR_IDENTITY = (
     "data.vocab_size",
     "data.sentencepiece_model",
     "data.subtitles",
+    "data.subtitle_words",
+    "data.max_subtitle_words",
+    "data.max_subtitle_sentences",
     "data.synthetic",
 )
 
