@@ -325,10 +325,14 @@ def run_search_bench(
     query_len = int(config.data.get("max_query_len", 30))
     model = family.create_model(model_config)
     stages = family.corpus(model, model_config)
-    video_keys = ("video_features", "video_mask", "subtitle_features")
+    # Clip-aligned video inputs are cut to ``clips``; subtitle words (Cascaded MPN) are not.
+    clip_keys = ("video_features", "video_mask", "subtitle_features", "subtitle_coverage")
+    word_keys = ("subtitle_word_features", "subtitle_word_mask", "subtitle_word_sentence")
 
     def videos_of(batch):
-        return {k: batch[k][:, :clips] for k in video_keys if k in batch}
+        out = {k: batch[k][:, :clips] for k in clip_keys if k in batch}
+        out.update({k: batch[k] for k in word_keys if k in batch})
+        return out
 
     sample = random_batch(family, model_config, 1, query_len)
     sample.update(videos_of(sample))
