@@ -65,13 +65,14 @@ def test_flatten_metrics_names_task_and_metric():
     results = {
         "VCMR": {"0.5-r1": 4.0},
         "VR": {"r1": 31.0},
-        "VCMR_by_type": {"v-0.5-r1": 1.0},
+        "VCMR_by_type": {"v-0.5-r1": 1.0, "desc_type_ratio": "v 0.5 t 0.5 vt 0.0"},
         "num_queries": 5,
         "protocol": "tvr",
     }
     assert evaluate.flatten_metrics(results) == {
         "VCMR/0.5-r1": 4.0,
         "VR/r1": 31.0,
+        "VCMR_by_type/v-0.5-r1": 1.0,
         "num_queries": 5,
     }
     assert set(vcmr.TASKS) == {"VCMR", "SVMR", "VR"}

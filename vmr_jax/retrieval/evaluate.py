@@ -85,13 +85,20 @@ def concat_ranked(parts: Sequence[RankedPredictions]) -> RankedPredictions:
 
 
 def flatten_metrics(results: Mapping[str, Any]) -> dict[str, float]:
-    """``{"VCMR": {"0.5-r1": 4.0}}`` -> ``{"VCMR/0.5-r1": 4.0}`` (tasks only) + num_queries."""
+    """``{"VCMR": {"0.5-r1": 4.0}}`` -> ``{"VCMR/0.5-r1": 4.0}`` (tasks) + num_queries; per
+    query type (when the ground truth has types: TVR's v / t / vt, the synthetic subtitle-only
+    events) ``{"VCMR_by_type": {"t-0.5-r1": 2.0}}`` -> ``{"VCMR_by_type/t-0.5-r1": 2.0}`` (the
+    text ``desc_type_ratio`` is left out)."""
     flat = {
         f"{task}/{name}": float(value)
         for task in vcmr.TASKS
         if task in results
         for name, value in results[task].items()
     }
+    for task in vcmr.TASKS:
+        for name, value in results.get(f"{task}_by_type", {}).items():
+            if not isinstance(value, str):
+                flat[f"{task}_by_type/{name}"] = float(value)
     flat["num_queries"] = int(results["num_queries"])
     return flat
 
