@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import jax
@@ -347,3 +348,23 @@ def test_ablations_through_cascaded_score_map():
     empty = fn(v, 0, (), q, p, None, conditional=False, num_levels=2)  # valid_len = 0
     assert np.all(np.asarray(empty.score_map) == 0)
     assert np.all(np.isfinite(np.asarray(empty.frame.log_p_end)))
+
+
+def test_cascade_on_the_cells_scale_by_hand():
+    # L = 2 (both valid), T = 1, no sparsity pooling.  'cells' multiplies the frame map by
+    # its 3 valid cells and the 2-anchor map by its 3: [[1.5, 0.9], [-, 0.6]] + [[0.6, 1.5],
+    # [-, 0.9]] (segments = frames here) = [[2.1, 2.4], [-, 1.5]], then the sigmoid.
+    frame = jnp.array([[0.5, 0.3], [0.0, 0.2]], jnp.float32)
+    anchor = jnp.array([[0.2, 0.5], [0.0, 0.3]], jnp.float32)
+    got = sm.cascade(frame, [anchor], 2, sparsity_pooling=False, map_scale="cells")
+
+    def sigmoid(x):
+        return 1.0 / (1.0 + math.exp(-x))
+
+    want = [[sigmoid(2.1), sigmoid(2.4)], [0.0, sigmoid(1.5)]]
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
+    literal = sm.cascade(frame, [anchor], 2, sparsity_pooling=False)
+    want = [[sigmoid(0.7), sigmoid(0.8)], [0.0, sigmoid(0.5)]]
+    np.testing.assert_allclose(np.asarray(literal), want, rtol=1e-6)
+    with pytest.raises(ValueError, match="map_scale"):
+        sm.cascade(frame, [anchor], 2, map_scale="logits")

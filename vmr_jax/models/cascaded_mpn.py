@@ -145,6 +145,7 @@ DEFAULTS = dict(
     conditional=True,
     sparsity_pooling=True,
     num_levels=3,
+    map_scale="probability",  # the scale f_cond maps enter Algorithm 1 on (ops.score_maps.cascade)
     localize_map="cascade",  # what stage 2 ranks: M_T ('cascade') or f_cond(V, E_q) ('frame')
     # Loss (eqs. 19-23).
     margin=0.1,
@@ -222,6 +223,7 @@ class CascadedMPN(nn.Module):
     conditional: bool = True
     sparsity_pooling: bool = True
     num_levels: int = 3
+    map_scale: str = "probability"
     localize_map: str = "cascade"
 
     @property
@@ -322,6 +324,7 @@ class CascadedMPN(nn.Module):
             conditional=self.conditional,
             sparsity_pooling=self.sparsity_pooling,
             num_levels=self.num_levels,
+            map_scale=self.map_scale,
         )
 
         def cascade(query, frames, mask, anchors) -> score_maps.CascadeOutput:

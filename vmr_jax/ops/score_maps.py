@@ -201,6 +201,9 @@ def upsample_anchor_map(anchor_map: jax.Array, length: int, valid_len: jax.Array
     return jnp.where(valid_map_mask(length, valid_len), frame_map, 0.0)
 
 
+MAP_SCALES = ("probability", "cells")
+
+
 def cascade(
     frame_map: jax.Array,
     anchor_maps: Sequence[jax.Array] | None,
@@ -208,12 +211,23 @@ def cascade(
     *,
     num_levels: int | None = None,
     sparsity_pooling: bool = True,
+    map_scale: str = "probability",
 ) -> jax.Array:
     """Algorithm 1: ``M_i = sigmoid(h(M_{i-1}) + Upsample(N^{2^i}))``, ``i = 1..T``; returns M_T.
 
     ``frame_map [L, L]`` is ``M_0``; ``anchor_maps[i - 1]`` is ``[2^i, 2^i]``.
     ``anchor_maps=None`` (no anchor-based branch) needs ``num_levels`` and adds zeros.
+
+    ``map_scale`` (:data:`MAP_SCALES`): the scale the ``f_cond`` maps enter the cascade on.
+    ``'probability'`` is the paper read literally: eq. 14's maps are probabilities over their
+    valid cells, so a frame map's cells are about ``2 / L^2`` while an ``N``-anchor map's are
+    about ``2 / N^2``, and the coarse anchor maps decide the ranking of ``M_T``.  ``'cells'``
+    multiplies each map by its number of valid cells (``n (n + 1) / 2``; a uniform map is 1
+    everywhere), so frame-level and anchor-level evidence enter the sum on one scale.  The
+    paper does not say which scale its maps have at line 7 of Algorithm 1.
     """
+    if map_scale not in MAP_SCALES:
+        raise ValueError(f"map_scale must be one of {MAP_SCALES}, got {map_scale!r}")
     length = frame_map.shape[0]
     if anchor_maps is None:
         if num_levels is None:
@@ -230,11 +244,17 @@ def cascade(
         raise ValueError(f"num_levels must be >= 1, got {num_levels}")
     mask = valid_map_mask(length, valid_len)
     current = jnp.where(mask, frame_map, 0.0)
+    if map_scale == "cells":
+        n = jnp.asarray(valid_len, frame_map.dtype)
+        current = current * (n * (n + 1) / 2)
     for level in range(1, num_levels + 1):
         if sparsity_pooling:
             current = sparsity_pool(current, 2**level)
         if anchor_maps is not None:
-            current = current + upsample_anchor_map(anchor_maps[level - 1], length, valid_len)
+            anchor = anchor_maps[level - 1]
+            if map_scale == "cells":
+                anchor = anchor * (2**level * (2**level + 1) / 2)
+            current = current + upsample_anchor_map(anchor, length, valid_len)
         current = jnp.where(mask, jax.nn.sigmoid(current), 0.0)
     return current
 
@@ -257,6 +277,7 @@ def cascaded_score_map(
     conditional: bool = True,
     sparsity_pooling: bool = True,
     num_levels: int | None = None,
+    map_scale: str = "probability",
 ) -> CascadeOutput:
     """Cascaded MPG for one video and query: ``f_cond`` on frames and anchors, then Algorithm 1.
 
@@ -281,6 +302,7 @@ def cascaded_score_map(
         valid_len,
         num_levels=num_levels,
         sparsity_pooling=sparsity_pooling,
+        map_scale=map_scale,
     )
     return CascadeOutput(score, frame)
 
