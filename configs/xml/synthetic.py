@@ -5,6 +5,9 @@ synthetic benchmark in corpus mode (``num_scenes``: every query names its video'
 can pick its video out of the corpus; video and subtitle streams) and evaluates VCMR, SVMR and
 VR under the ``tvr`` protocol against every video of the val split.
 ``--config configs/xml/synthetic.py:runlocal`` is a seconds-long debug run.
+``:sentences`` trains on the data of ``configs/cascaded_mpn/synthetic.py`` (timed subtitle
+sentences made of words, a quarter of the events visible only in them; XML reads their
+clip-level means), for a same-data comparison.
 
 Optimiser as the official XML (TVRetrieval ``train.py``): BertAdam (per-tensor grad clip 1.0,
 no bias correction, weight decay 0.01 off biases and LayerNorms, linear warm-up over 1% then
@@ -22,7 +25,8 @@ from vmr_jax.models import xml
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    runlocal = "runlocal" in parse_config_arg(arg, ("runlocal",), __file__)
+    flags = parse_config_arg(arg, ("runlocal", "sentences"), __file__)
+    runlocal = "runlocal" in flags
     config = ml_collections.ConfigDict()
 
     config.model = ml_collections.ConfigDict(dict(xml.VARIANTS["tiny"]))
@@ -48,6 +52,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.synthetic.queries_per_video = 4
     config.data.synthetic.num_scenes = 25
     config.data.synthetic.subtitles = True
+    config.data.synthetic.subtitle_sentences = "sentences" in flags
+    config.data.synthetic.subtitle_only_fraction = 0.25
     config.data.synthetic.min_clips = 24
     config.data.synthetic.max_clips = 64
     config.data.synthetic.clip_seconds = config.model.clip_length
