@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vmr_jax.retrieval.ranking import MomentScores
+from vmr_jax.retrieval.ranking import ModelMethodStages, MomentScores
 
 
 def map_cells(num_clips: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +71,7 @@ def video_weighted_map_score(
 
 
 @dataclasses.dataclass(frozen=True)
-class CascadedMPNStages:
+class CascadedMPNStages(ModelMethodStages):
     """Cascaded MPN's corpus stages as pure functions of ``variables`` (eval mode), for
     :mod:`vmr_jax.retrieval.corpus`; hashable (the search programs are cached on it).
 
@@ -97,15 +97,6 @@ class CascadedMPNStages:
             clip_length=float(get("clip_length", 1.5)),
             max_before_nms=int(get("max_before_nms", 200)),
         )
-
-    def encode_videos(self, variables, video_batch):
-        return self.model.apply(variables, video_batch, method="encode_videos")
-
-    def encode_queries(self, variables, query_batch):
-        return self.model.apply(variables, query_batch, method="encode_queries")
-
-    def score_videos(self, variables, query_enc, video_enc):
-        return self.model.apply(variables, query_enc, video_enc, method="score_videos")
 
     def localize(self, variables, query_enc, video_enc) -> MomentScores:
         score_map = self.model.apply(variables, query_enc, video_enc, method="localize")

@@ -46,7 +46,7 @@ import numpy as np
 from vmr_jax.evaluation import vcmr
 from vmr_jax.evaluation.tvr_files import RankedPredictions
 from vmr_jax.retrieval import ranking
-from vmr_jax.retrieval.ranking import MomentScores, RankingConfig
+from vmr_jax.retrieval.ranking import ModelMethodStages, MomentScores, RankingConfig
 
 PAD_LOGIT = -1e10  # XML's logit of padded clips (mask_logits)
 
@@ -106,7 +106,7 @@ class SpanWindowRule:
 
 
 @dataclasses.dataclass(frozen=True)
-class XMLStages:
+class XMLStages(ModelMethodStages):
     """XML's corpus stages as pure functions of ``variables`` (eval mode), for
     :mod:`vmr_jax.retrieval.corpus`; hashable (the search programs are cached on it).
 
@@ -138,15 +138,6 @@ class XMLStages:
     def retrieve_videos(self) -> int:
         """VR list length (the official VR list is the ``max_vcmr_video`` localised)."""
         return self.top_videos
-
-    def encode_videos(self, variables, video_batch):
-        return self.model.apply(variables, video_batch, method="encode_videos")
-
-    def encode_queries(self, variables, query_batch):
-        return self.model.apply(variables, query_batch, method="encode_queries")
-
-    def score_videos(self, variables, query_enc, video_enc):
-        return self.model.apply(variables, query_enc, video_enc, method="score_videos")
 
     def localize(self, variables, query_enc, video_enc) -> MomentScores:
         st, ed = self.model.apply(variables, query_enc, video_enc, method="localize")

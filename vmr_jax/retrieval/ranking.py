@@ -58,6 +58,23 @@ class RankingConfig:
             raise ValueError(f"clip_length must be positive, got {self.clip_length}")
 
 
+class ModelMethodStages:
+    """Stage methods that are one ``model.apply(..., method=NAME)`` each, for corpus-stage
+    classes holding a linen ``model`` (``XMLStages``, ``CascadedMPNStages``): ``encode_videos``,
+    ``encode_queries`` and ``score_videos`` call the model's methods of those names."""
+
+    model: Any
+
+    def encode_videos(self, variables, video_batch):
+        return self.model.apply(variables, video_batch, method="encode_videos")
+
+    def encode_queries(self, variables, query_batch):
+        return self.model.apply(variables, query_batch, method="encode_queries")
+
+    def score_videos(self, variables, query_enc, video_enc):
+        return self.model.apply(variables, query_enc, video_enc, method="score_videos")
+
+
 class MomentScores(NamedTuple):
     """Stage 2 of a corpus family: ``M`` candidate moments in each of ``K`` videos per query.
 
