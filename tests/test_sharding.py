@@ -121,11 +121,12 @@ _EIGHT_DEVICES = textwrap.dedent(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["mgpn", "tan2d", "vlanet", "xml"])
+@pytest.mark.parametrize("model", ["mgpn", "tan2d", "vlanet", "xml", "cascaded_mpn"])
 def test_eight_devices_match_one_device(tmp_path, request, model):
-    """Same global batch on 1, 4x2 and 8x1 meshes: same losses and eval metrics.  XML's and
-    VLANet's in-batch negatives come from the whole global batch (XML's corpus search shards the
-    corpus over the mesh); MGPN's BatchNorm statistics are over the global batch."""
+    """Same global batch on 1, 4x2 and 8x1 meshes: same losses and eval metrics.  XML's,
+    Cascaded MPN's and VLANet's in-batch negatives come from the whole global batch (the
+    corpus search shards the corpus over the mesh); MGPN's BatchNorm statistics are over the
+    global batch."""
     env = dict(os.environ)
     cache = getattr(request.config, "cache", None)
     if cache is not None:  # reuse compiled programs between sessions (speed only)
