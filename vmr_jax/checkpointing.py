@@ -489,6 +489,16 @@ def check_saves(manager: ocp.CheckpointManager, step: int | None = None) -> None
         raise save_error(manager, step, err) from err
 
 
+def finish_saves(manager: ocp.CheckpointManager, step: int | None = None) -> None:
+    """Waits for the pending asynchronous save; its failure is a :class:`CheckpointError`
+    (:func:`save_error`)."""
+    try:
+        manager.wait_until_finished()
+        manager.check_for_errors()
+    except Exception as err:  # the async thread's exception, whatever its type
+        raise save_error(manager, step, err) from err
+
+
 def save_error(manager: ocp.CheckpointManager, step: int | None, err: BaseException):
     """The :class:`CheckpointError` of a failed save: the step whose save failed (the last
     one started), where it was noticed, the OS error and the complete checkpoints."""
@@ -538,38 +548,51 @@ def restore_variables(path: str, sharding: Any, expected: Any = None) -> dict[st
     variables; a leaf present in both with another shape is an error naming it and both
     shapes (a config that does not match the checkpoint)."""
     item = os.path.join(path, "default")
-    try:
-        with _QuietUnraisable(), warnings.catch_warnings(), ocp.PyTreeCheckpointer() as ckptr:
-            warnings.simplefilter("ignore")
-            metadata = ckptr.metadata(item)
-            tree = getattr(metadata, "item_metadata", metadata)
-            target = {
-                name: jax.tree.map(
-                    lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding),
-                    tree[name],
-                )
-                for name in ("params", "batch_stats")
-                if name in tree and tree[name]
-            }
-            if expected is not None:
-                _check_shapes(target, expected, path)
-            restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-            return ckptr.restore(
-                item,
-                args=ocp.args.PyTreeRestore(
-                    item=target, restore_args=restore_args, partial_restore=True
-                ),
+
+    def read(fn):
+        # A damaged step (orbax raises many types for one cause) is a CheckpointError.
+        try:
+            with _QuietUnraisable(), warnings.catch_warnings(), ocp.PyTreeCheckpointer() as c:
+                warnings.simplefilter("ignore")
+                return fn(c)
+        except Exception as err:
+            folder, step = os.path.split(os.path.normpath(path))
+            names = os.listdir(folder) if os.path.isdir(folder) else []
+            steps = [int(n) for n in names if n.isdigit()]
+            error = CheckpointError(
+                f"checkpoint {path} cannot be restored: {describe_failure(err)}"
             )
-    except ValueError as err:
-        if str(err).startswith(f"{path}: variable"):  # _check_shapes: a config mismatch
-            raise
-        damage = err
-    except Exception as err:  # orbax raises many types for one cause: a damaged step
-        damage = err
-    folder, step = os.path.split(os.path.normpath(path))
-    steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
-    error = CheckpointError(f"checkpoint {path} cannot be restored: {describe_failure(damage)}")
-    raise _damage_error(folder, int(step) if step.isdigit() else None, steps, error) from damage
+            raise _damage_error(
+                folder, int(step) if step.isdigit() else None, steps, error
+            ) from err
+
+    def tree_of(checkpointer):
+        metadata = checkpointer.metadata(item)
+        tree = getattr(metadata, "item_metadata", metadata)
+        if tree is None:  # orbax reads a step without its _METADATA as None
+            raise FileNotFoundError(f"no readable tree metadata in {item}")
+        return tree
+
+    tree = read(tree_of)
+    target = {
+        name: jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding),
+            tree[name],
+        )
+        for name in ("params", "batch_stats")
+        if name in tree and tree[name]
+    }
+    if expected is not None:
+        _check_shapes(target, expected, path)  # a config mismatch, not damage
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    return read(
+        lambda c: c.restore(
+            item,
+            args=ocp.args.PyTreeRestore(
+                item=target, restore_args=restore_args, partial_restore=True
+            ),
+        )
+    )
 
 
 def _check_shapes(saved: Any, expected: Any, path: str) -> None:

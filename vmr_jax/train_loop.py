@@ -140,17 +140,19 @@ class TrainLoop:
 
     def _diverged(self, step: int, flags: int, metrics: dict) -> None:
         host = {k: float(jax.device_get(metrics[k])) for k in NONFINITE_BITS}
+        save_failed = ""
         try:
-            self.manager.wait_until_finished()  # the last finite save completes
-        except Exception:  # noqa: BLE001 - the divergence is the error to report
-            pass
+            checkpointing.finish_saves(self.manager)  # the last finite save completes
+        except checkpointing.CheckpointError as err:  # reported with the divergence
+            save_failed = f"; besides, {err}"
         kept = sorted(self.manager.all_steps())
         values = ", ".join(f"{k} {v}" for k, v in host.items())
         raise TrainingDiverged(
             f"training diverged at step {step}: non-finite {' and '.join(nonfinite_names(flags))} "
             f"({values}); the update was dropped and nothing past step {step - 1} is saved "
-            f"(checkpoints: {kept or 'none'} in {self.manager.directory}). Lower train.lr "
-            f"(now {self.lr}) or check the inputs, then rerun with the same --workdir to resume"
+            f"(checkpoints: {kept or 'none'} in {self.manager.directory}){save_failed}. Lower "
+            f"train.lr (now {self.lr}) or check the inputs, then rerun with the same --workdir "
+            "to resume"
         )
 
     def close(self) -> None:

@@ -351,13 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if start_step >= total_steps and restored is not None:
             logger.info("nothing to train: checkpoint step %d >= %d steps", start_step, total_steps)
             eval_metrics = (manager.metrics(start_step) or {}) if start_step else {}
-        try:
-            manager.wait_until_finished()
-            checkpointing.check_saves(manager)
-        except Exception as err:
-            if isinstance(err, checkpointing.CheckpointError):
-                raise
-            raise checkpointing.save_error(manager, None, err) from err
+        checkpointing.finish_saves(manager)
         best_metric = config.train.get("best_metric", checkpointing.DEFAULT_BEST_METRIC)
         result = {
             "step": int(jax.device_get(state.step)),
