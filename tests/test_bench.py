@@ -56,18 +56,6 @@ def test_random_batch_for_xml_has_subtitles_and_max_ctx_l_clips():
     assert batch["query_features"].shape == (3, 7, config.model.q_feat_size)
 
 
-def test_search_bench_reports_every_corpus_size(jax_compilation_cache):
-    config = config_cli.load_config_file(XML_CONFIG)
-    report = bench.run_search_bench(config, (12, 30), num_queries=5, clips=20, steps=1)
-    assert [s["num_videos"] for s in report["search"]] == [12, 30]
-    for size in report["search"]:
-        assert size["queries_per_s"] > 0 and size["seconds_per_batch"] > 0
-    # Index bytes grow with the corpus: 30 / 12 videos (one device: no padding).
-    ratio = report["search"][1]["index_mib"] / report["search"][0]["index_mib"]
-    assert ratio == pytest.approx(30 / 12)
-    assert report["clips_per_video"] == 20 and report["queries_per_batch"] == 5
-
-
 @pytest.mark.slow
 def test_query_speed_report_structure(jax_compilation_cache):
     """TE / CML / ALL of FVMR and 2D-TAN on tiny shapes: every number there, ALL = TE + CML,

@@ -15,6 +15,14 @@ compile), ``train_steps_per_s`` and ``train_examples_per_s`` (steady state, afte
 where the backend reports it, ``device_peak_memory_mib`` plus the compiled temp sizes.
 Speed is measured here, never asserted by tests.
 
+``--search 1000,10000`` measures a corpus family's search instead (queries/s over random
+corpora of that many videos, the compiled search and localisation programs' memory):
+:mod:`vmr_jax.search_bench`.  Cascaded MPN at the TVR shapes beside XML at the same inputs::
+
+    vmr-jax bench --config configs/cascaded_mpn/synthetic.py --variant tvr --search 1000,10000
+    vmr-jax bench --config configs/xml/synthetic.py --variant tvr \
+        --config.model.vid_feat_size=4352 --search 1000,10000
+
 ``--query-speed tacos,activitynet`` measures the test-time cost of one query in the FVMR paper's
 Table 1 terms (TE, CML, ALL in ms; FVMR and 2D-TAN at the paper's shapes, batch-1 and
 amortised): :mod:`vmr_jax.query_speed`, whose text table also goes to stderr::
@@ -38,7 +46,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -78,7 +85,7 @@ def random_batch(
     return batch
 
 
-def _flops(compiled) -> float | None:
+def compiled_flops(compiled) -> float | None:
     try:
         cost = compiled.cost_analysis()
     except Exception:  # some backends do not implement it
@@ -90,7 +97,7 @@ def _flops(compiled) -> float | None:
     return float(cost["flops"])
 
 
-def _compiled_memory(compiled) -> dict[str, float]:
+def compiled_memory(compiled) -> dict[str, float]:
     try:
         mem = compiled.memory_analysis()
     except Exception:  # some backends do not implement it
@@ -112,7 +119,21 @@ def _device_peak_mib() -> float | None:
     return None if peak is None else peak / 2**20
 
 
-def _timed(fn, steps: int) -> float:
+def peak_rss_mib() -> float:
+    """The process's peak resident memory (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def default_query_len(config: ml_collections.ConfigDict) -> int:
+    """The padded query length of a bench: the model's ``max_desc_l`` where it has one (XML,
+    Cascaded MPN: a variant's query length), else ``config.data.max_query_len`` (20)."""
+    if "max_desc_l" in config.model:
+        return int(config.model.max_desc_l)
+    return int(config.data.get("max_query_len", 20))
+
+
+def seconds_per_call(fn, steps: int) -> float:
     """Seconds per call of ``fn`` over ``steps`` calls (result blocked on at the end)."""
     if steps <= 0:
         return float("nan")
@@ -137,7 +158,7 @@ def run_bench(
     mesh = sharding.make_mesh(config.mesh)
     batch_size = int(batch_size or config.train.batch_size)
     eval_batch_size = int(eval_batch_size or config.evals.get("batch_size", batch_size))
-    query_len = int(query_len or config.data.get("max_query_len", 20))
+    query_len = int(query_len or default_query_len(config))
     family = get_family(config.model.name)
     train_batch = random_batch(family, config.model, batch_size, query_len, seed=0)
     if trainer.training_supervision(config, family) == "weak":
@@ -163,21 +184,21 @@ def run_bench(
         holder["state"], metrics = train_compiled(holder["state"], batch, rng)
         return metrics
 
-    _timed(one_train_step, warmup)
-    train_s = _timed(one_train_step, steps)
+    seconds_per_call(one_train_step, warmup)
+    train_s = seconds_per_call(one_train_step, steps)
 
     evals = {}
-    if not family.is_corpus:  # corpus families are measured by run_search_bench
+    if not family.is_corpus:  # corpus families: vmr_jax.search_bench
         eval_step = evaluators.make_eval_step(config, state_sharding, mesh, family)
         ebatch = sharding.put_batch(eval_batch, mesh)
         start = time.perf_counter()
         eval_compiled = eval_step.lower(holder["state"], ebatch).compile()
         evals["eval_compile_s"] = time.perf_counter() - start
-        _timed(lambda: eval_compiled(holder["state"], ebatch), warmup)
-        eval_s = _timed(lambda: eval_compiled(holder["state"], ebatch), steps)
+        seconds_per_call(lambda: eval_compiled(holder["state"], ebatch), warmup)
+        eval_s = seconds_per_call(lambda: eval_compiled(holder["state"], ebatch), steps)
         evals["eval_queries_per_s"] = eval_batch_size / eval_s
-        evals["eval_step_flops"] = _flops(eval_compiled)
-        evals["eval_step_memory"] = _compiled_memory(eval_compiled)
+        evals["eval_step_flops"] = compiled_flops(eval_compiled)
+        evals["eval_step_memory"] = compiled_memory(eval_compiled)
 
     # The 2D-map construction alone, where the family declares it.
     map_build = {}
@@ -190,12 +211,9 @@ def run_bench(
         feats = jax.device_put(feats)
         for name, fn in family.map_builders(config.model).items():
             jitted = jax.jit(fn)
-            _timed(lambda jitted=jitted: jitted(feats), warmup)
-            map_build[f"{name}_s"] = _timed(lambda jitted=jitted: jitted(feats), steps)
+            seconds_per_call(lambda jitted=jitted: jitted(feats), warmup)
+            map_build[f"{name}_s"] = seconds_per_call(lambda jitted=jitted: jitted(feats), steps)
 
-    # ru_maxrss is KiB on Linux, bytes on macOS.
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss_mib = rss / 2**20 if sys.platform == "darwin" else rss / 2**10
     report = {
         "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
         "platform": jax.default_backend(),
@@ -210,10 +228,10 @@ def run_bench(
         "train_compile_s": train_compile_s,
         "train_steps_per_s": 1.0 / train_s,
         "train_examples_per_s": batch_size / train_s,
-        "train_step_flops": _flops(train_compiled),
-        "train_step_memory": _compiled_memory(train_compiled),
+        "train_step_flops": compiled_flops(train_compiled),
+        "train_step_memory": compiled_memory(train_compiled),
         **evals,
-        "peak_rss_mib": rss_mib,
+        "peak_rss_mib": peak_rss_mib(),
         "device_peak_memory_mib": _device_peak_mib(),
         "timed_steps": steps,
         **map_build,
@@ -250,7 +268,6 @@ def run_data_bench(
     for _ in range(steps):
         next(iterator)
     per_batch = (time.perf_counter() - start) / steps
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "data": config.data.name,
         "data_dir": config.data.get("dir", ""),
@@ -260,145 +277,7 @@ def run_data_bench(
         "data_batches_per_s": 1.0 / per_batch,
         "data_examples_per_s": batch_size / per_batch,
         "timed_batches": steps,
-        "peak_rss_mib": rss / 2**20 if sys.platform == "darwin" else rss / 2**10,
-    }
-
-
-def _random_index(stages, variables, num_videos: int, video_batch, mesh, seed=0):
-    """A corpus index of ``num_videos`` random encodings of the family's shapes (what
-    ``build_index`` would store for videos like ``video_batch``'s), made directly on the
-    mesh."""
-    from vmr_jax.retrieval import corpus
-
-    one = {k: v[:1] for k, v in video_batch.items()}
-    shapes = jax.eval_shape(stages.encode_videos, variables, one)
-    devices = int(mesh.shape["data"])
-    padded = -(-num_videos // devices) * devices
-    placed = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-
-    def make(key, shape, dtype):
-        x = jax.random.normal(key, shape, dtype)
-        return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
-
-    # One leaf at a time: the generation temporaries never cover the whole index.
-    encodings = {}
-    for i, (name, leaf) in enumerate(sorted(shapes.items())):
-        shape = (padded, *leaf.shape[1:])
-        if name == "mask":
-            encodings[name] = jax.device_put(np.ones(shape, leaf.dtype), placed)
-            continue
-        fn = jax.jit(make, static_argnums=(1, 2), out_shardings=placed)
-        encodings[name] = fn(jax.random.PRNGKey(seed + i), shape, leaf.dtype)
-        jax.block_until_ready(encodings[name])
-    return corpus.CorpusIndex(encodings, num_videos, mesh)
-
-
-def run_search_bench(
-    config: ml_collections.ConfigDict,
-    corpus_sizes: tuple[int, ...],
-    *,
-    num_queries: int | None = None,
-    clips: int = 100,
-    steps: int = 3,
-    warmup: int = 1,
-    block_size: int = 256,
-) -> dict[str, Any]:
-    """Queries per second of :func:`vmr_jax.retrieval.corpus.search` over random corpora.
-
-    For each size ``V`` a corpus of ``V`` videos of ``clips`` clips is made of random encodings
-    of the family's shapes, placed on the mesh as ``build_index`` places them; a batch of
-    ``num_queries`` random queries (``evals.batch_size``) is searched with the config's
-    inference settings (the family's stages: videos localised, combine rule; NMS
-    ``evals.nms_thresh``).
-    Reported per size: seconds per batch, queries/s, index bytes, the compiled search
-    and the process's peak RSS.  The index build (``encode_videos`` of random features,
-    compiled first) is timed separately on the smallest corpus.
-    """
-    from vmr_jax.retrieval import corpus
-
-    mesh = sharding.make_mesh(config.mesh)
-    family = get_family(config.model.name)
-    model_config = config.model.copy_and_resolve_references()
-    with model_config.ignore_type():
-        model_config.max_ctx_l = max(int(model_config.max_ctx_l), clips)
-    num_queries = int(num_queries or config.evals.get("batch_size", 50))
-    query_len = int(config.data.get("max_query_len", 30))
-    model = family.create_model(model_config)
-    stages = family.corpus(model, model_config)
-    # Clip-aligned video inputs are cut to ``clips``; subtitle words (Cascaded MPN) are not.
-    clip_keys = ("video_features", "video_mask", "subtitle_features", "subtitle_coverage")
-    word_keys = ("subtitle_word_features", "subtitle_word_mask", "subtitle_word_sentence")
-
-    def videos_of(batch):
-        out = {k: batch[k][:, :clips] for k in clip_keys if k in batch}
-        out.update({k: batch[k] for k in word_keys if k in batch})
-        return out
-
-    sample = random_batch(family, model_config, 1, query_len)
-    sample.update(videos_of(sample))
-    variables = jax.jit(lambda key: model.init(key, sample, train=False))(jax.random.PRNGKey(0))
-    queries = random_batch(family, model_config, num_queries, query_len, seed=3)
-    queries = {k: queries[k] for k in ("query_features", "query_mask")}
-    nms = float(config.evals.get("nms_thresh", -1.0))
-    options = dict(nms_threshold=nms if nms > 0 else None, block_size=block_size)
-    # Index build: encode_videos over the smallest corpus (random features).
-    smallest = min(corpus_sizes)
-    feats = videos_of(random_batch(family, model_config, min(smallest, 256), query_len, seed=4))
-
-    class _Videos:
-        def take(self, rows):
-            rows = np.asarray(rows) % len(feats["video_mask"])
-            return {k: v[rows] for k, v in feats.items()}
-
-    build = lambda: corpus.build_index(  # noqa: E731
-        stages, variables, _Videos(), mesh, batch_size=64, num_videos=smallest
-    )
-    build()  # compile
-    start = time.perf_counter()
-    build()
-    build_s = time.perf_counter() - start
-    sizes = []
-    for num_videos in corpus_sizes:
-        index = _random_index(stages, variables, num_videos, feats, mesh)
-
-        def run(index=index):
-            return corpus.search(stages, variables, index, queries, **options)
-
-        start = time.perf_counter()
-        run()
-        first_s = time.perf_counter() - start
-        _timed(run, max(warmup - 1, 0))
-        per_batch = _timed(run, steps)
-        index_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(index.encodings))
-        memory = corpus.search_memory(stages, variables, index, queries, **options)
-        temp = None if memory is None else memory.temp_size_in_bytes / 2**20
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        sizes.append(
-            {
-                "num_videos": num_videos,
-                "first_call_s": first_s,
-                "seconds_per_batch": per_batch,
-                "queries_per_s": num_queries / per_batch,
-                "index_mib": index_bytes / 2**20,
-                "search_temp_mib": temp,
-                "peak_rss_mib": rss / 2**20 if sys.platform == "darwin" else rss / 2**10,
-            }
-        )
-        del index
-    return {
-        "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
-        "mesh": dict(mesh.shape),
-        "model": config.model.name,
-        "hidden_size": int(model_config.get("hidden_size", 0)),
-        "ctx_mode": model_config.get("ctx_mode", ""),
-        "clips_per_video": clips,
-        "queries_per_batch": num_queries,
-        "top_videos": int(stages.top_videos),
-        "retrieve_videos": int(stages.retrieve_videos),
-        "nms_threshold": options["nms_threshold"],
-        "index_build_videos_per_s": smallest / build_s,
-        "search": sizes,
-        "timed_batches": steps,
+        "peak_rss_mib": peak_rss_mib(),
     }
 
 
@@ -479,10 +358,13 @@ def main(args: argparse.Namespace) -> int:
         )
         print(query_speed.format_table(report), file=sys.stderr)
     elif args.search:
-        report = run_search_bench(
+        from vmr_jax import search_bench
+
+        report = search_bench.run_search_bench(
             config,
             tuple(int(x) for x in args.search.split(",") if x),
             num_queries=args.eval_batch_size,
+            query_len=args.query_len,
             clips=args.clips,
             steps=args.steps,
             warmup=args.warmup,
