@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
+from vmr_jax.models import cascaded_mpn
 from vmr_jax.ops import score_maps as sm
 
 # ---- independent float64 references --------------------------------------------------------
@@ -195,11 +198,53 @@ def test_no_l_l_d_buffer_in_compiled_map():
     if memory is not None:
         assert memory.temp_size_in_bytes < length * length * d * 4 // 8
     # no array in the optimised program (fused or not) comes near L * L * d elements
+    assert largest_f32_array(compiled) < length * length * d // 4
+
+
+def largest_f32_array(compiled) -> int:
+    """Elements of the largest float32 array anywhere in the optimised HLO (fused or not)."""
     sizes = [
         int(np.prod([int(x) for x in dims.split(",") if x]))
         for dims in re.findall(r"f32\[([0-9,]*)\]", compiled.as_text())
     ]
-    assert max(sizes) < length * length * d // 4
+    return max(sizes)
+
+
+def test_no_l_l_d_buffer_in_compiled_corpus_localize():
+    """Stage 2 of the corpus search (``CascadedMPNStages.localize``: M_T of Algorithm 1 for
+    every query-video pair) at the TVR shapes, d = 768 and L = 100, over 2 queries x 4 videos,
+    compiled on abstract shapes: one [L, L, d] float32 tensor (29.3 MiB) is larger than the
+    program's whole temp allocation, so neither it nor a [Q, K, L, L, d] one is built."""
+    config = ml_collections.ConfigDict(dict(cascaded_mpn.VARIANTS["tvr"], name="cascaded_mpn"))
+    length, d, num_q, num_k = config.max_ctx_l, config.hidden_size, 2, 4
+    assert (length, d) == (100, 768)
+    model = cascaded_mpn.create_model(config)
+    stages = dataclasses.replace(cascaded_mpn.FAMILY.corpus(model, config), top_videos=num_k)
+    batch = cascaded_mpn.example_batch(config, 1)
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch, train=False))
+    queries = {k: np.repeat(batch[k], num_q, 0) for k in ("query_features", "query_mask")}
+    query_enc = jax.eval_shape(stages.encode_queries, variables, queries)
+    one_video = jax.eval_shape(stages.encode_videos, variables, batch)
+    video_enc = {
+        k: jax.ShapeDtypeStruct((num_q, num_k, *v.shape[1:]), v.dtype) for k, v in one_video.items()
+    }
+    assert video_enc["frames"].shape == (num_q, num_k, length, d)
+    compiled = jax.jit(stages.localize).lower(variables, query_enc, video_enc).compile()
+    l_l_d_bytes = length * length * d * 4
+    memory = compiled.memory_analysis()
+    assert memory is not None  # the CPU backend reports it
+    assert memory.temp_size_in_bytes < l_l_d_bytes
+    assert largest_f32_array(compiled) < length * length * d // 4
+
+    # Control: the literal eqs. 10-12 (a start-conditioned video per start, [L, L, d]) at the
+    # same L and d does show its tensor in the same measure.
+    def literal_end_logits(video, query, w_v):
+        t = jnp.arange(length, dtype=jnp.float32)[:, None, None] / length
+        return jnp.einsum("ild,d->il", jnp.tanh(video[None] @ w_v + t), query)
+
+    spec = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
+    literal = jax.jit(literal_end_logits).lower(spec(length, d), spec(d), spec(d, d)).compile()
+    assert literal.memory_analysis().temp_size_in_bytes >= l_l_d_bytes
 
 
 # ---- sparsity pooling ----------------------------------------------------------------------
