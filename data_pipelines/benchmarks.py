@@ -15,7 +15,9 @@ A dataset module ``data_pipelines/<dataset>.py`` defines:
   :class:`~data_pipelines.annotations.DataError`.
 
 Features of an annotation are looked up with ``FeatureSpec.key(annotation)``; their clip
-times come from ``FeatureSpec.clip_times``.
+times come from ``FeatureSpec.clip_times``.  A feature set with word-level subtitles (TVR,
+for Cascaded MPN) declares them in ``FeatureSet.subtitle_words`` (:class:`SubtitleWordSpec`);
+``vmr-jax data build --subtitle_words`` needs one.
 """
 
 from __future__ import annotations
@@ -80,13 +82,31 @@ class FeatureSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class SubtitleWordSpec:
+    """Word-level subtitles: timed sentences (a file with the annotations) and the token
+    features of their words (a file with the features), aligned by
+    :mod:`data_pipelines.subtitles`."""
+
+    sentences: str  # official file name, looked up in the annotation directory
+    tokens: str  # official file name, relative to the data directory
+    dim: int
+    extractor: str
+    source: str
+
+    def describe(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
 class FeatureSet:
     """The files a model reads for one benchmark: video features, plus TVR's subtitle
-    features (per clip, keyed by video) and query token features (keyed by query)."""
+    features (per clip, keyed by video), query token features (keyed by query) and
+    word-level subtitles (``subtitle_words``, read only on request)."""
 
     video: FeatureSpec
     subtitle: FeatureSpec | None = None
     query: FeatureSpec | None = None
+    subtitle_words: SubtitleWordSpec | None = None
 
     def describe(self) -> dict:
         return {
@@ -95,6 +115,7 @@ class FeatureSet:
                 ("video", self.video),
                 ("subtitle", self.subtitle),
                 ("query", self.query),
+                ("subtitle_words", self.subtitle_words),
             )
             if spec is not None
         }

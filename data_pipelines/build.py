@@ -19,6 +19,16 @@ reported (``data stats``/``validate``): the official files ship features for eve
 Subtitle features (TVR) may have a different number of clips than the video features; both
 are cut to the shorter length, as TVRetrieval's ``StartEndDataset`` does for
 ``video_sub`` contexts, and the cut is counted as a clip.
+
+Word-level subtitles (``subtitle_words``, TVR; Cascaded MPN reads them): for a feature set
+that declares them (``FeatureSet.subtitle_words``), every video record also stores the
+``subtitle_*`` arrays of :meth:`~data_pipelines.records.SubtitleWords.to_arrays`, aligned by
+:mod:`data_pipelines.subtitles` against the video's ``duration_s`` (for TVR the annotation's
+``duration``, which parsing compares with ``video2dur_idx``).  The sentence file is the one
+in ``annotation_dir`` or, when there is none there, the one in ``data_dir`` (where ``data
+fake`` writes one); the token file is in ``data_dir``; either can be given explicitly.  Each split's
+:class:`~data_pipelines.subtitles.SubtitleReport` (kept videos, sentences and words, every
+fallback counted) is logged and stored in ``dataset_info.json`` under ``subtitle_words``.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import numpy as np
 from data_pipelines import stored
 from data_pipelines.annotations import EMPTY_FILE, Annotation, DataError, ParseReport, to_record
 from data_pipelines.benchmarks import FeatureSet, get_benchmark
+from data_pipelines.subtitles import SubtitleReport, SubtitleWordSource
 
 logger = logging.getLogger(__name__)
 ROLES = ("video", "subtitle", "query")
@@ -51,6 +62,8 @@ class Sources:
     features: FeatureSet
     annotation_dir: str
     feature_paths: dict[str, str]  # role -> path
+    # {"sentences": path, "tokens": path} when word-level subtitles are requested
+    subtitle_word_paths: dict[str, str] | None = None
 
     def annotation_files(self, split: str) -> list[str]:
         return [os.path.join(self.annotation_dir, name) for name in self.module.SPLITS[split]]
@@ -62,8 +75,13 @@ def resolve_sources(
     data_dir: str,
     annotation_dir: str | None = None,
     feature_paths: Mapping[str, str | None] | None = None,
+    *,
+    subtitle_words: bool = False,
+    subtitle_sentences: str | None = None,
+    subtitle_tokens: str | None = None,
 ) -> Sources:
-    """The dataset module, its feature set ``features`` and the paths of every file."""
+    """The dataset module, its feature set ``features`` and the paths of every file
+    (with ``subtitle_words``, of the word-level subtitle files too: module docstring)."""
     module = get_benchmark(dataset)
     if features not in module.FEATURES:
         raise ValueError(
@@ -79,7 +97,38 @@ def resolve_sources(
                 raise ValueError(f"feature set {dataset}/{features} has no {role} features")
             continue
         paths[role] = given.get(role) or spec.locate(data_dir)
-    return Sources(module, features, feature_set, annotation_dir or data_dir, paths)
+    annotation_dir = annotation_dir or data_dir
+    word_paths = None
+    if subtitle_words:
+        spec = feature_set.subtitle_words
+        if spec is None:
+            raise ValueError(
+                f"feature set {dataset}/{features} has no word-level subtitles "
+                "(FeatureSet.subtitle_words); drop --subtitle_words"
+            )
+        if subtitle_sentences is None:
+            subtitle_sentences = os.path.join(annotation_dir, spec.sentences)
+            if not os.path.isfile(subtitle_sentences):
+                subtitle_sentences = os.path.join(data_dir, spec.sentences)
+        word_paths = {
+            "sentences": subtitle_sentences,
+            "tokens": subtitle_tokens or os.path.join(data_dir, spec.tokens),
+        }
+    elif subtitle_sentences or subtitle_tokens:
+        raise ValueError("subtitle sentence / token files are read only with --subtitle_words")
+    return Sources(module, features, feature_set, annotation_dir, paths, word_paths)
+
+
+def open_subtitle_words(
+    sources: Sources, annotations: Sequence[Annotation], report: SubtitleReport
+) -> SubtitleWordSource | None:
+    """The word-level subtitle files of ``sources`` for the videos of ``annotations``, or
+    None when they were not requested."""
+    if sources.subtitle_word_paths is None:
+        return None
+    paths = sources.subtitle_word_paths
+    videos = list(dict.fromkeys(a.video_id for a in annotations))
+    return SubtitleWordSource(paths["sentences"], paths["tokens"], videos, report)
 
 
 def parse_splits(
@@ -265,10 +314,13 @@ def build(
             "features": sources.feature_name,
             "manifest": sources.features.describe(),
             "feature_files": dict(sources.feature_paths),
+            "subtitle_word_files": sources.subtitle_word_paths,
             "annotation_files": {},
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "splits": {},
         }
+        if sources.subtitle_word_paths is not None:
+            info["subtitle_words"] = {}
         for split, anns in annotations.items():
             info["annotation_files"][split] = {
                 os.path.basename(p): stored.sha256(p) for p in sources.annotation_files(split)
@@ -276,7 +328,13 @@ def build(
             anns = _apply_missing(sources, split, anns, matches, report, allow_missing)
             if not anns:
                 raise DataError(sources.annotation_dir, f"split {split!r}", None, "no query left")
-            info["splits"][split] = _write_split(sources, stores, split, anns, report, output_dir)
+            words = SubtitleReport()
+            info["splits"][split] = _write_split(
+                sources, stores, split, anns, report, output_dir, words
+            )
+            if "subtitle_words" in info:
+                words.log(f"{sources.module.NAME}/{split}")
+                info["subtitle_words"][split] = words.summary()
             logger.info("%s/%s: %s", sources.module.NAME, split, info["splits"][split])
         info["report"] = report.summary()
         info["unused_feature_keys"] = {r: len(m["unused"]) for r, m in matches.items()}
@@ -288,7 +346,7 @@ def build(
     return info
 
 
-def _write_split(sources, stores, split, anns, report, output_dir) -> dict[str, Any]:
+def _write_split(sources, stores, split, anns, report, output_dir, words) -> dict[str, Any]:
     rows: dict[str, int] = {}
     first: list[Annotation] = []
     for a in anns:
@@ -299,6 +357,8 @@ def _write_split(sources, stores, split, anns, report, output_dir) -> dict[str, 
     dims: dict[str, int] = {}
     token_counts: dict[str, int] = {}
 
+    subtitle_words = open_subtitle_words(sources, first, words)
+
     def video_blobs():
         for a in first:
             arrays = _video_record(sources, stores, a, report, split)
@@ -306,12 +366,19 @@ def _write_split(sources, stores, split, anns, report, output_dir) -> dict[str, 
             dims["video"] = arrays["video_features"].shape[1]
             if "subtitle_features" in arrays:
                 dims["subtitle"] = arrays["subtitle_features"].shape[1]
+            if subtitle_words is not None:
+                arrays.update(subtitle_words.words(a.video_id, a.duration_s).to_arrays())
+                dims["subtitle_words"] = subtitle_words.dim
             # Validates every query of the video against its features (spans, NaN, widths).
             yield stored.encode(arrays, {"video_id": a.video_id})
 
-    num_videos = stored.write_records(
-        os.path.join(output_dir, stored.videos_file(split)), video_blobs()
-    )
+    try:
+        num_videos = stored.write_records(
+            os.path.join(output_dir, stored.videos_file(split)), video_blobs()
+        )
+    finally:
+        if subtitle_words is not None:
+            subtitle_words.close()
     if "query" in stores:
         spec = sources.features.query
 

@@ -10,6 +10,11 @@ comes first.
 :func:`validate` reads every feature row the annotations need and collects every problem
 (unreadable files, missing keys, wrong widths, NaN/inf, spans outside the video) instead of
 stopping at the first; it returns them with the counts so the command can print them all.
+
+With word-level subtitles requested (``--subtitle_words``), both also align every video's
+subtitle sentences with their token features (:func:`subtitle_word_reports`) and report the
+:class:`~data_pipelines.subtitles.SubtitleReport` of each split (kept sentences and words,
+every fallback counted); ``validate`` lists a bad subtitle or token file as an error.
 """
 
 from __future__ import annotations
@@ -21,8 +26,16 @@ from typing import Any
 import numpy as np
 
 from data_pipelines.annotations import Annotation, DataError
-from data_pipelines.build import Sources, check_spans, match_ids, open_stores, parse_splits
+from data_pipelines.build import (
+    Sources,
+    check_spans,
+    match_ids,
+    open_stores,
+    open_subtitle_words,
+    parse_splits,
+)
 from data_pipelines.records import RecordError
+from data_pipelines.subtitles import SubtitleReport
 
 
 def distribution(values: Sequence[float]) -> dict[str, float]:
@@ -89,6 +102,27 @@ def feature_stats(
     }
 
 
+def subtitle_word_reports(
+    sources: Sources, annotations: dict[str, Sequence[Annotation]], max_videos: int = 0
+) -> dict[str, Any]:
+    """``{split: SubtitleReport.summary()}``: every video's subtitles aligned (``max_videos``
+    > 0: only the first that many per split); a bad file raises :class:`DataError`."""
+    out = {}
+    for split, anns in annotations.items():
+        first = list({a.video_id: a for a in anns}.values())
+        if max_videos > 0:
+            first = first[:max_videos]
+        report = SubtitleReport()
+        source = open_subtitle_words(sources, first, report)
+        try:
+            for a in first:
+                source.words(a.video_id, a.duration_s)
+        finally:
+            source.close()
+        out[split] = report.summary()
+    return out
+
+
 def stats(
     sources: Sources,
     splits: Sequence[str] | None = None,
@@ -145,6 +179,14 @@ def stats(
             role: f"{path} not found: feature checks skipped"
             for role, path in sources.feature_paths.items()
         }
+    words = sources.subtitle_word_paths
+    if words is not None:
+        absent = [p for p in words.values() if not os.path.isfile(p)]
+        out["subtitle_words"] = (
+            f"{absent[0]} not found: subtitle word checks skipped"
+            if absent
+            else subtitle_word_reports(sources, annotations, max_videos)
+        )
     return out
 
 
@@ -179,7 +221,13 @@ def validate(
     finally:
         for store in stores.values():
             store.close()
-    return {"errors": errors, "checked": checked, "parse_report": report.summary()}
+    out = {"errors": errors, "checked": checked, "parse_report": report.summary()}
+    if sources.subtitle_word_paths is not None:
+        try:
+            out["subtitle_words"] = subtitle_word_reports(sources, annotations)
+        except DataError as err:
+            errors.append(str(err))
+    return out
 
 
 def _read_every_feature(sources, stores, annotations, errors, max_errors):

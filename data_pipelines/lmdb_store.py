@@ -114,6 +114,42 @@ def decode_hero_value(value: bytes) -> np.ndarray:
     return features
 
 
+def encode_hero_value(features: np.ndarray) -> bytes:
+    """One uncompressed HERO value: msgpack ``{"features": <msgpack_numpy array map>}``."""
+    msgpack = _import_msgpack()
+    array = np.ascontiguousarray(features)
+    packed = {
+        b"nd": True,
+        b"type": array.dtype.str,
+        b"kind": b"",
+        b"shape": list(array.shape),
+        b"data": array.tobytes(),
+    }
+    return msgpack.packb({"features": packed}, use_bin_type=True)
+
+
+def write_hero_db(path: str | os.PathLike, features: dict[str, np.ndarray]) -> None:
+    """Writes ``{video name: [T, D]}`` in HERO's uncompressed layout (module docstring): the
+    LMDB directory ``path`` with a ``__keys__`` entry, and ``id2nframe.json`` beside it (the
+    ``data fake`` writer; the reader never needs it)."""
+    lmdb = _import_lmdb()
+    path = os.path.abspath(path)
+    os.makedirs(path, exist_ok=True)
+    values = {name: encode_hero_value(array) for name, array in features.items()}
+    size = sum(len(v) + len(k) + 64 for k, v in values.items())
+    env = lmdb.open(path, map_size=max(2 * size, 1 << 24))
+    try:
+        with env.begin(write=True) as txn:
+            for name, value in values.items():
+                txn.put(name.encode("utf-8"), value)
+            txn.put(_KEYS_ENTRY.encode("utf-8"), json.dumps(list(values)).encode("utf-8"))
+    finally:
+        env.close()
+    counts = {name: int(len(array)) for name, array in features.items()}
+    with open(os.path.join(os.path.dirname(path), "id2nframe.json"), "w", encoding="utf-8") as f:
+        json.dump(counts, f)
+
+
 _LMDB_MAGIC = 0xBEEFC0DE
 _META_OFFSET = 16  # page header (64-bit build): pgno, pad, flags, lower, upper
 _META_LAYOUT = {"magic": 0, "page_size": 24, "last_page": 120, "txn_id": 128}  # from meta start

@@ -284,6 +284,11 @@ def with_subtitle_words(
         )
     sampling = data_field(config_data, "clip_sampling")
     if isinstance(records, StoredSplit):
+        if "subtitle_words" not in records.feature_dims:
+            raise ValueError(
+                f"{records.directory}: split {records.split!r} has no subtitle words "
+                "(config.data.subtitle_words needs `vmr-jax data build ... --subtitle_words`)"
+            )
         table = StoredVideosWithWords(
             records,
             videos.num_clips,

@@ -298,6 +298,59 @@ def align_video(
     return words
 
 
+class SubtitleWordSource:
+    """The subtitle jsonl and the token h5 of one split, opened once: :meth:`words` aligns
+    one video at a time (``vmr-jax data build`` streams videos), counting into ``report``.
+
+    ``videos``: the videos that will be asked for; when some have sentences and none of them
+    has a token entry, the h5 is the file of another dataset (:class:`DataError`).
+    """
+
+    def __init__(
+        self,
+        jsonl_path: str | os.PathLike,
+        h5_path: str | os.PathLike,
+        videos: Iterable[str],
+        report: SubtitleReport,
+        *,
+        token_counter: Callable[[str], int] | None = None,
+    ):
+        self.report, self.token_counter = report, token_counter
+        self.subs = read_subtitle_jsonl(jsonl_path)
+        self.tokens = TokenFeatureFile(h5_path)
+        try:
+            spoken = [v for v in videos if self.subs.get(v, (0, []))[1]]
+            keys = self.tokens.keys()
+            if spoken and not keys & set(spoken):
+                problem = (
+                    f"shares no key with the videos that have subtitles (e.g. file "
+                    f"{sorted(keys)[:3]}, videos {spoken[:3]}): the token file of another "
+                    "dataset?"
+                )
+                raise DataError(self.tokens.path, None, None, problem)
+            self.dim = _first_width(self.tokens, keys)
+        except DataError:
+            self.tokens.close()
+            raise
+
+    def words(self, vid: str, duration_s: float) -> SubtitleWords:
+        features, lengths = self.tokens.get(vid)
+        return align_video(
+            vid,
+            self.subs.get(vid, (0, []))[1],
+            features,
+            lengths,
+            float(duration_s),
+            self.report,
+            dim=self.dim,
+            token_counter=self.token_counter,
+            source=self.tokens.path,
+        )
+
+    def close(self) -> None:
+        self.tokens.close()
+
+
 def load_subtitle_words(
     jsonl_path: str | os.PathLike,
     h5_path: str | os.PathLike,
@@ -309,34 +362,11 @@ def load_subtitle_words(
 ) -> dict[str, SubtitleWords]:
     """``{video_id: SubtitleWords}`` of every video of ``durations`` (``{vid: seconds}``),
     aligned by the module's rule; ``report`` counts every fallback and is logged once."""
-    subs = read_subtitle_jsonl(jsonl_path)
-    tokens = TokenFeatureFile(h5_path)
+    source = SubtitleWordSource(jsonl_path, h5_path, durations, report, token_counter=token_counter)
     try:
-        spoken = [v for v in durations if subs.get(v, (0, []))[1]]
-        keys = tokens.keys()
-        if spoken and not keys & set(spoken):
-            problem = (
-                f"shares no key with the videos that have subtitles (e.g. file "
-                f"{sorted(keys)[:3]}, videos {spoken[:3]}): the token file of another dataset?"
-            )
-            raise DataError(tokens.path, None, None, problem)
-        dim = _first_width(tokens, keys)
-        out = {}
-        for vid in durations:
-            features, lengths = tokens.get(vid)
-            out[vid] = align_video(
-                vid,
-                subs.get(vid, (0, []))[1],
-                features,
-                lengths,
-                float(durations[vid]),
-                report,
-                dim=dim,
-                token_counter=token_counter,
-                source=tokens.path,
-            )
+        out = {vid: source.words(vid, durations[vid]) for vid in durations}
     finally:
-        tokens.close()
+        source.close()
     report.log(name or str(jsonl_path))
     return out
 

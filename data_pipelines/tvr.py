@@ -69,6 +69,24 @@ counted by :mod:`data_pipelines.subtitles`; subtitle times are checked against t
 ``video2dur_idx`` durations.  The clip-level file above is these token features max-pooled per
 clip by the same sentence <-> clip rule (``convert_sub_feature_word_to_clip.py``).
 
+``hero_resnet_slowfast`` (Cascaded MPN, whose paper uses HERO's features): HERO's TVR video
+features, ``video_db/tv/resnet_slowfast_1.5`` of linjieli222/HERO ``scripts/download_tvr.sh``
+(``video_db/tv.tar``; ``config/train-tvr-8gpu.json``: ``vfeat_db`` ``/video/tv``,
+``vfeat_version`` resnet_slowfast, ``vfeat_interval`` 1.5, ``compressed_db`` false,
+``max_clip_len`` 100).  An LMDB keyed by ``vid_name`` (HERO's TVR query db maps each query to
+it: ``query2video``), values ``{"features": [T, 4352]}`` = ResNet-152 (2048) then SlowFast
+(2304) per 1.5-s clip (``scripts/convert_videodb.py``), with ``video_db/tv/id2nframe.json``;
+read by :class:`~data_pipelines.lmdb_store.LmdbStore`, unnormalised as HERO's
+``VideoFeatLmdb`` reads it.  The folder is ``tv``, not ``tvr``: HERO shares it between TVR,
+TVQA and TVC.  Subtitle clip features and query tokens are the TVRetrieval RoBERTa files
+above (HERO itself re-encodes subtitles and queries from token ids, which Cascaded MPN's
+"contextualized token features" do not need).  HERO's clips and TVRetrieval's both start at
+0 s every 1.5 s; a differing clip count is cut to the shorter by ``data build`` and counted.
+
+Every feature set with subtitles also declares the word-level subtitles
+(``FeatureSet.subtitle_words``: ``SUBTITLE_FILE`` with the annotations, ``SUBTITLE_TOKENS``
+with the features), which ``vmr-jax data build --subtitle_words`` stores per video.
+
 ``resnet_i3d_video_only`` is XML's ``video`` setting: no subtitle, and the query features of the
 model fine-tuned on queries only (``bert_feature/query_only/tvr_query_pretrained_w_query.h5``).
 The loaders also cut videos to ``max_ctx_l`` = 100 clips and queries to ``max_desc_l`` = 30
@@ -94,7 +112,7 @@ from data_pipelines.annotations import (
     ends_inside,
     load_json_text,
 )
-from data_pipelines.benchmarks import FeatureSet, FeatureSpec
+from data_pipelines.benchmarks import FeatureSet, FeatureSpec, SubtitleWordSpec
 from data_pipelines.records import SubtitleWords
 from data_pipelines.subtitles import SubtitleReport
 from data_pipelines.subtitles import load_subtitle_words as _load_words
@@ -182,10 +200,41 @@ _RESNET_I3D = _video_spec(
     "stored normalised (normalize_and_concat.py); the loader runs with --no_norm_vfeat",
 )
 
+_HERO_RESNET_SLOWFAST = FeatureSpec(
+    file="video_db/tv/resnet_slowfast_1.5",
+    layout="lmdb",
+    dim=4352,
+    extractor="ResNet-152 ImageNet (2048) + SlowFast Kinetics (2304), concatenated per clip",
+    clip="1.5-s clips from 0 s; HERO keeps the first 100 (max_clip_len)",
+    normalisation="none (HERO data/data.py VideoFeatLmdb reads the raw features)",
+    source=(
+        "linjieli222/HERO scripts/download_tvr.sh (video_db/tv.tar), "
+        "config/train-tvr-8gpu.json, scripts/convert_videodb.py"
+    ),
+    key_format="{video_id}",
+    clip_seconds=CLIP_SECONDS,
+)
+SUBTITLE_WORDS = SubtitleWordSpec(
+    sentences=SUBTITLE_FILE,
+    tokens=SUBTITLE_TOKENS,
+    dim=768,
+    extractor=_TEXT_EXTRACTOR + "; every subtitle token, f[vid] [N, 768] + f[vid-lengths]",
+    source=(
+        "jayleicn/TVRetrieval data/tvqa_preprocessed_subtitles.jsonl; tvr_feature_release "
+        "(utils/text_feature/lm_finetuning_on_single_sentences.py)"
+    ),
+)
+
+
+def _with_subtitles(video: FeatureSpec) -> FeatureSet:
+    return FeatureSet(video=video, subtitle=_SUBTITLE, query=_QUERY, subtitle_words=SUBTITLE_WORDS)
+
+
 FEATURES: dict[str, FeatureSet] = {
-    "resnet": FeatureSet(video=_RESNET, subtitle=_SUBTITLE, query=_QUERY),
-    "i3d": FeatureSet(video=_I3D, subtitle=_SUBTITLE, query=_QUERY),
-    "resnet_i3d": FeatureSet(video=_RESNET_I3D, subtitle=_SUBTITLE, query=_QUERY),
+    "resnet": _with_subtitles(_RESNET),
+    "i3d": _with_subtitles(_I3D),
+    "resnet_i3d": _with_subtitles(_RESNET_I3D),
+    "hero_resnet_slowfast": _with_subtitles(_HERO_RESNET_SLOWFAST),
     "resnet_i3d_video_only": FeatureSet(video=_RESNET_I3D, query=_QUERY_ONLY),
 }
 

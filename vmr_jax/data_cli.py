@@ -22,6 +22,14 @@ in the official layouts for every annotated video (:mod:`data_pipelines.fake_fea
 (never the annotation folder): a dry run of ``build`` (``--data_dir OUT --annotation_dir
 ANNOTATIONS``, as the command prints) and of training before the real feature files are at
 hand.
+
+``--subtitle_words`` (TVR; Cascaded MPN's ``config.data.subtitle_words``): ``build`` also stores
+each video's subtitle sentences and word token features (``tvqa_preprocessed_subtitles.jsonl``
+with the annotations or in ``--data_dir``, the token h5 ``tvr_feature_release/bert_feature/
+sub_query/tvr_sub_pretrained_w_sub_query.h5`` in ``--data_dir``; ``--subtitle_sentences`` /
+``--subtitle_tokens`` point elsewhere) and reports every alignment fallback; ``validate`` and
+``stats`` align them and report the same counts; ``fake`` writes both files in the official
+layouts (sentences in ``OUT``).
 """
 
 from __future__ import annotations
@@ -57,6 +65,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video_features", default=None, help="file/folder (default: official)")
     parser.add_argument("--subtitle_features", default=None, help="TVR subtitle h5")
     parser.add_argument("--query_features", default=None, help="TVR query token h5")
+    parser.add_argument(
+        "--subtitle_words",
+        action="store_true",
+        help="TVR: word-level subtitles (build stores them, validate/stats check, fake writes)",
+    )
+    parser.add_argument(
+        "--subtitle_sentences",
+        default=None,
+        help="subtitle jsonl (default: tvqa_preprocessed_subtitles.jsonl in the annotation dir, "
+        "else in --data_dir)",
+    )
+    parser.add_argument(
+        "--subtitle_tokens",
+        default=None,
+        help="subtitle token h5 (default: the official path under --data_dir)",
+    )
     parser.add_argument("--splits", default=None, help="comma-separated (default: all present)")
     parser.add_argument(
         "--output_dir",
@@ -103,6 +127,9 @@ def main(args: argparse.Namespace) -> int:
             "subtitle": args.subtitle_features,
             "query": args.query_features,
         },
+        subtitle_words=args.subtitle_words,
+        subtitle_sentences=args.subtitle_sentences,
+        subtitle_tokens=args.subtitle_tokens,
     )
     splits = args.splits.split(",") if args.splits else None
     if args.action == "stats":
@@ -134,7 +161,7 @@ def main(args: argparse.Namespace) -> int:
         print(
             f"fake features: {out}; build from them with: vmr-jax data build --dataset "
             f"{args.dataset} --features {args.features} --data_dir {out} --annotation_dir "
-            f"{sources.annotation_dir}",
+            f"{sources.annotation_dir}" + (" --subtitle_words" if args.subtitle_words else ""),
             file=sys.stderr,
         )
     return code

@@ -180,8 +180,9 @@ def test_missing_words_and_bad_sizes_are_errors():
     assert not set(sb.BATCH_KEYS) & set(ip.gather_batch(without, np.array([0])))
 
 
-def _built_dataset(directory, videos):
-    """A built dataset (data_pipelines.stored layout) of one query per video."""
+def _built_dataset(directory, videos, words_dim=2):
+    """A built dataset (data_pipelines.stored layout) of one query per video; ``words_dim``
+    (None: a dataset built without subtitle words) is what ``data build`` records."""
     arrays = []
     with open(directory / stored.queries_file("train"), "w", encoding="utf-8") as f:
         for row, (vid, words, num_clips) in enumerate(videos):
@@ -208,6 +209,8 @@ def _built_dataset(directory, videos):
         "features": "toy",
         "splits": {"train": {"feature_dims": {"video": 3}}},
     }
+    if words_dim is not None:
+        info["splits"]["train"]["feature_dims"]["subtitle_words"] = words_dim
     (directory / stored.INFO_FILE).write_text(json.dumps(info))
     return StoredDataset(directory).split("train")
 
@@ -233,8 +236,13 @@ def test_built_split_reads_words_on_demand(tmp_path, caplog):
 
 
 def test_built_split_without_words_is_an_error(tmp_path):
-    split = _built_dataset(tmp_path, [("v0", None, 5)])
+    (tmp_path / "plain").mkdir()
+    split = _built_dataset(tmp_path / "plain", [("v0", None, 5)], words_dim=None)
     text = ip.build_text_inputs(data_config(), {"train": split})
+    with pytest.raises(ValueError, match="has no subtitle words .*--subtitle_words"):
+        ip.prepare_split(split, data_config(), text, name="train")
+    # Declared but absent from a video record (a damaged dataset): named at the read.
+    split = _built_dataset(tmp_path, [("v0", None, 5)])
     prepared = ip.prepare_split(split, data_config(), text, name="train")
     with pytest.raises(ValueError, match="video 'v0': no subtitle_sentence_times"):
         ip.gather_batch(prepared, np.array([0]))
