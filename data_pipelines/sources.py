@@ -10,6 +10,11 @@ Building a :class:`DataSources` completes the config's data-dependent model fiel
 mode ``'tokens'`` ``config.model.vocab_size`` 0 becomes the tokenizer's size and a smaller
 positive size is refused (:func:`data_pipelines.text_inputs.resolve_model_vocab`), so a
 trainer builds it before it writes or uses ``config.model``.
+
+Clip geometry (:func:`check_clip_length`): a model that turns frame indices into seconds with
+a fixed ``config.model.clip_length`` (XML's and Cascaded MPN's label rule and corpus times)
+refuses a built dataset whose clips are not of that fixed length, kept as they are: the
+moments it learned and predicted would be in the wrong seconds.
 """
 
 from __future__ import annotations
@@ -21,10 +26,33 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import input_pipeline
+from data_pipelines.stored import StoredSplit
 from data_pipelines.text_inputs import resolve_model_vocab
+from vmr_jax.errors import UserError
 from vmr_jax.evaluation import didemo
 
 SPAN_FIELDS = ("spans", "span_mask")  # what weak supervision keeps out of training
+
+
+def check_clip_length(config: ml_collections.ConfigDict, splits: Mapping[str, Any]) -> None:
+    """Raises :class:`UserError` when ``config.model.clip_length`` is set and a built split's
+    clips are not fixed ``clip_length``-second clips under ``clip_sampling='truncate'``."""
+    built = [r for r in splits.values() if isinstance(r, StoredSplit)]  # not in-memory data
+    if "model" not in config or "clip_length" not in config.model or not built:
+        return
+    info = built[0].info  # one manifest per built dataset
+    seconds = info["manifest"]["video"].get("clip_seconds")
+    sampling = input_pipeline.data_field(config.data, "clip_sampling")
+    length = float(config.model.clip_length)
+    if seconds is not None and float(seconds) == length and sampling == "truncate":
+        return
+    what = f"{seconds}-s clips" if seconds else "clips evenly covering each video (no fixed length)"
+    raise UserError(
+        f"config.model.clip_length={length} s per frame, but {info['dataset']}/"
+        f"{info['features']} has {what} and config.data.clip_sampling={sampling!r}: the label "
+        "rule and the corpus times need native clips of exactly model.clip_length seconds, "
+        "with clip_sampling='truncate'"
+    )
 
 
 def without_spans(batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -44,6 +72,7 @@ class DataSources:
         self.datasets = input_pipeline.get_datasets(config)
         if "model" in config:
             resolve_model_vocab(config.model, self.datasets.text)
+            check_clip_length(config, self.datasets.splits)
         self._prepared: dict[str, input_pipeline.PreparedSplit] = {}
         self._didemo_gt: dict[str, didemo.DidemoGroundTruth] = {}
 

@@ -15,7 +15,9 @@ CONFIG_FILES = sorted(p for p in CONFIG_DIR.rglob("*.py") if p.name != "__init__
 
 BENCHMARK_CONFIGS = sorted(CONFIG_DIR.glob("*/[!s]*.py"))
 # Hidden width of each family's `tiny` variant (vmr_jax/models/<family>.py VARIANTS['tiny']).
-TINY_WIDTH = {"mgpn": 64, "tan2d": 16, "fvmr": 64, "vlanet": 64, "xml": 32}
+TINY_WIDTH = {"mgpn": 64, "tan2d": 16, "fvmr": 64, "vlanet": 64, "xml": 32, "cascaded_mpn": 32}
+# Families that read query feature vectors only (never token ids): `tiny` keeps their text.
+FEATURE_QUERIES = {"xml", "cascaded_mpn"}
 
 
 @pytest.mark.parametrize("path", BENCHMARK_CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
@@ -25,7 +27,8 @@ def test_benchmark_configs_take_tiny(path):
     full = config_cli.load_config(str(path))
     tiny = config_cli.load_config(f"{path}:tiny")
     family = tiny.model.name
-    width = {"vlanet": "gru_hidden", "xml": "hidden_size"}.get(family, "hidden")
+    width = {"vlanet": "gru_hidden", "xml": "hidden_size", "cascaded_mpn": "hidden_size"}
+    width = width.get(family, "hidden")
     assert tiny.model[width] == TINY_WIDTH[family] < full.model[width]
     for field in ("feature_dim", "vid_feat_size", "sub_feat_size", "q_feat_size"):
         if field in full.model:  # the data's widths stay
@@ -33,8 +36,8 @@ def test_benchmark_configs_take_tiny(path):
     assert tiny.train.num_steps == 200 and tiny.train.num_epochs == 0
     assert tiny.train.batch_size == 16
     assert tiny.evals.get("every", 0) == 0 and tiny.evals.every_epochs == 0  # at the end
-    if family == "xml":  # TVR's queries are the release's RoBERTa token features
-        assert tiny.data.text_mode == "features"
+    if family in FEATURE_QUERIES:  # RoBERTa token features (TVR) or GloVe vectors, as full
+        assert tiny.data.text_mode == full.data.text_mode in ("features", "glove")
     else:
         assert tiny.data.text_mode == "tokens" and tiny.model.vocab_size == 0
         assert full.data.text_mode == "glove"

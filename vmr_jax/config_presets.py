@@ -14,7 +14,9 @@ Two config arguments shorten a benchmark run (:func:`short_run`):
   (:func:`tiny_model`; the data's feature widths and time geometry stay), 200 steps of batch
   16, one evaluation and checkpoint at the end, and learned word embeddings
   (``text_mode='tokens'``, vocabulary of the training queries, ``model.vocab_size`` sized
-  from it), so no GloVe file is needed.  XML reads TVR's query token features as before.
+  from it), so no GloVe file is needed.  XML reads TVR's query token features as before;
+  Cascaded MPN reads query feature vectors only, so it keeps them (RoBERTa tokens on TVR,
+  GloVe on DiDeMo and ActivityNet: ``short_run(learned_words=False)``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import ml_collections
 
 from data_pipelines.text_inputs import DATA_DEFAULTS
 from vmr_jax.config_cli import parse_config_arg
-from vmr_jax.models import fvmr, mgpn, tan2d, vlanet, xml
+from vmr_jax.models import cascaded_mpn, fvmr, mgpn, tan2d, vlanet, xml
 
 # Model fields the ``tiny`` argument takes from the family's ``tiny`` variant: widths, layers
 # and the map size.  Feature widths and clip / proposal times stay the benchmark's.
@@ -45,8 +47,16 @@ TINY_MODEL_FIELDS: dict[str, tuple[str, ...]] = {
     ),
     "vlanet": ("word_dim", "gru_hidden", "embed_dim", "attention_dim"),
     "xml": ("hidden_size",),
+    "cascaded_mpn": ("hidden_size", "n_heads"),
 }  # fmt: skip
-_FAMILY_MODULES = {"mgpn": mgpn, "tan2d": tan2d, "fvmr": fvmr, "vlanet": vlanet, "xml": xml}
+_FAMILY_MODULES = {
+    "mgpn": mgpn,
+    "tan2d": tan2d,
+    "fvmr": fvmr,
+    "vlanet": vlanet,
+    "xml": xml,
+    "cascaded_mpn": cascaded_mpn,
+}
 
 # Training lengths of the two short-run arguments (runlocal wins when both are given).
 TINY_RUN = {
@@ -93,15 +103,21 @@ def tiny_model(family: str, variant: str) -> ml_collections.ConfigDict:
     return model
 
 
-def short_run(config: ml_collections.ConfigDict, *, tiny: bool, runlocal: bool) -> None:
+def short_run(
+    config: ml_collections.ConfigDict, *, tiny: bool, runlocal: bool, learned_words: bool = True
+) -> None:
     """Applies the ``tiny`` (:data:`TINY_RUN`, learned word embeddings) and ``runlocal``
-    (:data:`RUNLOCAL_RUN`) training lengths to a full benchmark config, in place."""
+    (:data:`RUNLOCAL_RUN`) training lengths to a full benchmark config, in place.
+
+    ``learned_words=False`` keeps GloVe under ``tiny``: for a family that reads query
+    feature vectors (``query_features``), never token ids (Cascaded MPN).
+    """
     runs = ([TINY_RUN] if tiny else []) + ([RUNLOCAL_RUN] if runlocal else [])
     for run in runs:
         for key, value in run.items():
             section, name = key.split(".")
             config[section][name] = value
-    if tiny and config.data.text_mode == "glove":
+    if tiny and learned_words and config.data.text_mode == "glove":
         config.data.text_mode = "tokens"
         config.model.vocab_size = 0  # sized from the tokenizer when the data is read
 
