@@ -457,6 +457,43 @@ def test_stages_reproduce_the_training_path_and_the_direct_cascade():
         bad.localize(variables, query_enc, own)
 
 
+def test_log_scale_stages_rank_log_maps_and_add_the_video_term():
+    """map_scale='log': stage 2 returns log M_T (normalised over the video's cells) and
+    log f_cond for 'frame'; combine is 20 s + log map, the log of exp(20 s) * map."""
+    config, batch, model, variables = _shared()
+    log_config = dict(config, map_scale="log")
+    log_model = model.clone(map_scale="log")
+    stages = cascaded_mpn.FAMILY.corpus(log_model, log_config)
+    assert stages.log_scores
+    videos, queries = _split(batch)
+    video_enc = stages.encode_videos(variables, videos)
+    query_enc = stages.encode_queries(variables, queries)
+    own = jax.tree.map(lambda x: x[:, None], video_enc)
+    moments = stages.localize(variables, query_enc, own)
+    start, end = map_cells(NUM_CLIPS)
+    params = _map_params(variables["params"])
+    train_path = model.apply(variables, batch, train=False)
+    for q, n in enumerate(LENGTHS):
+        anchors = [video_enc[f"anchors_{m}"][q] for m in (2, 4, 8)]
+        direct = score_maps.cascaded_score_map(
+            video_enc["frames"][q], n, anchors, query_enc["query"][q], params, params,
+            map_scale="log",
+        ).score_map
+        valid = np.asarray(moments.valid[q, 0])
+        got = np.asarray(moments.score[q, 0])[valid]
+        np.testing.assert_allclose(got, np.asarray(direct)[start, end][valid], atol=1e-5)
+        np.testing.assert_allclose(np.exp(got).sum(), 1.0, rtol=1e-5)  # a distribution
+        # 'frame' on the log scale: log(P_st P_ed) of the training path's map.
+        frame_model = log_model.clone(localize_map="frame")
+        frame = dataclasses.replace(stages, model=frame_model).localize(variables, query_enc, own)
+        want = np.log(np.asarray(train_path["frame_score_map"], np.float64)[q, start, end][valid])
+        np.testing.assert_allclose(np.asarray(frame.score[q, 0])[valid], want, atol=1e-4)
+    scores = stages.score_videos(variables, query_enc, video_enc)[:, :1]
+    combined = stages.combine(scores, moments)
+    want = 20.0 * np.asarray(scores, np.float64)[..., None] + np.asarray(moments.score)
+    np.testing.assert_allclose(combined, want, rtol=1e-6)
+
+
 def test_corpus_search_matches_brute_force():
     """build_index + search on 5 videos (all localised): VR by the max frame cosine, VCMR's
     first moment = the best exp(20 s) M_T cell over all videos, SVMR's = the own map's best."""

@@ -413,3 +413,71 @@ def test_cascade_on_the_cells_scale_by_hand():
     np.testing.assert_allclose(np.asarray(literal), want, rtol=1e-6)
     with pytest.raises(ValueError, match="map_scale"):
         sm.cascade(frame, [anchor], 2, map_scale="logits")
+
+
+def np_log_cascade(m0, anchors, n, sparsity=True, levels=None):
+    """The 'log' scale in probability terms, float64: ``M_i = h(M_{i-1}) * Upsample(N)`` (a
+    product, no sigmoid), then the log of the valid cells divided by their sum."""
+    length = m0.shape[0]
+    mask = np.triu(np.ones((length, length), bool)) & (np.arange(length)[None, :] < n)
+    m = np.where(mask, m0, 0.0)
+    for i in range(1, (levels or len(anchors)) + 1):
+        if sparsity:
+            m = np_sparsity_pool(m, 2**i)
+        if anchors is not None:
+            m = m * np_upsample(np.asarray(anchors[i - 1], np.float64), length, n)
+    return np.log(m[mask] / m[mask].sum()), mask
+
+
+@pytest.mark.parametrize("levels", [1, 3, 5])
+@pytest.mark.parametrize("sparsity", [True, False])
+def test_log_cascade_is_the_log_of_the_product_loop(levels, sparsity):
+    # L = 13 with 11 valid frames: neither is a multiple of the 2, 4, 8, 16, 32 kernels.
+    rng = np.random.default_rng(40 + levels)
+    length, n = 13, 11
+    m0 = rng.uniform(0.01, 0.05, (length, length))
+    anchors = [rng.uniform(0.05, 0.5, (2**i, 2**i)) for i in range(1, levels + 1)]
+    got = jax.jit(sm.cascade, static_argnames=("num_levels", "sparsity_pooling", "map_scale"))(
+        jnp.asarray(np.log(m0), jnp.float32),
+        tuple(jnp.asarray(np.log(a), jnp.float32) for a in anchors),
+        jnp.int32(n),
+        sparsity_pooling=sparsity,
+        map_scale="log",
+    )
+    want, mask = np_log_cascade(m0, anchors, n, sparsity)
+    np.testing.assert_allclose(np.asarray(got)[mask], want, rtol=1e-5)
+    assert np.all(np.asarray(got)[~mask] == sm.LOG_MASKED)
+    no_anchor = sm.cascade(
+        jnp.asarray(np.log(m0), jnp.float32), None, n, num_levels=levels, map_scale="log"
+    )
+    want, _ = np_log_cascade(m0, None, n, True, levels)
+    np.testing.assert_allclose(np.asarray(no_anchor)[mask], want, rtol=1e-5)
+
+
+def test_log_cascade_by_hand():
+    # L = 2, T = 1, kernel 2: the frame map [[0.5, 0.3], [-, 0.2]] pools to max 0.5, so h gives
+    # [[0.25/0.5, 0.09/0.5], [-, 0.04/0.5]] = [[0.5, 0.18], [-, 0.08]]; the 2-anchor map
+    # [[0.2, 0.5], [-, 0.3]] multiplies cell by cell: [[0.1, 0.09], [-, 0.024]]; renormalised
+    # over the three cells (sum 0.214).
+    frame = jnp.log(jnp.array([[0.5, 0.3], [1.0, 0.2]], jnp.float32))
+    anchor = jnp.log(jnp.array([[0.2, 0.5], [1.0, 0.3]], jnp.float32))
+    got = np.asarray(sm.cascade(frame, [anchor], 2, map_scale="log"))
+    want = np.array([0.1, 0.09, 0.024]) / 0.214
+    np.testing.assert_allclose(np.exp(got[[0, 0, 1], [0, 1, 1]]), want, rtol=1e-6)
+    assert got[1, 0] == sm.LOG_MASKED
+
+
+@pytest.mark.parametrize("levels", [1, 3])
+def test_log_cascaded_score_map_end_to_end(levels):
+    rng = np.random.default_rng(60 + levels)
+    d, length, n = 5, 13, 11
+    frame_p, anchor_p = make_params(rng, d), [make_params(rng, d) for _ in range(levels)]
+    v = make_video(rng, length, n, d)
+    q = jnp.asarray(rng.normal(size=d), jnp.float32)
+    anchors = [jnp.asarray(rng.normal(size=(2**i, d)), jnp.float32) for i in range(1, levels + 1)]
+    fn = jax.jit(sm.cascaded_score_map, static_argnames=("map_scale",))
+    out = fn(v, jnp.int32(n), anchors, q, frame_p, anchor_p, map_scale="log")
+    m0 = np_pad_map(np_f_cond(v, n, q, frame_p)[0], length)
+    maps = [np_f_cond(c, c.shape[0], q, p)[0] for c, p in zip(anchors, anchor_p)]
+    want, mask = np_log_cascade(m0, maps, n)
+    np.testing.assert_allclose(np.asarray(out.score_map)[mask], want, rtol=1e-4)

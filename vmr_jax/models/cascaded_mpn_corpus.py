@@ -19,7 +19,9 @@ videos".  So, per query:
   20, their inference constant) times the cascade's map value; ``q2c_alpha = 0`` ranks by
   the map value alone, the paper's literal "best matched moment among the videos".
   ``M_T`` lies in ``(0.5, 1)`` on valid cells (a sigmoid of non-negative values), so without
-  the video factor the moment ranking barely separates videos.
+  the video factor the moment ranking barely separates videos.  With ``map_scale='log'``
+  the map is ``log M_T`` and the rule is its log, ``q2c_alpha * s + log M_T[i, j]`` (the
+  same ranking as ``exp(q2c_alpha * s) * M_T`` without underflow).
 * Lists, seconds (``[i * clip, (j + 1) * clip]``), the ``max_before_nms`` cut and NMS are the
   generic ones of :mod:`vmr_jax.retrieval.ranking`.
 """
@@ -62,12 +64,15 @@ def map_moments(score_map: jax.Array, mask: jax.Array) -> MomentScores:
 
 
 def video_weighted_map_score(
-    video_scores: jax.Array, moments: MomentScores, alpha: float
+    video_scores: jax.Array, moments: MomentScores, alpha: float, log_scores: bool = False
 ) -> jax.Array:
     """The VCMR combine rule: ``exp(alpha * s) * M_T[i, j]``, ``[Q, K]`` x ``[Q, K, M]`` ->
-    ``[Q, K, M]`` (module docstring)."""
-    weight = jnp.exp(alpha * video_scores.astype(jnp.float32))[..., None]
-    return weight * moments.score
+    ``[Q, K, M]`` (module docstring); with ``log_scores`` (the moment scores are ``log M_T``)
+    its log, ``alpha * s + log M_T[i, j]``."""
+    video_scores = video_scores.astype(jnp.float32)[..., None]
+    if log_scores:
+        return alpha * video_scores + moments.score
+    return jnp.exp(alpha * video_scores) * moments.score
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +90,7 @@ class CascadedMPNStages(ModelMethodStages):
     retrieve_videos: int = 100
     clip_length: float = 1.5
     max_before_nms: int = 200
+    log_scores: bool = False
 
     @classmethod
     def from_config(cls, model: Any, model_config: Any) -> CascadedMPNStages:
@@ -96,6 +102,7 @@ class CascadedMPNStages(ModelMethodStages):
             retrieve_videos=int(get("retrieve_videos", 100)),
             clip_length=float(get("clip_length", 1.5)),
             max_before_nms=int(get("max_before_nms", 200)),
+            log_scores=get("map_scale", "probability") == "log",
         )
 
     def localize(self, variables, query_enc, video_enc) -> MomentScores:
@@ -107,4 +114,4 @@ class CascadedMPNStages(ModelMethodStages):
         return video_scores.astype(jnp.float32)
 
     def combine(self, video_scores, moments):
-        return video_weighted_map_score(video_scores, moments, self.q2c_alpha)
+        return video_weighted_map_score(video_scores, moments, self.q2c_alpha, self.log_scores)

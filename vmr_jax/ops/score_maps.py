@@ -201,7 +201,27 @@ def upsample_anchor_map(anchor_map: jax.Array, length: int, valid_len: jax.Array
     return jnp.where(valid_map_mask(length, valid_len), frame_map, 0.0)
 
 
-MAP_SCALES = ("probability", "cells")
+MAP_SCALES = ("probability", "cells", "log")
+LOG_MASKED = -1e9  # a masked cell of a log-scale map: finite, below any real log-score
+
+
+def log_score_map(score: ScoreMap, mask: jax.Array) -> jax.Array:
+    """``log f_cond`` ``[L, L]`` = ``log P(t_st) + log P(t_ed | t_st)`` on ``mask``,
+    :data:`LOG_MASKED` elsewhere (never ``log 0``: the log-probabilities are used as they are)."""
+    logs = score.log_p_start[:, None] + score.log_p_end
+    return jnp.where(mask, logs, LOG_MASKED)
+
+
+def log_sparsity_pool(y: jax.Array, kernel: int) -> jax.Array:
+    """:func:`sparsity_pool` on the log scale: ``log h(x) = 2 log x - log x~`` for ``y = log x``
+    (``log x~`` is the window max of ``y``; the max commutes with ``log``).  ``[L, L]``."""
+    length = y.shape[0]
+    blocks = -(-length // kernel)
+    size = blocks * kernel
+    padded = jnp.pad(y, ((0, size - length), (0, size - length)), constant_values=LOG_MASKED)
+    windows = padded.reshape(blocks, kernel, blocks, kernel)
+    pooled = jnp.max(windows, axis=(1, 3), keepdims=True)
+    return (2 * windows - pooled).reshape(size, size)[:length, :length]
 
 
 def cascade(
@@ -223,8 +243,18 @@ def cascade(
     valid cells, so a frame map's cells are about ``2 / L^2`` while an ``N``-anchor map's are
     about ``2 / N^2``, and the coarse anchor maps decide the ranking of ``M_T``.  ``'cells'``
     multiplies each map by its number of valid cells (``n (n + 1) / 2``; a uniform map is 1
-    everywhere), so frame-level and anchor-level evidence enter the sum on one scale.  The
-    paper does not say which scale its maps have at line 7 of Algorithm 1.
+    everywhere), so frame-level and anchor-level evidence enter the sum on one scale.
+    ``'log'``: the maps are given as log-probabilities (:func:`log_score_map`), ``h`` is
+    applied as :func:`log_sparsity_pool` (the log of eq. 18), line 7's sum adds
+    log-probabilities -- the frame map times every anchor map of the cell's segments, a
+    product of experts in which each level must agree -- and the sigmoid is left out (on this
+    scale it would turn the running log-score back into a probability-scale number before the
+    next level adds a log-probability).  The product is renormalised over the valid cells, so
+    the returned ``log M_T`` is a log-distribution over the video's moments like ``log f_cond``
+    (a video's moments compete with another video's on equal terms in the corpus ranking,
+    whatever the anchor maps' spread); :data:`LOG_MASKED` off the valid triangle.  Logs rank
+    the cells as ``M_T`` would, without the underflow of a product of ``2 T + 2`` small
+    probabilities.  The paper does not say which scale its maps have at line 7 of Algorithm 1.
     """
     if map_scale not in MAP_SCALES:
         raise ValueError(f"map_scale must be one of {MAP_SCALES}, got {map_scale!r}")
@@ -243,6 +273,16 @@ def cascade(
     if num_levels < 1:
         raise ValueError(f"num_levels must be >= 1, got {num_levels}")
     mask = valid_map_mask(length, valid_len)
+    if map_scale == "log":
+        current = jnp.where(mask, frame_map, LOG_MASKED)
+        for level in range(1, num_levels + 1):
+            if sparsity_pooling:
+                current = jnp.where(mask, log_sparsity_pool(current, 2**level), LOG_MASKED)
+            if anchor_maps is not None:
+                anchor = upsample_anchor_map(anchor_maps[level - 1], length, valid_len)
+                current = jnp.where(mask, current + anchor, LOG_MASKED)
+        normaliser = jax.nn.logsumexp(jnp.where(mask, current, -jnp.inf))
+        return jnp.where(mask, current - jnp.where(jnp.isfinite(normaliser), normaliser, 0.0), LOG_MASKED)
     current = jnp.where(mask, frame_map, 0.0)
     if map_scale == "cells":
         n = jnp.asarray(valid_len, frame_map.dtype)
@@ -260,7 +300,8 @@ def cascade(
 
 
 class CascadeOutput(NamedTuple):
-    """``score_map [L, L]`` is ``M_T``; ``frame`` the frame-level ``f_cond(V, q)`` (for eq. 21)."""
+    """``score_map [L, L]`` is ``M_T`` (``log M_T`` with ``map_scale='log'``); ``frame`` the
+    frame-level ``f_cond(V, q)`` (for eq. 21)."""
 
     score_map: jax.Array
     frame: ScoreMap
@@ -285,6 +326,11 @@ def cascaded_score_map(
     None, the no-anchor-branch ablation, which then needs ``num_levels``), ``query [d]``.
     One ``anchor_params`` is shared by all levels; a sequence gives one per level.
     """
+    log_scale = map_scale == "log"
+
+    def entering(score: ScoreMap, length: int, valid) -> jax.Array:
+        return log_score_map(score, valid_map_mask(length, valid)) if log_scale else score.score_map
+
     frame = moment_score_map(video, valid_len, query, frame_params, conditional)
     anchor_maps = None
     if anchor_params is not None:
@@ -293,11 +339,11 @@ def cascaded_score_map(
         if len(anchor_params) != len(anchors):
             raise ValueError(f"{len(anchor_params)} anchor params for {len(anchors)} levels")
         anchor_maps = tuple(
-            moment_score_map(c, c.shape[0], query, p, conditional).score_map
+            entering(moment_score_map(c, c.shape[0], query, p, conditional), c.shape[0], c.shape[0])
             for c, p in zip(anchors, anchor_params)
         )
     score = cascade(
-        frame.score_map,
+        entering(frame, video.shape[0], valid_len),
         anchor_maps,
         valid_len,
         num_levels=num_levels,
