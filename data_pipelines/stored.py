@@ -10,7 +10,10 @@
   ``query_text``, ``extras`` and, with query token features, ``num_query_tokens``.  Small:
   read whole.
 * ``<split>.videos.array_record``: one record per video (row ``video_row``):
-  ``video_features [T, D]``, ``clip_times [T, 2]`` and, for TVR, ``subtitle_features [T, Ds]``.
+  ``video_features [T, D]``, ``clip_times [T, 2]`` and, for TVR, ``subtitle_features [T, Ds]``
+  and, built with ``--subtitle_words``, the word-level subtitles (``subtitle_sentence_times
+  [S, 2]``, ``subtitle_word_features [W, Dw]``, ``subtitle_word_sentence [W]``; their
+  alignment report is ``dataset_info.json``'s ``subtitle_words``).
 * ``<split>.query_features.array_record`` (feature sets with query token features, TVR):
   one record per query, ``query_token_features [L, Dq]``.
 
