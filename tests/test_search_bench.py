@@ -23,6 +23,7 @@ def test_search_bench_reports_every_corpus_size(name, jax_compilation_cache):
     ratio = report["search"][1]["index_mib"] / report["search"][0]["index_mib"]
     assert ratio == pytest.approx(30 / 12)
     assert report["clips_per_video"] == 20 and report["queries_per_batch"] == 5
+    assert report["index_build_videos"] == 12 and report["index_build_videos_per_s"] > 0
     assert report["query_len"] == config.model.max_desc_l
     # Stage 2 alone: all 5 queries, and one search step of min(query_chunk 4, 5) queries, each
     # in top_videos = 10 videos; the comparison sizes by hand: 20 * 20 * hidden * 4 bytes.

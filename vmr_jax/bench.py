@@ -306,6 +306,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--clips", type=int, default=100, help="clips per video (--search)")
     parser.add_argument(
+        "--build_videos",
+        type=int,
+        default=None,
+        help="--search: videos encoded to time the index build (default: the smallest corpus)",
+    )
+    parser.add_argument(
         "--query-speed",
         "--query_speed",
         dest="query_speed",
@@ -366,6 +372,7 @@ def main(args: argparse.Namespace) -> int:
             num_queries=args.eval_batch_size,
             query_len=args.query_len,
             clips=args.clips,
+            build_videos=args.build_videos,
             steps=args.steps,
             warmup=args.warmup,
         )

@@ -117,6 +117,7 @@ def run_search_bench(
     warmup: int = 1,
     block_size: int = 256,
     query_chunk: int = 4,
+    build_videos: int | None = None,
 ) -> dict[str, Any]:
     """Queries per second of :func:`vmr_jax.retrieval.corpus.search` over random corpora.
 
@@ -127,8 +128,9 @@ def run_search_bench(
     ``evals.nms_thresh``; ``block_size`` videos scored and ``query_chunk`` queries localised
     at once per device).  Reported per size: seconds per batch, queries/s, index MiB, the
     compiled search's temp MiB and the process's peak RSS; once: the index build
-    (``encode_videos`` of random features, compiled first, timed on the smallest corpus) and
-    :func:`localize_cost` for the whole batch and for one search step.
+    (``encode_videos`` of random features in batches of 64, compiled on one batch first, timed
+    over ``build_videos`` videos, by default the smallest corpus) and :func:`localize_cost`
+    for the whole batch and for one search step.
     """
     mesh = sharding.make_mesh(config.mesh)
     family = get_family(config.model.name)
@@ -154,21 +156,21 @@ def run_search_bench(
     options = dict(
         nms_threshold=nms if nms > 0 else None, block_size=block_size, query_chunk=query_chunk
     )
-    # Index build: encode_videos over the smallest corpus (random features).
-    smallest = min(corpus_sizes)
-    feats = videos_of(random_batch(family, model_config, min(smallest, 256), query_len, seed=4))
+    # Index build: encode_videos of random features (the same program for every batch).
+    build_videos = int(build_videos or min(corpus_sizes))
+    feats = videos_of(random_batch(family, model_config, min(build_videos, 64), query_len, seed=4))
 
     class _Videos:
         def take(self, rows):
             rows = np.asarray(rows) % len(feats["video_mask"])
             return {k: v[rows] for k, v in feats.items()}
 
-    build = lambda: corpus.build_index(  # noqa: E731
-        stages, variables, _Videos(), mesh, batch_size=64, num_videos=smallest
+    build = lambda count: corpus.build_index(  # noqa: E731
+        stages, variables, _Videos(), mesh, batch_size=64, num_videos=count
     )
-    build()  # compile
+    build(1)  # compile
     start = time.perf_counter()
-    build()
+    build(build_videos)
     build_s = time.perf_counter() - start
     video_shapes = jax.eval_shape(
         stages.encode_videos, variables, {k: v[:1] for k, v in feats.items()}
@@ -219,7 +221,8 @@ def run_search_bench(
         "top_videos": int(stages.top_videos),
         "retrieve_videos": int(stages.retrieve_videos),
         "nms_threshold": options["nms_threshold"],
-        "index_build_videos_per_s": smallest / build_s,
+        "index_build_videos": build_videos,
+        "index_build_videos_per_s": build_videos / build_s,
         "localize": localize,
         "search": sizes,
         "timed_batches": steps,
