@@ -232,7 +232,9 @@ def test_forward_shapes_masks_and_finite_gradients_with_padding():
     for i, n in enumerate(LENGTHS):
         cells = np.triu(np.ones((length, length), bool)) & (np.arange(length)[None] < n)
         score = np.asarray(out["score_map"][i])
-        assert (score[~cells] == 0).all() and (score[cells] > 0.5).all()
+        # the default map_scale='log': log M_T, a log-distribution over the valid cells
+        assert (score[~cells] == score_maps.LOG_MASKED).all()
+        np.testing.assert_allclose(np.exp(score[cells]).sum(), 1.0, rtol=1e-5)
         np.testing.assert_allclose(np.asarray(out["frame_score_map"][i]).sum(), 1.0, rtol=1e-5)
     assert np.all(np.abs(out["frame_similarity"]) <= 1 + 1e-6)
 
@@ -306,10 +308,13 @@ def test_without_anchor_branch_there_are_no_anchors():
     assert sorted(enc) == ["frames", "mask"]
     loss, parts = cascaded_mpn.loss_fn(out, batch, config)
     assert parts["loss_anchor_hinge"] == 0 and np.isfinite(loss)
-    # The cascade still runs T levels of sparsity pooling and sigmoid on the frame map.
+    # The cascade still runs T levels of sparsity pooling on the (log) frame map.
     for i, n in enumerate(LENGTHS):
-        want = score_maps.cascade(out["frame_score_map"][i], None, n, num_levels=3)
-        np.testing.assert_allclose(out["score_map"][i], want, atol=1e-6)
+        cells = np.triu(np.ones((NUM_CLIPS,) * 2, bool)) & (np.arange(NUM_CLIPS)[None] < n)
+        log_map = out["log_p_start"][i][:, None] + out["log_p_end"][i]
+        log_map = np.where(cells, log_map, score_maps.LOG_MASKED)
+        want = score_maps.cascade(log_map, None, n, num_levels=3, map_scale="log")
+        np.testing.assert_allclose(out["score_map"][i], want, atol=1e-5)
 
 
 def test_conditional_and_sparsity_flags():
@@ -331,9 +336,16 @@ def test_conditional_and_sparsity_flags():
     for i, n in enumerate(LENGTHS):
         anchors = [enc[f"anchors_{k}"][i] for k in (2, 4, 8)]
         want = score_maps.cascaded_score_map(
-            enc["frames"][i], n, anchors, query[i], params, params, sparsity_pooling=False
+            enc["frames"][i],
+            n,
+            anchors,
+            query[i],
+            params,
+            params,
+            sparsity_pooling=False,
+            map_scale="log",
         ).score_map
-        np.testing.assert_allclose(out["score_map"][i], want, atol=1e-6)
+        np.testing.assert_allclose(out["score_map"][i], want, atol=1e-5)
 
 
 @pytest.mark.parametrize("levels", [1, 5])
@@ -411,7 +423,10 @@ def _split(batch):
 
 
 def test_stages_reproduce_the_training_path_and_the_direct_cascade():
+    """map_scale='probability' (Algorithm 1 read literally): M_T and exp(20 s) * M_T."""
     config, batch, model, variables = _shared()
+    config = dict(config, map_scale="probability")
+    model = model.clone(map_scale="probability")
     stages = cascaded_mpn.FAMILY.corpus(model, config)
     assert (stages.top_videos, stages.retrieve_videos, stages.q2c_alpha) == (10, 100, 20.0)
     videos, queries = _split(batch)
@@ -496,7 +511,8 @@ def test_log_scale_stages_rank_log_maps_and_add_the_video_term():
 
 def test_corpus_search_matches_brute_force():
     """build_index + search on 5 videos (all localised): VR by the max frame cosine, VCMR's
-    first moment = the best exp(20 s) M_T cell over all videos, SVMR's = the own map's best."""
+    first moment = the best 20 s + log M_T cell over all videos (the default log scale),
+    SVMR's = the own map's best."""
     config, _, model, variables = _shared()
     lengths = (12, 9, 5, 11, 7)
     corpus_batch = _batch(config, lengths=lengths[:3], seed=1)
@@ -537,12 +553,13 @@ def test_corpus_search_matches_brute_force():
                     jnp.asarray(query[q], jnp.float32),
                     params,
                     params,
+                    map_scale="log",
                 ).score_map,
                 np.float64,
             )
             for v, n in enumerate(lengths)
         ]
-        combined = np.stack([np.exp(20 * c) * mp for c, mp in zip(cos, maps)])
+        combined = np.stack([20 * c + mp for c, mp in zip(cos, maps)])
         v, i, j = np.unravel_index(np.argmax(combined), combined.shape)
         assert found["VCMR"].video_idx[q, 0] == v
         np.testing.assert_allclose(found["VCMR"].st_ed[q, 0], [i * 1.0, (j + 1) * 1.0])
