@@ -14,7 +14,11 @@ trainer builds it before it writes or uses ``config.model``.
 Clip geometry (:func:`check_clip_length`): a model that turns frame indices into seconds with
 a fixed ``config.model.clip_length`` (XML's and Cascaded MPN's label rule and corpus times)
 refuses a built dataset whose clips are not of that fixed length, kept as they are: the
-moments it learned and predicted would be in the wrong seconds.
+moments it learned and predicted would be in the wrong seconds.  ``clip_length = 0``
+(:data:`vmr_jax.retrieval.ranking.PER_VIDEO_CLIP_LENGTH`) asks for each video's own frame
+length, ``duration / L``: right for any built dataset under ``clip_sampling='resample'``
+(``L`` bins evenly covering the video), refused under ``'truncate'`` (the kept clips need not
+cover the video).
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ from data_pipelines.stored import StoredSplit
 from data_pipelines.text_inputs import resolve_model_vocab
 from vmr_jax.errors import UserError
 from vmr_jax.evaluation import didemo
+from vmr_jax.retrieval.ranking import PER_VIDEO_CLIP_LENGTH
 
 SPAN_FIELDS = ("spans", "span_mask")  # what weak supervision keeps out of training
 
 
 def check_clip_length(config: ml_collections.ConfigDict, splits: Mapping[str, Any]) -> None:
     """Raises :class:`UserError` when ``config.model.clip_length`` is set and a built split's
-    clips are not fixed ``clip_length``-second clips under ``clip_sampling='truncate'``."""
+    clips are not fixed ``clip_length``-second clips under ``clip_sampling='truncate'``, or
+    (``clip_length`` 0, each video's own frame length) not resampled to evenly cover each
+    video (``clip_sampling='resample'``)."""
     built = [r for r in splits.values() if isinstance(r, StoredSplit)]  # not in-memory data
     if "model" not in config or "clip_length" not in config.model or not built:
         return
@@ -44,6 +51,14 @@ def check_clip_length(config: ml_collections.ConfigDict, splits: Mapping[str, An
     seconds = info["manifest"]["video"].get("clip_seconds")
     sampling = input_pipeline.data_field(config.data, "clip_sampling")
     length = float(config.model.clip_length)
+    if length == PER_VIDEO_CLIP_LENGTH:
+        if sampling == "resample":
+            return
+        raise UserError(
+            f"config.model.clip_length={length} (each video's frames last duration / L "
+            f"seconds) needs config.data.clip_sampling='resample' (frames evenly covering the "
+            f"video), got {sampling!r} on {info['dataset']}/{info['features']}"
+        )
     if seconds is not None and float(seconds) == length and sampling == "truncate":
         return
     what = f"{seconds}-s clips" if seconds else "clips evenly covering each video (no fixed length)"

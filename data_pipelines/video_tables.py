@@ -43,6 +43,26 @@ def resample_clips(features: np.ndarray, num_bins: int, normalize: bool = False)
     return out
 
 
+def video_durations(
+    video_index: np.ndarray, query_durations: np.ndarray, video_ids: list[str]
+) -> np.ndarray:
+    """``[V]`` float64 duration of every video row, from its queries' ``duration``
+    (``video_index [Q]`` row, ``query_durations [Q]`` seconds): what a corpus index with a
+    per-video frame length keeps.  Queries of one video that disagree, or a video without a
+    query, are an error naming the video."""
+    video_index = np.asarray(video_index, np.int64)
+    query_durations = np.asarray(query_durations, np.float64)
+    out = np.full(len(video_ids), np.nan)
+    out[video_index] = query_durations
+    if np.isnan(out).any():
+        raise ValueError(f"video {video_ids[int(np.argmax(np.isnan(out)))]!r} has no query")
+    differ = out[video_index] != query_durations
+    if differ.any():
+        row = int(video_index[np.argmax(differ)])
+        raise ValueError(f"video {video_ids[row]!r}: its queries give different durations")
+    return out
+
+
 CLIP_SAMPLING = ("resample", "truncate")
 
 

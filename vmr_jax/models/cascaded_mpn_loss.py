@@ -16,7 +16,12 @@ values, which are HERO's ``lw_neg_ctx = lw_neg_q = 8`` and ``lw_st_ed = 0.01``):
   check); a row without negatives is left out of the mean.
 * ``L_m`` (eq. 21): ``-log P(t_st = g_st) - log P(t_ed = g_ed | t_st = g_st)`` of the
   frame-level map ``f_cond(V, E_q)``, averaged over the real examples with a span.  Labels by
-  HERO's rule (:func:`st_ed_labels`) from the first span of ``spans``.
+  HERO's rule (:func:`st_ed_labels`) from the first span of ``spans``.  With
+  ``model.clip_length = 0`` (:data:`vmr_jax.retrieval.ranking.PER_VIDEO_CLIP_LENGTH`: frames
+  are bins evenly covering each video, ``clip_sampling='resample'``, e.g. ActivityNet C3D)
+  a frame lasts ``duration / L`` seconds of its own video (``batch['duration']``, ``L`` its
+  valid frames): frame ``k`` covers ``[k / L * duration, (k + 1) / L * duration)``, the
+  corpus engine's moment times (:func:`vmr_jax.retrieval.ranking.candidate_predictions`).
 """
 
 from __future__ import annotations
@@ -24,20 +29,41 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vmr_jax.retrieval.ranking import per_video_frames
+
 HINGE_DIRECTIONS = ("both", "query_to_video")
 
 
-def st_ed_labels(spans: jax.Array, video_mask: jax.Array, clip_length: float) -> jax.Array:
+def st_ed_labels(
+    spans: jax.Array,
+    video_mask: jax.Array,
+    clip_length: float,
+    duration: jax.Array | None = None,
+) -> jax.Array:
     """HERO's training labels (``VcmrDataset.get_st_ed_label``), ``[B, 2]`` int32, inclusive.
 
     ``spans [B, 2]`` seconds, ``video_mask [B, L]`` (valid frames a prefix, ``n`` of them):
     ``st = min(floor(t_s / clip), n - 1)``, ``ed = min(max(ceil(t_e / clip) - 1, st + 1),
     n - 1)`` (a moment of at least two frames where the video has them); 0 for a row with
     no valid frame.  float32 arithmetic, like ``xml_loss.st_ed_labels``.
+
+    ``clip_length`` 0 (per-video frames, module docstring): ``t / clip`` is ``t * n /
+    duration`` with ``duration [B]`` seconds of each example's video (a row with ``duration
+    <= 0`` gets frame 0, e.g. zero example batches).
     """
-    last = jnp.maximum(jnp.sum(video_mask, axis=-1).astype(jnp.int32) - 1, 0)
-    st = jnp.floor(spans[:, 0] / clip_length).astype(jnp.int32)
-    ed = jnp.ceil(spans[:, 1] / clip_length).astype(jnp.int32) - 1
+    count = jnp.sum(video_mask, axis=-1)
+    last = jnp.maximum(count.astype(jnp.int32) - 1, 0)
+    if per_video_frames(clip_length):
+        if duration is None:
+            raise ValueError("clip_length 0 (frames of duration / L s) needs the duration")
+        duration = jnp.asarray(duration, jnp.float32)
+        safe = jnp.where(duration > 0, duration, 1.0)
+        start = jnp.where(duration > 0, spans[:, 0] * count / safe, 0.0)
+        stop = jnp.where(duration > 0, spans[:, 1] * count / safe, 0.0)
+    else:
+        start, stop = spans[:, 0] / clip_length, spans[:, 1] / clip_length
+    st = jnp.floor(start).astype(jnp.int32)
+    ed = jnp.ceil(stop).astype(jnp.int32) - 1
     st = jnp.clip(st, 0, last)
     ed = jnp.clip(jnp.maximum(ed, st + 1), 0, last)
     return jnp.stack([st, ed], axis=-1)
@@ -126,7 +152,10 @@ def loss_fn(
 
     video_mask = jnp.asarray(batch["video_mask"], jnp.float32)
     labels = st_ed_labels(
-        jnp.asarray(batch["spans"], jnp.float32)[:, 0], video_mask, float(model_config.clip_length)
+        jnp.asarray(batch["spans"], jnp.float32)[:, 0],
+        video_mask,
+        float(model_config.clip_length),
+        batch.get("duration"),
     )
     weight = (valid > 0) & (jnp.sum(video_mask, axis=-1) > 0)
     if "span_mask" in batch:

@@ -28,6 +28,14 @@ store it with orbax (plus ``index.json``), so a corpus is encoded once; a saved 
 any mesh, each device reading its own rows.  Building holds the encodings once in host memory;
 build and load assume one process (``jax.process_count() == 1``).
 
+Per-video frame length (stages whose ``clip_length`` is 0,
+:data:`ranking.PER_VIDEO_CLIP_LENGTH`: frames that evenly cover each video, e.g. ActivityNet's
+resampled C3D clips): :func:`build_index` is given each video's ``durations`` and keeps them
+with the number of valid frames of each video's ``mask`` in the index metadata (saved in
+``index.json``; :attr:`CorpusIndex.frames`), and the host turns a moment's frames into that
+video's seconds (:func:`ranking.candidate_predictions`), before the cut and NMS.  The search
+program itself is unchanged.
+
 Search (:func:`search`), one jitted program (a ``jax.shard_map`` over the mesh) per query batch
 of ``Q`` queries, corpus ``V`` videos on ``D`` data devices (``S = V / D`` each), ``K =
 top_videos``, ``L`` clips:
@@ -78,9 +86,24 @@ class CorpusError(index_lib.IndexError_):
     """A corpus, index or query batch the engine cannot use (names the field)."""
 
 
+DURATIONS_KEY, NUM_FRAMES_KEY = "durations", "num_frames"  # metadata of a per-video grid
+
+
 class CorpusIndex(index_lib.EmbeddingIndex):
     """The shared sharded embedding index (:mod:`vmr_jax.retrieval.index`) of a corpus:
-    ``encodings`` of the family's ``encode_videos`` (``mask [V_pad, L]`` among them)."""
+    ``encodings`` of the family's ``encode_videos`` (``mask [V_pad, L]`` among them); with
+    ``durations`` given to :func:`build_index`, each video's frame grid in ``metadata``."""
+
+    @property
+    def frames(self) -> ranking.VideoFrames | None:
+        """Each video's duration (s) and valid frames, ``[V]`` each, or None when the index
+        was built without durations."""
+        if DURATIONS_KEY not in self.metadata:
+            return None
+        return ranking.VideoFrames(
+            np.asarray(self.metadata[DURATIONS_KEY], np.float64),
+            np.asarray(self.metadata[NUM_FRAMES_KEY], np.int64),
+        )
 
     @classmethod
     def load(cls, directory, mesh: Mesh, error: type[ValueError] = CorpusError) -> CorpusIndex:
@@ -109,6 +132,7 @@ def build_index(
     *,
     num_videos: int | None = None,
     video_ids: Sequence | None = None,
+    durations: np.ndarray | None = None,
 ) -> CorpusIndex:
     """Encodes every video once (:func:`vmr_jax.retrieval.index.encode_all`).
 
@@ -119,6 +143,9 @@ def build_index(
         last batch is padded by repeating its last row, whose outputs are dropped.
       num_videos: defaults to ``len(videos)``.
       video_ids: optional ids of the rows, kept (and saved) with the index.
+      durations: ``[V]`` seconds of each video, kept (and saved) with the number of valid
+        frames of its ``mask``: what stages with a per-video frame length (``clip_length``
+        0) need to turn frames into seconds.
     """
     take = videos.take if hasattr(videos, "take") else videos
     if not callable(take):
@@ -137,6 +164,10 @@ def build_index(
         if "mask" not in encoded:
             raise CorpusError(f"encode_videos must return 'mask'; got {sorted(encoded)}")
 
+    if durations is not None:
+        durations = np.asarray(durations, np.float64)
+        if durations.shape != (num_videos,) or not (np.isfinite(durations) & (durations > 0)).all():
+            raise CorpusError(f"durations must be {num_videos} positive seconds, one per video")
     host = index_lib.encode_all(
         _encode_program(adapter),
         variables,
@@ -147,7 +178,12 @@ def build_index(
         check=check,
         error=CorpusError,
     )
-    return CorpusIndex(index_lib.place(host, num_videos, mesh, CorpusError), num_videos, mesh, ids)
+    metadata = {}
+    if durations is not None:
+        frames = np.sum(np.asarray(host["mask"]) > 0, axis=tuple(range(1, host["mask"].ndim)))
+        metadata = {DURATIONS_KEY: durations.tolist(), NUM_FRAMES_KEY: frames.tolist()}
+    encodings = index_lib.place(host, num_videos, mesh, CorpusError)
+    return CorpusIndex(encodings, num_videos, mesh, ids, metadata)
 
 
 # --------------------------------------------------------------------------- search
@@ -202,6 +238,18 @@ class _SearchPlan:
     query_chunk: int
     block_size: int
     svmr: bool
+
+
+def _frames_of(index: CorpusIndex, config: ranking.RankingConfig) -> ranking.VideoFrames | None:
+    """The index's frame grid when the stages take each video's own frame length."""
+    if not ranking.per_video_frames(config.clip_length):
+        return None
+    if index.frames is None:
+        raise CorpusError(
+            "the stages' clip_length is 0 (each video's frames last duration / L seconds) but "
+            "the index has no durations: build it with build_index(..., durations=[V] seconds)"
+        )
+    return index.frames
 
 
 @functools.lru_cache(maxsize=32)
@@ -393,6 +441,7 @@ def search(
         query_chunk=query_chunk,
     )
     num_q, own = prepared.num_queries, prepared.own
+    frames = _frames_of(index, prepared.config)
     found = prepared.program(*prepared.args)
     found = {
         task: ranking.RankedCandidates(*(np.asarray(x)[:num_q] for x in cand))
@@ -401,12 +450,14 @@ def search(
     values = None if video_values is None else np.asarray(video_values, np.int64)
     lists = {}
     for task in (t for t in vcmr.TASKS if t in found):
-        table = values
+        table, grid = values, frames
         if task == "SVMR":  # slot 0 = the query's own video
             own_rows = own[:num_q, None].astype(np.int64)
             table = own_rows if values is None else values[own_rows]
+            if frames is not None:
+                grid = ranking.VideoFrames(*(x[own_rows] for x in frames))
         lists[task] = ranking.candidate_predictions(
-            task, found[task], prepared.config.clip_length, table
+            task, found[task], prepared.config.clip_length, table, grid
         )
     return ranking.postprocess(lists, prepared.config)
 

@@ -25,9 +25,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from data_pipelines.video_tables import video_durations
 from vmr_jax.evaluation import vcmr
 from vmr_jax.evaluation.tvr_files import MULTI_SPAN_MIN, RankedPredictions, TvrGroundTruth
-from vmr_jax.retrieval import corpus
+from vmr_jax.retrieval import corpus, ranking
 
 
 # --------------------------------------------------------------------------- ground truth
@@ -119,9 +120,15 @@ def search_split(
     ``stages``: the family's corpus stages (``Family.corpus(model, model_config)``), which
     own every model-specific option (list lengths, localisation window, combine rule);
     ``evals_config`` gives ``batch_size``, ``video_batch_size``, ``max_predictions`` and
-    ``nms_thresh`` (<= 0: no NMS).
+    ``nms_thresh`` (<= 0: no NMS).  Stages with a per-video frame length (``clip_length``
+    0) get each video's duration, from its queries' ``duration``, in the index.
     """
     batch_size = int(evals_config.get("batch_size", 64))
+    durations = None
+    if ranking.per_video_frames(stages.clip_length):
+        durations = video_durations(
+            prepared.video_index, prepared.query["duration"], prepared.video_ids
+        )
     index = corpus.build_index(
         stages,
         variables,
@@ -130,6 +137,7 @@ def search_split(
         batch_size=int(evals_config.get("video_batch_size", batch_size)),
         num_videos=prepared.num_videos,
         video_ids=prepared.video_ids,
+        durations=durations,
     )
     nms = float(evals_config.get("nms_thresh", -1.0))
     parts: dict[str, list[RankedPredictions]] = {}

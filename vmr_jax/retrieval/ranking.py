@@ -15,6 +15,13 @@ the official lists, the same way for every family:
 * Seconds ``st = start * clip_length``, ``ed = (end + 1) * clip_length`` with the official
   dtype rules (:func:`candidate_predictions`); every list cut to ``max_after`` *before* NMS
   (``get_submission_top_n``), then optional NMS per video (:func:`postprocess`).
+* Per-video frame length (``clip_length`` = :data:`PER_VIDEO_CLIP_LENGTH`, 0): frames that are
+  ``num_input_clips`` bins evenly covering each video (``clip_sampling='resample'``, e.g.
+  ActivityNet's C3D clips) last ``duration / L`` seconds, different in every video.  Frame
+  ``k`` of a video of ``L`` frames then starts at ``k / L * duration`` (2D-TAN's ``idx /
+  num_clips * duration``), so ``st = start / L * duration``, ``ed = (end + 1) / L * duration``
+  (:class:`VideoFrames` per video; the same dtype rules) -- never past ``duration``, as
+  ``(end + 1) / L <= 1``.  NMS then works in each video's own seconds.
 
 XML's rule (window pairs, ``(p_st * exp(alpha s)) * p_ed``) is one implementation:
 :mod:`vmr_jax.models.xml_corpus`, whose golden lists these functions reproduce bit for bit.
@@ -34,13 +41,21 @@ from jax import lax
 from vmr_jax.evaluation import vcmr
 from vmr_jax.evaluation.tvr_files import RankedPredictions
 
+PER_VIDEO_CLIP_LENGTH = 0.0  # model.clip_length meaning "duration / L, each video its own"
+
+
+def per_video_frames(clip_length: float) -> bool:
+    """Whether ``clip_length`` asks for each video's own frame length (module docstring)."""
+    return float(clip_length) == PER_VIDEO_CLIP_LENGTH
+
 
 @dataclasses.dataclass(frozen=True)
 class RankingConfig:
     """List options shared by every corpus family (official XML ``config.py`` names in
     brackets); hashable, so it is a static argument of the jitted ranking.
 
-    ``clip_length`` seconds per clip; ``max_before_nms``: candidates kept per query;
+    ``clip_length`` seconds per clip (0: each video's own, :class:`VideoFrames`);
+    ``max_before_nms``: candidates kept per query;
     ``max_after``: list length after the top-n cut and after NMS [max_after_nms];
     ``nms_threshold`` [nms_thd]: IoU above which NMS drops a moment, None for no NMS (the
     official -1).
@@ -54,8 +69,11 @@ class RankingConfig:
     def __post_init__(self):
         if self.max_before_nms < 1 or self.max_after < 1:
             raise ValueError("max_before_nms and max_after must be positive")
-        if self.clip_length <= 0:
-            raise ValueError(f"clip_length must be positive, got {self.clip_length}")
+        if self.clip_length < 0:
+            raise ValueError(
+                f"clip_length must be positive, or {PER_VIDEO_CLIP_LENGTH} for each video's "
+                f"own frame length, got {self.clip_length}"
+            )
 
 
 class ModelMethodStages:
@@ -173,26 +191,52 @@ def rank_video_moments(moments: MomentScores, config: RankingConfig) -> RankedCa
 # --------------------------------------------------------------------------- lists (NumPy)
 
 
+class VideoFrames(NamedTuple):
+    """Each video's frame grid under a per-video frame length: ``duration`` seconds (float)
+    and ``num_frames`` (its valid frames ``L``; frame ``k`` starts at ``k / L * duration``).
+    Both ``[K]`` (every query's slots) or ``[Q, K]`` (per query), like ``videos``."""
+
+    duration: np.ndarray
+    num_frames: np.ndarray
+
+
+def _per_slot(table: np.ndarray, slot: np.ndarray) -> np.ndarray:
+    """``table [K]`` or ``[Q, K]`` read at ``slot [Q, N]``."""
+    table = np.asarray(table)
+    if table.ndim == 1:
+        return table[slot]
+    return np.take_along_axis(table, slot, axis=1)
+
+
 def candidate_predictions(
     task: str,
     candidates: RankedCandidates,
     clip_length: float,
     videos: np.ndarray | None = None,
+    frames: VideoFrames | None = None,
 ) -> RankedPredictions:
     """Ranked lists of one task in seconds, with the official dtype rules (module docstring).
 
     ``videos``: the video value (e.g. video2idx) of every slot, ``[K]`` for all queries or
-    ``[Q, K]`` per query (SVMR: ``[Q, 1]``); None: the slot itself.
+    ``[Q, K]`` per query (SVMR: ``[Q, 1]``); None: the slot itself.  ``frames``: each slot's
+    :class:`VideoFrames`, needed (and only read) when ``clip_length`` is
+    :data:`PER_VIDEO_CLIP_LENGTH`.
     """
     c = RankedCandidates(*(np.asarray(x) for x in candidates))
     slot = c.slot.astype(np.int64)
-    if videos is None:
-        video = slot
-    elif np.ndim(videos) == 1:
-        video = np.asarray(videos)[slot]
-    else:
-        video = np.take_along_axis(np.asarray(videos), slot, axis=1)
-    if task == "VCMR":
+    video = slot if videos is None else _per_slot(videos, slot)
+    if per_video_frames(clip_length) and task != "VR":
+        if frames is None:
+            raise ValueError(
+                "clip_length 0 (each video's own frame length) needs the videos' frames "
+                "(durations and frame counts)"
+            )
+        dtype = np.float32 if task == "VCMR" else np.float64
+        duration = _per_slot(frames.duration, slot).astype(dtype)
+        num = np.maximum(_per_slot(frames.num_frames, slot), 1).astype(dtype)
+        st = c.start.astype(dtype) / num * duration
+        ed = (c.end.astype(dtype) + dtype(1)) / num * duration
+    elif task == "VCMR":
         length = np.float32(clip_length)
         st = c.start.astype(np.float32) * length
         ed = c.end.astype(np.float32) * length + length
