@@ -168,7 +168,7 @@ def _word_positions(spec):
     return np.array(pos)
 
 
-def _encoder_reference(inputs, params, spec, num_segments, graph=True):
+def _encoder_reference(inputs, params, spec, num_segments, graph=True, segments=False):
     e_v = _embed(inputs["frames"][0], np.arange(spec["length"]), params["frame_embedding"])
     if graph:
         e_w = _embed(inputs["words"][0], _word_positions(spec), params["word_embedding"])
@@ -179,6 +179,9 @@ def _encoder_reference(inputs, params, spec, num_segments, graph=True):
     for n in num_segments:
         layer = params["anchor_semantics"][f"segment_transformer_{n}"]
         anchors[n] = _anchors_per_segment(v[: spec["valid"]], spec["valid"], n, layer, HEADS)
+        if segments:  # frame_context='segments': eq. 7 assigns into V
+            v = v.copy()
+            v[: spec["valid"]] = _segment_update(v[: spec["valid"]], spec["valid"], n, layer, HEADS)
     return v, anchors
 
 
@@ -225,6 +228,20 @@ def test_encoder_matches_per_subtitle_and_per_segment_loops():
         np.testing.assert_allclose(np.asarray(out["anchors"][n][0]), want, atol=ATOL)
 
 
+def test_encoder_with_segment_context_matches_the_loops():
+    inputs = _inputs(VIDEO_A, seed=5)
+    module = _encoder(frame_context="segments")
+    variables = _init(module, inputs)
+    out = module.apply(variables, **inputs)
+    params = _p(variables["params"])
+    v_ref, anchors_ref = _encoder_reference(inputs, params, VIDEO_A, (2, 4, 8), segments=True)
+    np.testing.assert_allclose(np.asarray(out["frames"][0]), v_ref, atol=ATOL)
+    for n, (want, _) in anchors_ref.items():
+        np.testing.assert_allclose(np.asarray(out["anchors"][n][0]), want, atol=ATOL)
+    with pytest.raises(ValueError, match="frame_context"):
+        _encoder(frame_context="video").init(jax.random.PRNGKey(0), **inputs)
+
+
 @pytest.mark.parametrize("share", [False, True])
 @pytest.mark.parametrize(
     "valid, num_segments", [(11, (4, 8)), (3, (4, 8)), (11, (2, 4, 8, 16, 32))]
@@ -235,7 +252,8 @@ def test_anchors_match_per_segment_loop(valid, num_segments, share):
     mask = np.arange(13)[None] < valid
     module = AnchorSemantics(D, HEADS, num_segments, share_weights=share)
     variables = module.init(jax.random.PRNGKey(2), frames, mask, deterministic=True)
-    anchors, masks = module.apply(variables, frames, mask, deterministic=True)
+    anchors, masks, out_frames = module.apply(variables, frames, mask, deterministic=True)
+    np.testing.assert_array_equal(out_frames, frames)  # not sequential: V is not updated
     params = _p(variables["params"])
     for n in num_segments:
         layer = params["segment_transformer" if share else f"segment_transformer_{n}"]
@@ -248,6 +266,37 @@ def test_anchors_match_per_segment_loop(valid, num_segments, share):
     if valid < max(num_segments):
         assert not np.asarray(masks[max(num_segments)]).all()
     assert (len(params) == 1) == share
+
+
+def _segment_update(v, valid, n, p, heads):
+    """Eq. 7 as an assignment: every segment's frames replaced by the Transformer's output."""
+    bound = [math.ceil(Fraction(i * valid, n)) for i in range(n + 1)]
+    out = v.copy()
+    for i in range(n):
+        if bound[i + 1] > bound[i]:
+            out[bound[i] : bound[i + 1]] = _transformer(v[bound[i] : bound[i + 1]], p, heads)
+    return out
+
+
+@pytest.mark.parametrize("valid", [11, 3])
+def test_sequential_anchors_update_v_segment_by_segment(valid):
+    # frame_context='segments': N = 2 on V, N = 4 on that output, N = 8 on the next; C^N is
+    # the segment mean of its own layer's output and the last output is the new V.
+    rng = np.random.default_rng(30 + valid)
+    frames = rng.normal(size=(1, 13, D)).astype(np.float32)
+    mask = np.arange(13)[None] < valid
+    module = AnchorSemantics(D, HEADS, (2, 4, 8), sequential=True)
+    variables = module.init(jax.random.PRNGKey(4), frames, mask, deterministic=True)
+    anchors, _, out_frames = module.apply(variables, frames, mask, deterministic=True)
+    params = _p(variables["params"])
+    v = frames[0, :valid].astype(np.float64)
+    for n in (2, 4, 8):
+        layer = params[f"segment_transformer_{n}"]
+        want, _ = _anchors_per_segment(v, valid, n, layer, HEADS)
+        np.testing.assert_allclose(np.asarray(anchors[n][0]), want, atol=ATOL)
+        v = _segment_update(v, valid, n, layer, HEADS)
+    np.testing.assert_allclose(np.asarray(out_frames[0, :valid]), v, atol=ATOL)
+    assert np.all(np.asarray(out_frames[0, valid:]) == 0)
 
 
 def _no_subtitle(inputs):

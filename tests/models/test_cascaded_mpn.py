@@ -280,7 +280,8 @@ def _params_paths(params) -> set[str]:
 
 
 def test_without_anchor_free_branch_v_is_the_frame_embedding():
-    config = _config(anchor_free_branch=False)
+    # frame_context='graph' returns eq. 6's V itself ('segments' goes on with eq. 7)
+    config = _config(anchor_free_branch=False, frame_context="graph")
     batch = _batch(config)
     model, variables = _init(config, batch)
     assert not any("graph_attention" in p for p in _params_paths(variables["params"]))

@@ -14,7 +14,9 @@ listed below.  Paper section -> module:
   bias, softmax over the valid tokens).  Blocks of :mod:`vmr_jax.layers.attention`.
 * Anchor-free ``V`` and anchor-based ``C^N`` (eqs. 1-8):
   :class:`~vmr_jax.layers.graph_attention.HierarchicalEncoder` with ``N = 2, 4, ..., 2^T``
-  (one anchor Transformer per ``N`` unless ``share_anchor_transformer``).  It does not see
+  (one anchor Transformer per ``N`` unless ``share_anchor_transformer``; ``frame_context``
+  'segments', the default, reads eq. 7 as an in-place update of ``V``, 'graph' keeps eq. 6's
+  ``V``: the layer's module docstring).  It does not see
   the query, so the corpus index stores its outputs (:meth:`CascadedMPN.encode_videos`).
 * ``f_cond`` (eqs. 9-14): ONE :class:`~vmr_jax.layers.conditional_map.ConditionalScoreMap`
   shared by the frame level and every anchor level.  Algorithm 1 takes "the conditional
@@ -34,7 +36,7 @@ Choices where the paper is silent (beyond those of the layers and ops named abov
   valid anchors of all levels together: "max-pooling among anchor-based semantics").
 * ``f_cond(v, q)`` takes ``q = E_q`` itself (eq. 9: ``v q``), no extra query projection.
 * Ablations (Table 3, Table 4) are model fields: ``sparsity_pooling`` (False: ``h`` is the
-  identity), ``anchor_free_branch`` (False: ``V = E_v``, no graph), ``anchor_branch``
+  identity), ``anchor_free_branch`` (False: no graph, eq. 6's ``V`` is ``E_v``), ``anchor_branch``
   (False: no ``C^N``, no anchor Transformer, no ``L^C_v``; the cascade still runs ``T``
   levels of sparsity pooling and sigmoid with no anchor map added), ``conditional`` (False:
   independent start/end), ``num_levels``; ``use_subtitles=False`` is the no-subtitle path of
@@ -148,6 +150,7 @@ DEFAULTS = dict(
     negative_slope=0.2,
     conv_kernel_size=5,  # Conv1D_st/ed (HERO's conv_kernel_size)
     share_anchor_transformer=False,
+    frame_context="segments",  # V updated in place by eq. 7, or eq. 6's output ('graph')
     # Ablations (Tables 3-4).
     use_subtitles=True,
     anchor_free_branch=True,
@@ -227,6 +230,7 @@ class CascadedMPN(nn.Module):
     negative_slope: float = 0.2
     conv_kernel_size: int = 5
     share_anchor_transformer: bool = False
+    frame_context: str = "segments"
     use_subtitles: bool = True
     anchor_free_branch: bool = True
     anchor_branch: bool = True
@@ -263,6 +267,7 @@ class CascadedMPN(nn.Module):
             use_subtitles=self.use_subtitles,
             anchor_free_branch=self.anchor_free_branch,
             share_anchor_transformer=self.share_anchor_transformer,
+            frame_context=self.frame_context,
         )
         self.score_map = ConditionalScoreMap(h, self.conv_kernel_size, self.conditional)
 
