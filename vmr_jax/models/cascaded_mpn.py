@@ -36,11 +36,12 @@ Choices where the paper is silent (beyond those of the layers and ops named abov
   valid anchors of all levels together: "max-pooling among anchor-based semantics").
 * ``f_cond(v, q)`` takes ``q = E_q`` itself (eq. 9: ``v q``), no extra query projection.
 * Ablations (Table 3, Table 4) are model fields: ``sparsity_pooling`` (False: ``h`` is the
-  identity), ``anchor_free_branch`` (False: no graph, eq. 6's ``V`` is ``E_v``), ``anchor_branch``
-  (False: no ``C^N``, no anchor Transformer, no ``L^C_v``; the cascade still runs ``T``
-  levels of sparsity pooling and sigmoid with no anchor map added), ``conditional`` (False:
-  independent start/end), ``num_levels``; ``use_subtitles=False`` is the no-subtitle path of
-  ActivityNet / DiDeMo (no subtitle inputs at all, ``V = E_v``).
+  identity), ``anchor_free_branch`` (False: no graph, eq. 6's ``V`` is ``E_v``),
+  ``anchor_branch`` (False: no ``C^N``, no anchor Transformer, no ``L^C_v``; the cascade
+  still runs ``T`` levels of sparsity pooling, and on the probability scales the sigmoid,
+  with no anchor map added), ``conditional`` (False: independent start/end), ``num_levels``;
+  ``use_subtitles=False`` is the no-subtitle path of ActivityNet / DiDeMo (no subtitle
+  inputs at all, no graph).
 * The scale of Algorithm 1 (``map_scale``; :func:`vmr_jax.ops.score_maps.cascade`): the
   paper sums eq. 14's maps across levels and applies a sigmoid, without saying on what scale.
   Read literally (``'probability'``) a frame map's cells are ~``2 / L^2`` and an ``N``-anchor
