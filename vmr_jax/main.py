@@ -21,7 +21,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import NamedTuple
 
 
@@ -184,7 +184,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- score
 def _add_score_arguments(parser: argparse.ArgumentParser) -> None:
-    from vmr_jax.evaluation.scoring import PROTOCOLS
+    from vmr_jax.evaluation import PROTOCOLS  # not .scoring: that imports JAX
 
     parser.add_argument("--protocol", required=True, choices=PROTOCOLS)
     parser.add_argument("--ground-truth", "--ground_truth", dest="ground_truth", required=True)
@@ -275,14 +275,24 @@ COMMANDS: dict[str, Command] = {
 
 
 DEBUG_HELP = "on an error, print the traceback too (before the error line)"
+ENVIRONMENT_EPILOG = """\
+environment: VMR_JAX_CACHE=DIR keeps the persistent XLA compilation cache in DIR/xla (default
+~/.cache/vmr_jax/xla), VMR_JAX_CACHE=off turns it off; TF_CPP_MIN_LOG_LEVEL (default 2)
+"""
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The ``vmr-jax`` parser; with ``only``, just that command gets its arguments (the
-    others' argument functions import their modules, e.g. ``bench`` imports the trainer and
-    TensorFlow: seconds that ``vmr-jax score`` should not pay)."""
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The ``vmr-jax`` parser; every command's arguments, or only those of ``commands``.
+
+    The others are listed with their help line only: their argument functions import their
+    modules (``bench`` imports the trainer, JAX and TensorFlow), seconds that ``vmr-jax
+    --help`` and ``vmr-jax score --help`` should not pay.
+    """
     parser = argparse.ArgumentParser(
-        prog="vmr-jax", description="Video moment retrieval in JAX/Flax."
+        prog="vmr-jax",
+        description="Video moment retrieval in JAX/Flax.",
+        epilog=ENVIRONMENT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--log_level", default="INFO", help="python logging level")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
@@ -293,7 +303,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         sub_parser.add_argument(
             "--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP
         )
-        if only is None or name == only:
+        if commands is None or name in commands:
             command.add_arguments(sub_parser)
     return parser
 
@@ -302,7 +312,8 @@ def _run_command(argv: list[str]) -> int:
     from vmr_jax import config_cli
 
     argv, overrides = config_cli.split_overrides(argv)
-    args = build_parser(next((a for a in argv if a in COMMANDS), None)).parse_args(argv)
+    # Only the named command's arguments are built (none for a bare `vmr-jax --help`).
+    args = build_parser([a for a in argv if a in COMMANDS][:1]).parse_args(argv)
     args.config_overrides = overrides
     # Library loggers at --log_level; third-party ones (orbax, absl) only warn.
     logging.basicConfig(

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from data_pipelines.stored import sha256
-from vmr_jax.evaluation import didemo, svmr, vcmr
+from vmr_jax.evaluation import PROTOCOLS, didemo, svmr, vcmr
 from vmr_jax.evaluation import prediction_files as files
 from vmr_jax.evaluation.prediction_files import PredictionsError
 
@@ -51,7 +51,6 @@ __all__ = [
     "score_moments",
 ]
 
-PROTOCOLS = ("2dtan", "mmn", "tvr", "didemo")
 _MOMENT_LISTS = (files.PREDICT_FORMAT, files.MOMENT_LINES)
 ACCEPTED = {
     "2dtan": _MOMENT_LISTS,
