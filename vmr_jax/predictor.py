@@ -451,9 +451,18 @@ class Predictor:
             raise PredictError(f"{self.family.name!r} is a single-video family: use predict")
         return self.family.corpus(self.restored.model, self.config.model)
 
-    def build_index(self, videos: Any, *, video_ids: Sequence | None = None, batch_size=64):
+    def build_index(
+        self,
+        videos: Any,
+        *,
+        video_ids: Sequence | None = None,
+        batch_size=64,
+        durations: np.ndarray | None = None,
+    ):
         """A :class:`vmr_jax.retrieval.corpus.CorpusIndex` of ``videos`` (``take(rows) ->
-        {video_features, video_mask[, subtitle_features]}`` or a callable ``rows -> dict``)."""
+        {video_features, video_mask[, subtitle_features]}`` or a callable ``rows -> dict``).
+        ``durations`` ``[V]`` seconds: needed by a model whose frames last ``duration / L``
+        (``model.clip_length = 0``, e.g. Cascaded MPN on ActivityNet)."""
         from vmr_jax.retrieval import corpus
 
         return corpus.build_index(
@@ -463,6 +472,7 @@ class Predictor:
             self.restored.mesh,
             batch_size=batch_size,
             video_ids=video_ids,
+            durations=durations,
         )
 
     def search(self, queries: Sequence[str] | Mapping[str, np.ndarray], index: Any, **options):
