@@ -26,7 +26,8 @@ gradient accumulation), 5000 steps, ``max_clip_len`` 20 clips (30 s), ``grad_nor
 is kept (``max_spans=0``): the loss reads the first, the ``tvr`` protocol scores all of them
 (its multi-span rule).  Corpus evaluation on val and a checkpoint once per epoch (the
 benchmark configs' cadence, in epochs so that another batch size keeps it; about 260 steps at
-batch 128, near HERO's ``valid_steps`` 200), best checkpoint by ``VCMR/0.5-r1``; ``vmr-jax eval --split test`` gives the test numbers.
+batch 128, near HERO's ``valid_steps`` 200), best checkpoint by ``VCMR/0.5-r1``;
+``vmr-jax eval --split test`` gives the test numbers.
 ``:runlocal`` runs four steps; ``:tiny`` trains hidden 32 for 200 steps (GloVe kept:
 Cascaded MPN reads query vectors, never token ids).
 """

@@ -492,7 +492,12 @@ def test_log_scale_stages_rank_log_maps_and_add_the_video_term():
     for q, n in enumerate(LENGTHS):
         anchors = [video_enc[f"anchors_{m}"][q] for m in (2, 4, 8)]
         direct = score_maps.cascaded_score_map(
-            video_enc["frames"][q], n, anchors, query_enc["query"][q], params, params,
+            video_enc["frames"][q],
+            n,
+            anchors,
+            query_enc["query"][q],
+            params,
+            params,
             map_scale="log",
         ).score_map
         valid = np.asarray(moments.valid[q, 0])

@@ -47,7 +47,8 @@ No public code exists; the choices where the paper is silent:
   layer's output, and ``V`` after the last layer is what eqs. 9-14 and 19 read.  ``'graph'``
   keeps eq. 6's output as ``V`` and uses the Transformers for ``C^N`` only (then a frame of
   ``V`` has no temporal context at all).  On the synthetic corpus 'segments' gives
-  VCMR/0.5-r1 34.0 and VR/r1 58.0 against 31.5 and 36.0 (README).  Ablations: ``anchor_free_branch=False`` ('w/o AFr': ``V = E_v``) and
+  VCMR/0.5-r1 34.0 and VR/r1 58.0 against 31.5 and 36.0 (README).
+* Ablations: ``anchor_free_branch=False`` ('w/o AFr': no graph, eq. 6's ``V`` is ``E_v``) and
   ``use_subtitles=False`` (ActivityNet: no subtitle inputs at all) skip the graph.
 """
 

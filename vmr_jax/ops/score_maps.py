@@ -282,7 +282,8 @@ def cascade(
                 anchor = upsample_anchor_map(anchor_maps[level - 1], length, valid_len)
                 current = jnp.where(mask, current + anchor, LOG_MASKED)
         normaliser = jax.nn.logsumexp(jnp.where(mask, current, -jnp.inf))
-        return jnp.where(mask, current - jnp.where(jnp.isfinite(normaliser), normaliser, 0.0), LOG_MASKED)
+        normaliser = jnp.where(jnp.isfinite(normaliser), normaliser, 0.0)  # no valid cell
+        return jnp.where(mask, current - normaliser, LOG_MASKED)
     current = jnp.where(mask, frame_map, 0.0)
     if map_scale == "cells":
         n = jnp.asarray(valid_len, frame_map.dtype)
