@@ -9,7 +9,14 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["vmr_jax", "vmr_jax.*", "data_pipelines", "data_pipelines.*"]),
+    packages=[
+        *find_packages(include=["vmr_jax", "vmr_jax.*", "data_pipelines", "data_pipelines.*"]),
+        "vmr_jax_configs",
+    ],
+    # The run configs (configs/<family>/<name>.py) install as vmr_jax_configs, so that
+    # `--config mgpn/synthetic` works after a plain `pip install` (vmr_jax/config_cli.py).
+    package_dir={"vmr_jax_configs": "configs"},
+    package_data={"vmr_jax_configs": ["*/*.py"]},
     install_requires=[
         "jax>=0.4.30",
         "flax>=0.10",

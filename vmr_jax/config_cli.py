@@ -1,6 +1,9 @@
 """Config files on the command line: ``path.py[:arg]`` plus ``--config.a.b=value`` overrides.
 
 A config file defines ``get_config(arg: str | None) -> ConfigDict`` (big_vision style).
+``--config`` takes a path or the name of a shipped config: ``configs/`` is installed as the
+package ``vmr_jax_configs``, so ``mgpn/synthetic`` (also ``mgpn/synthetic.py`` or
+``configs/mgpn/synthetic.py`` outside a checkout) loads it after a plain ``pip install``.
 Overrides follow ``ml_collections.config_flags``: the value is parsed as a Python literal and
 must fit the field's current type (an int field accepts ``3``, a float field ``3`` or ``1e-3``,
 a bool field ``true``/``false``/``1``/``0``, a str field any text, a tuple field ``1,5`` or
@@ -12,6 +15,7 @@ unset (None) field takes any literal, else the text.
 from __future__ import annotations
 
 import ast
+import importlib.resources
 import importlib.util
 import os
 from collections.abc import Sequence
@@ -24,13 +28,49 @@ from vmr_jax.errors import ConfigError
 OVERRIDE_PREFIX = "--config."
 
 
+CONFIGS_PACKAGE = "vmr_jax_configs"
+
+
+def packaged_configs() -> list[str]:
+    """Names of the shipped configs (``mgpn/synthetic``, ...), sorted."""
+    root = importlib.resources.files(CONFIGS_PACKAGE)
+    return sorted(
+        f"{family.name}/{file.name[:-3]}"
+        for family in root.iterdir()
+        if family.is_dir() and not family.name.startswith(("_", "."))
+        for file in family.iterdir()
+        if file.name.endswith(".py") and not file.name.startswith("_")
+    )
+
+
+def config_path(name: str) -> str:
+    """The file of ``--config name``: an existing path, else a shipped config by name.
+
+    ``mgpn/synthetic``, ``mgpn/synthetic.py`` and ``configs/mgpn/synthetic.py`` name the same
+    shipped file; a FileNotFoundError lists the shipped names when neither exists.
+    """
+    if os.path.isfile(name):
+        return name
+    relative = name.replace(os.sep, "/").removeprefix("./").removeprefix("configs/")
+    relative = relative.removesuffix(".py")
+    parts = relative.split("/")
+    if len(parts) == 2 and all(p and p not in (".", "..") for p in parts):
+        file = importlib.resources.files(CONFIGS_PACKAGE).joinpath(parts[0], parts[1] + ".py")
+        if file.is_file():
+            return str(file)
+    raise FileNotFoundError(
+        f"config file {name!r} not found, nor a shipped config of that name "
+        f"(shipped: {', '.join(packaged_configs())})"
+    )
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """Runs ``get_config(arg)`` of the file in ``spec = 'path.py[:arg]'``."""
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} not found")
-    name = "vmr_config_" + os.path.splitext(os.path.basename(path))[0]
-    module_spec = importlib.util.spec_from_file_location(name, path)
+    """Runs ``get_config(arg)`` of the config in ``spec = 'path.py[:arg]'`` or
+    ``'family/name[:arg]'`` (a shipped config, :func:`config_path`)."""
+    name, _, arg = spec.partition(":")
+    path = config_path(name)
+    module_name = "vmr_config_" + os.path.splitext(os.path.basename(path))[0]
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 
-import jax
 import ml_collections
 
 CONVERTERS = {
@@ -35,8 +34,8 @@ CONVERTERS = {
     "tan2d": "vmr_jax.convert.tan2d",
     "xml": "vmr_jax.convert.xml",
 }
-_CONFIGS = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "configs")
-_DEFAULT_XML_CONFIG = os.path.join(_CONFIGS, "xml", "tvr.py")
+# Shipped configs by name (vmr_jax_configs), so the defaults work after a plain install.
+_DEFAULT_XML_CONFIG = "xml/tvr"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,8 +59,7 @@ def build_config(
     config_from_yaml = importlib.import_module(CONVERTERS[model_name]).config_from_yaml
     if config_spec is None and yaml_path is None:
         raise ValueError("convert needs --config, --yaml or both")
-    default = os.path.join(_CONFIGS, model_name, "synthetic.py")
-    base = config_cli.load_config(config_spec or os.path.normpath(default))
+    base = config_cli.load_config(config_spec or f"{model_name}/synthetic")
     config = ml_collections.ConfigDict(base.to_dict())
     if yaml_path is not None:
         official = config_from_yaml(yaml_path)
@@ -87,7 +85,7 @@ def build_xml_config(
     from vmr_jax import config_cli
     from vmr_jax.convert import xml as xml_convert
 
-    base = config_cli.load_config(config_spec or os.path.normpath(_DEFAULT_XML_CONFIG))
+    base = config_cli.load_config(config_spec or _DEFAULT_XML_CONFIG)
     config = ml_collections.ConfigDict(base.to_dict())
     if opt_path is not None:
         with open(opt_path, encoding="utf-8") as f:
@@ -112,6 +110,8 @@ def convert_to_workdir(
     Returns the checkpoint directory.
     """
     import importlib
+
+    import jax
 
     from vmr_jax import checkpointing, sharding, trainer
     from vmr_jax.convert.state_dict import load_state_dict
