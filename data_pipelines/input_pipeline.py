@@ -92,12 +92,12 @@ from typing import Any
 
 import jax
 import numpy as np
-import tensorflow as tf
 
 from data_pipelines import query_trees, synthetic
 from data_pipelines.records import Record
 from data_pipelines.stored import StoredDataset, StoredSplit
 from data_pipelines.subtitle_batches import with_subtitle_words
+from data_pipelines.tensorflow_runtime import import_tensorflow
 from data_pipelines.text_inputs import (  # noqa: F401  (re-exported)
     DATA_DEFAULTS,
     TEXT_MODES,
@@ -119,6 +119,7 @@ from data_pipelines.video_tables import (  # noqa: F401  (resampling helpers re-
 )
 from vmr_jax.text.tokenizer import Vocabulary
 
+tf = import_tensorflow()  # quiet, and off the accelerators JAX uses
 logger = logging.getLogger(__name__)
 
 

@@ -8,6 +8,10 @@ from pathlib import Path
 import jax
 import pytest
 
+# The library turns on a persistent XLA cache under ~/.cache (vmr_jax/xla_cache.py); tests
+# stay isolated: off, except where the jax_compilation_cache fixture sets its own folder.
+os.environ["VMR_JAX_CACHE"] = "off"
+
 GOLDEN_DIR = Path(
     os.environ.get(
         "VMR_GOLDEN_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "golden"

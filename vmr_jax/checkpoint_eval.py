@@ -36,7 +36,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from vmr_jax import checkpointing, config_cli, sharding
+from vmr_jax import checkpointing, config_cli, sharding, xla_cache
 from vmr_jax.evaluation import didemo, svmr, vcmr
 from vmr_jax.trainer import (
     DataSources,
@@ -64,6 +64,7 @@ def evaluate_workdir(
     ``overrides``: ``(dotted field, value text)`` pairs applied to the saved config (e.g. a
     larger ``evals.batch_size``).  Returns the results dict plus the two paths.
     """
+    xla_cache.enable()
     config = checkpointing.load_config(workdir)
     for key, value in overrides:
         config_cli.apply_override(config, key, value)

@@ -276,8 +276,8 @@ COMMANDS: dict[str, Command] = {
 
 DEBUG_HELP = "on an error, print the traceback too (before the error line)"
 ENVIRONMENT_EPILOG = """\
-environment: VMR_JAX_CACHE=DIR keeps the persistent XLA compilation cache in DIR/xla (default
-~/.cache/vmr_jax/xla), VMR_JAX_CACHE=off turns it off; TF_CPP_MIN_LOG_LEVEL (default 2)
+environment: VMR_JAX_CACHE=DIR keeps the persistent XLA compilation cache of train, eval and
+predict in DIR/xla (default ~/.cache/vmr_jax/xla); VMR_JAX_CACHE=off turns it off.
 """
 
 

@@ -60,7 +60,7 @@ from data_pipelines.feature_stores import Hdf5Store, check_feature_array
 from data_pipelines.input_pipeline import DATA_DEFAULTS, TextInputs
 from data_pipelines.sources import DataSources
 from data_pipelines.video_tables import InMemoryVideos, fit_clips
-from vmr_jax import checkpointing, config_cli, sharding
+from vmr_jax import checkpointing, config_cli, sharding, xla_cache
 from vmr_jax.evaluation.prediction_files import PREDICT_FORMAT
 from vmr_jax.models import get_family
 from vmr_jax.predictor import (
@@ -234,6 +234,7 @@ def predict_workdir(
         raise PredictError(f"method must be one of {METHODS}, got {method!r}")
     if jax.process_count() > 1:
         raise PredictError("vmr-jax predict runs in a single process")
+    xla_cache.enable()
     config = checkpointing.load_config(workdir)
     for key, value in overrides:
         config_cli.apply_override(config, key, value)

@@ -36,7 +36,7 @@ from data_pipelines.annotations import DataError
 from data_pipelines.feature_stores import check_feature_array
 from data_pipelines.text_inputs import DATA_DEFAULTS, TextInputs, warn_cut_queries
 from data_pipelines.video_tables import InMemoryVideos, fit_clips
-from vmr_jax import checkpointing, config_cli, sharding
+from vmr_jax import checkpointing, config_cli, sharding, xla_cache
 from vmr_jax.evaluation import evaluators
 from vmr_jax.models import Family, get_family
 from vmr_jax.retrieval import gallery
@@ -351,7 +351,9 @@ class Predictor:
         mesh: jax.sharding.Mesh | None = None,
         overrides: Sequence[tuple[str, str]] = (),
     ) -> Predictor:
-        """Restores ``step`` (``'best'``, None = latest, or an int) of ``workdir``."""
+        """Restores ``step`` (``'best'``, None = latest, or an int) of ``workdir``; turns on
+        the persistent XLA compilation cache (:mod:`vmr_jax.xla_cache`)."""
+        xla_cache.enable()
         restored = restore_for_inference(workdir, step, mesh=mesh, overrides=overrides)
         return cls(restored, text_inputs_for(workdir, restored.config))
 

@@ -167,7 +167,7 @@ def _restart_clock(progress, done: int) -> None:
 
 
 def _progress_bar(start: int, total: int, enabled: bool):
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a widget in notebooks, text in a terminal
 
     return tqdm(
         total=total,

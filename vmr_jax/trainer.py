@@ -58,7 +58,7 @@ import optax
 from flax.training import train_state
 
 from data_pipelines.sources import DataSources
-from vmr_jax import checkpointing, sharding
+from vmr_jax import checkpointing, sharding, xla_cache
 from vmr_jax.evaluation import didemo
 from vmr_jax.evaluation.evaluators import chance_metrics, make_evaluator, make_state_evaluator
 from vmr_jax.metrics_writer import MetricsWriter
@@ -274,6 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     'best_step', 'workdir'}``, and ``'random_baseline'`` when :func:`chance_metrics` gives one.
     """
     main = sharding.is_main_process()
+    xla_cache.enable()
 
     # Mesh.
     mesh = sharding.make_mesh(config.mesh)
