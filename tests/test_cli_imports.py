@@ -1,4 +1,4 @@
-"""``vmr-jax --help`` and ``vmr-jax score --help`` load no heavy framework.
+"""``vmr-jax --help`` and every ``vmr-jax COMMAND --help`` load no heavy framework.
 
 Checked in a fresh interpreter through ``sys.modules`` (the test process has JAX loaded
 already), which is what makes the help fast: TensorFlow, JAX, Flax, orbax and torch cost
@@ -12,6 +12,8 @@ import subprocess
 import sys
 
 import pytest
+
+from vmr_jax import main
 
 HEAVY = ("tensorflow", "jax", "flax", "orbax", "torch", "optax", "vmr_jax.trainer")
 
@@ -39,7 +41,9 @@ def help_probe(*argv: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["score", "--help"], ["train", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"]] + [[name, "--help"] for name in main.COMMANDS], ids=" ".join
+)
 def test_help_imports_no_framework(argv):
     result = help_probe(*argv)
     assert result["code"] == 0

@@ -291,50 +291,6 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
             config.model[key] = value
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="config file, path.py[:arg]")
-    parser.add_argument("--variant", default=None, help="model VARIANTS entry, e.g. tacos")
-    parser.add_argument("--batch_size", type=int, default=None, help="global train batch")
-    parser.add_argument("--eval_batch_size", type=int, default=None)
-    parser.add_argument("--query_len", type=int, default=None, help="padded query length")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps (>= 1)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compile")
-    parser.add_argument(
-        "--search",
-        default=None,
-        help="corpus sizes, e.g. 1000,10000,100000: queries/s of the corpus search (VCMR)",
-    )
-    parser.add_argument("--clips", type=int, default=100, help="clips per video (--search)")
-    parser.add_argument(
-        "--build_videos",
-        type=int,
-        default=None,
-        help="--search: videos encoded to time the index build (default: the smallest corpus)",
-    )
-    parser.add_argument(
-        "--query-speed",
-        "--query_speed",
-        dest="query_speed",
-        default=None,
-        help="shapes, e.g. tacos,activitynet: TE/CML/ALL ms per query (FVMR paper, Table 1)",
-    )
-    parser.add_argument("--videos", type=int, default=64, help="--query-speed: gallery videos")
-    parser.add_argument("--pairs", type=int, default=2, help="--query-speed: 2D-TAN CML batch")
-    parser.add_argument(
-        "--budget_s", type=float, default=60.0, help="--query-speed: timed seconds per number"
-    )
-    parser.add_argument(
-        "--no_tan2d", action="store_true", help="--query-speed: FVMR only, no 2D-TAN beside it"
-    )
-    parser.add_argument(
-        "--data-only",
-        "--data_only",
-        dest="data_only",
-        action="store_true",
-        help="time the config's input pipeline only (batches/s), no model",
-    )
-
-
 def main(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
