@@ -9,9 +9,10 @@ Conditional moment score map ``f_cond`` (eqs. 9-14), for ``v [L, d]``, ``q [d]``
 ``q*_i = [q || i/L] W_q`` and ``P(t_ed | i) = softmax(Conv1D_ed(v*_i q*_i))``; the map is
 ``U_m * P(t_st)[:, None] * P(t_ed | I_st)``.  With ``W_v = [A; a]``, ``W_q = [B; b]`` and
 ``t = i/L`` the similarity row of start ``i`` is ``s0 + t s1 + t^2 c`` where
-``s0 = (vA)(qB)``, ``s1 = (vA) b + a . (qB)``, ``c = a . b``; the convolution is linear, so
-the ``[L, L]`` end logits are ``conv(s0) + t conv(s1) + t^2 c conv(1) + bias``: O(L d + L^2)
-work and memory, no ``[L, L, d]`` tensor.
+``s0 = (vA)(qB) = v (A (qB))``, ``s1 = (vA) b + a . (qB) = v (A b) + a . (qB)``,
+``c = a . b``; the convolution is linear, so the ``[L, L]`` end logits are ``conv(s0) +
+t conv(s1) + t^2 c conv(1) + bias``: O(L d + L^2) work and memory per (query, video) pair
+(plus O(d^2) per query), no ``[L, L, d]`` tensor.
 
 Choices where the paper is silent:
 
@@ -123,12 +124,13 @@ def conditional_score_map(
     length, dim = video.shape
     frame_mask, _, log_p_start = _start_and_sim(video, valid_len, query, params)
     a_vec, b_vec = params.w_v[dim], params.w_q[dim]
-    # [v || 0] W_v = v A without slicing (copying) the d x d block out of W_v
-    video_a = jnp.pad(video, ((0, 0), (0, 1))) @ params.w_v  # [L, d]
-    query_b = jnp.pad(query, (0, 1)) @ params.w_q  # [d]
+    # Grouped so that a frame costs O(d): (v A)(q B) = v (A (q B)) and (v A) b = v (A b).
+    # Under vmap over videos the query-side vectors are computed once per query, and no
+    # [L, d] projection of the video is made per (query, video) pair.
+    query_b = jnp.pad(query, (0, 1)) @ params.w_q  # q B, [d]
     ind = frame_mask.astype(video.dtype)
-    s0 = ind * (video_a @ query_b)
-    s1 = ind * (video_a @ b_vec + a_vec @ query_b)
+    s0 = ind * (video @ (params.w_v @ query_b)[:dim])
+    s1 = ind * (video @ (params.w_v @ b_vec)[:dim] + a_vec @ query_b)
     c = a_vec @ b_vec
     rows = conv1d_same(jnp.stack([s0, s1, ind]), params.end_kernel)  # [3, L]
     t = jnp.arange(length, dtype=video.dtype) / jnp.maximum(valid_len, 1).astype(video.dtype)
