@@ -66,9 +66,9 @@ setup(
         # (README).  The golden files were made with 2.13.0+cpu, the version constraints.txt
         # pins for CI.
         "torch": ["torch>=2.1"],
-        # notebooks/: plots, and what .ci/notebooks needs to check the jupytext pairs and run
-        # them top to bottom (kernel, client).
-        "notebooks": ["matplotlib", "ipykernel", "nbclient", "nbformat", "jupytext"],
+        # notebooks/: plots, tqdm.auto's progress widget, and what .ci/notebooks needs to
+        # check the jupytext pairs and run them top to bottom (kernel, client).
+        "notebooks": ["matplotlib", "ipywidgets", "ipykernel", "nbclient", "nbformat", "jupytext"],
     },
     entry_points={"console_scripts": ["vmr-jax=vmr_jax.main:run"]},
 )
