@@ -208,15 +208,15 @@ ax.scatter(
 )
 top5 = record["moments"][:5]
 ring = dict(marker="o", s=220, facecolors="none")
-ax.scatter([m[1] for m in top5], [m[0] for m in top5], edgecolors="black", linewidths=4, **ring)
 ax.scatter(
     [m[1] for m in top5],
     [m[0] for m in top5],
-    edgecolors="white",
-    linewidths=2,
+    edgecolors="black",
+    linewidths=4,
     label="top-5 predictions (rank)",
     **ring,
 )
+ax.scatter([m[1] for m in top5], [m[0] for m in top5], edgecolors="white", linewidths=2, **ring)
 outline = [patheffects.withStroke(linewidth=3, foreground="black")]
 for rank, (start, end, _) in enumerate(top5, 1):
     ax.annotate(
