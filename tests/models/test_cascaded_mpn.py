@@ -17,7 +17,7 @@ import optax
 import pytest
 
 from vmr_jax import sharding
-from vmr_jax.models import FAMILIES, cascaded_mpn
+from vmr_jax.models import FAMILIES, cascaded_mpn, cascaded_mpn_loss
 from vmr_jax.models.cascaded_mpn_corpus import map_cells
 from vmr_jax.ops import score_maps
 from vmr_jax.retrieval import corpus
@@ -605,3 +605,31 @@ def test_adamw_steps_lower_the_loss():
         params, opt_state = step(params, opt_state, jax.random.PRNGKey(i))
     after = float(jax.jit(eval_loss)(params))
     assert after < 0.8 * before, (before, after)
+
+
+def test_anchor_moment_loss_by_hand():
+    # Not the paper's (anchor_moment_loss_weight > 0): eq. 21 on f_cond(C^2, E_q).  Example 0:
+    # 4 valid frames, segments [0, 0, 1, 1], labels (1, 3) -> (0, 1): -log 0.6 - log 0.7.
+    # Example 1: 3 valid frames, segment of t = floor(2 t / 3): [0, 0, 1], labels (0, 2) ->
+    # (0, 1): -log 0.5 - log 0.2.  Mean of the two.
+    log = np.log
+    outputs = {
+        "anchor_log_p_start_2": jnp.asarray(log([[0.6, 0.4], [0.5, 0.5]]), jnp.float32),
+        "anchor_log_p_end_2": jnp.asarray(
+            log([[[0.3, 0.7], [1.0, 1.0]], [[0.8, 0.2], [1.0, 1.0]]]), jnp.float32
+        ),
+    }
+    labels = jnp.array([[1, 3], [0, 2]], jnp.int32)
+    video_mask = jnp.array([[1, 1, 1, 1], [1, 1, 1, 0]], jnp.float32)
+    got = cascaded_mpn_loss.anchor_moment_loss(outputs, labels, video_mask, jnp.ones(2))
+    want = (-log(0.6) - log(0.7) - log(0.5) - log(0.2)) / 2
+    np.testing.assert_allclose(float(got), want, rtol=1e-6)
+    # Through loss_fn on the model: the term appears only with a positive weight.
+    config, batch, model, variables = _shared()
+    out = model.apply(variables, batch, train=False)
+    assert out["anchor_log_p_end_8"].shape == (3, 8, 8)
+    _, parts = cascaded_mpn.loss_fn(out, batch, config)
+    assert "loss_anchor_moment" not in parts
+    weighted = dict(config, anchor_moment_loss_weight=0.5)
+    loss, parts = cascaded_mpn.loss_fn(out, batch, ml_collections.ConfigDict(weighted))
+    assert float(parts["loss_anchor_moment"]) > 0 and np.isfinite(float(loss))

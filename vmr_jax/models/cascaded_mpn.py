@@ -166,6 +166,7 @@ DEFAULTS = dict(
     hinge_directions="both",
     video_loss_weight=8.0,  # alpha
     moment_loss_weight=0.01,  # beta
+    anchor_moment_loss_weight=0.0,  # not in the paper: eq. 21 on the anchor maps (loss module)
     clip_length=1.5,
     # Inference (cascaded_mpn_corpus).
     q2c_alpha=20.0,
@@ -398,6 +399,9 @@ class CascadedMPN(nn.Module):
             frame_score_map=cascade.frame.score_map,
             score_map=cascade.score_map,
         )
+        for n, anchor in zip(self.anchor_segments, cascade.anchors):
+            out[f"anchor_log_p_start_{n}"] = anchor.log_p_start
+            out[f"anchor_log_p_end_{n}"] = anchor.log_p_end
         return out
 
 

@@ -29,6 +29,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vmr_jax.ops.score_maps import segment_ids
+
 from vmr_jax.retrieval.ranking import per_video_frames
 
 HINGE_DIRECTIONS = ("both", "query_to_video")
@@ -160,12 +162,44 @@ def loss_fn(
     weight = (valid > 0) & (jnp.sum(video_mask, axis=-1) > 0)
     if "span_mask" in batch:
         weight = weight & (jnp.asarray(batch["span_mask"])[:, 0] > 0)
-    moment = beta * moment_loss(
-        outputs["log_p_start"], outputs["log_p_end"], labels, weight.astype(jnp.float32)
-    )
+    weight = weight.astype(jnp.float32)
+    moment = beta * moment_loss(outputs["log_p_start"], outputs["log_p_end"], labels, weight)
     loss = frame_hinge + anchor_hinge + moment
-    return loss, {
+    parts = {
         "loss_frame_hinge": frame_hinge,
         "loss_anchor_hinge": anchor_hinge,
         "loss_moment": moment,
     }
+    gamma = float(model_config.get("anchor_moment_loss_weight", 0.0))
+    if gamma > 0:
+        parts["loss_anchor_moment"] = gamma * anchor_moment_loss(
+            outputs, labels, video_mask, weight
+        )
+        loss = loss + parts["loss_anchor_moment"]
+    return loss, parts
+
+
+def anchor_moment_loss(outputs, labels, video_mask, weight) -> jax.Array:
+    """Eq. 21 on every anchor level (NOT in the paper; ``anchor_moment_loss_weight`` > 0):
+    the frame labels' segments ``(seg_N(g_st), seg_N(g_ed))`` (``score_maps.segment_ids``,
+    the cascade's own frame -> anchor rule) against ``f_cond(C^N, E_q)``, averaged over the
+    levels.  Without it no loss reads an anchor-level map, which reaches ``M_T`` trained only
+    through the ``f_cond`` weights it shares with the frame map."""
+    length = video_mask.shape[1]
+    valid_len = jnp.sum(video_mask > 0, axis=-1).astype(jnp.int32)
+    levels = sorted(
+        int(k.rsplit("_", 1)[1]) for k in outputs if k.startswith("anchor_log_p_start_")
+    )
+    if not levels:
+        return jnp.zeros((), jnp.float32)
+    total = jnp.zeros((), jnp.float32)
+    for n in levels:
+        seg = jax.vmap(lambda v: segment_ids(length, v, n))(valid_len)  # [B, L]
+        anchor_labels = jnp.take_along_axis(seg, labels, axis=1)
+        total = total + moment_loss(
+            outputs[f"anchor_log_p_start_{n}"],
+            outputs[f"anchor_log_p_end_{n}"],
+            anchor_labels,
+            weight,
+        )
+    return total / len(levels)

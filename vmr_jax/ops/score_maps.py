@@ -308,6 +308,7 @@ class CascadeOutput(NamedTuple):
 
     score_map: jax.Array
     frame: ScoreMap
+    anchors: tuple[ScoreMap, ...] = ()  # f_cond(C^N, q) for N = 2, 4, ... (none: no branch)
 
 
 def cascaded_score_map(
@@ -335,15 +336,18 @@ def cascaded_score_map(
         return log_score_map(score, valid_map_mask(length, valid)) if log_scale else score.score_map
 
     frame = moment_score_map(video, valid_len, query, frame_params, conditional)
-    anchor_maps = None
+    anchor_maps, anchor_scores = None, ()
     if anchor_params is not None:
         if isinstance(anchor_params, ConditionalMapParams):
             anchor_params = (anchor_params,) * len(anchors)
         if len(anchor_params) != len(anchors):
             raise ValueError(f"{len(anchor_params)} anchor params for {len(anchors)} levels")
-        anchor_maps = tuple(
-            entering(moment_score_map(c, c.shape[0], query, p, conditional), c.shape[0], c.shape[0])
+        anchor_scores = tuple(
+            moment_score_map(c, c.shape[0], query, p, conditional)
             for c, p in zip(anchors, anchor_params)
+        )
+        anchor_maps = tuple(
+            entering(a, c.shape[0], c.shape[0]) for a, c in zip(anchor_scores, anchors)
         )
     score = cascade(
         entering(frame, video.shape[0], valid_len),
@@ -353,7 +357,7 @@ def cascaded_score_map(
         sparsity_pooling=sparsity_pooling,
         map_scale=map_scale,
     )
-    return CascadeOutput(score, frame)
+    return CascadeOutput(score, frame, anchor_scores)
 
 
 def pairwise_cascaded_score_maps(
