@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 
 from vmr_jax.ops.score_maps import segment_ids
-
 from vmr_jax.retrieval.ranking import per_video_frames
 
 HINGE_DIRECTIONS = ("both", "query_to_video")
@@ -194,7 +193,7 @@ def anchor_moment_loss(outputs, labels, video_mask, weight) -> jax.Array:
         return jnp.zeros((), jnp.float32)
     total = jnp.zeros((), jnp.float32)
     for n in levels:
-        seg = jax.vmap(lambda v: segment_ids(length, v, n))(valid_len)  # [B, L]
+        seg = jax.vmap(segment_ids, in_axes=(None, 0, None))(length, valid_len, n)  # [B, L]
         anchor_labels = jnp.take_along_axis(seg, labels, axis=1)
         total = total + moment_loss(
             outputs[f"anchor_log_p_start_{n}"],
