@@ -459,11 +459,12 @@ class Predictor:
         *,
         video_ids: Sequence | None = None,
         batch_size=64,
+        num_videos: int | None = None,
         durations: np.ndarray | None = None,
     ):
         """A :class:`vmr_jax.retrieval.corpus.CorpusIndex` of ``videos`` (``take(rows) ->
-        {video_features, video_mask[, subtitle_features]}`` or a callable ``rows -> dict``).
-        ``durations`` ``[V]`` seconds: needed by a model whose frames last ``duration / L``
+        {video_features, video_mask[, subtitle_features]}`` or a callable ``rows -> dict``;
+        ``num_videos`` when ``videos`` has no length).  ``durations`` ``[V]`` seconds: needed by a model whose frames last ``duration / L``
         (``model.clip_length = 0``, e.g. Cascaded MPN on ActivityNet)."""
         from vmr_jax.retrieval import corpus
 
@@ -473,6 +474,7 @@ class Predictor:
             videos,
             self.restored.mesh,
             batch_size=batch_size,
+            num_videos=num_videos,
             video_ids=video_ids,
             durations=durations,
         )
