@@ -464,8 +464,9 @@ class Predictor:
     ):
         """A :class:`vmr_jax.retrieval.corpus.CorpusIndex` of ``videos`` (``take(rows) ->
         {video_features, video_mask[, subtitle_features]}`` or a callable ``rows -> dict``;
-        ``num_videos`` when ``videos`` has no length).  ``durations`` ``[V]`` seconds: needed by a model whose frames last ``duration / L``
-        (``model.clip_length = 0``, e.g. Cascaded MPN on ActivityNet)."""
+        ``num_videos`` when ``videos`` has no length).  ``durations`` ``[V]`` seconds: needed
+        by a model whose frames last ``duration / L`` (``model.clip_length = 0``, e.g.
+        Cascaded MPN on ActivityNet)."""
         from vmr_jax.retrieval import corpus
 
         return corpus.build_index(
