@@ -118,6 +118,10 @@ def test_bench_runs_for_every_registered_family(name, jax_compilation_cache):
     config = config_cli.load_config_file(str(path))
     report = bench.run_bench(config, batch_size=2, eval_batch_size=2, steps=1, warmup=0)
     assert report["model"] == name and report["num_params"] > 0
+    if name == "mgpn":  # plus the official unused Conv1d(1024, 512, 3): 512 * 1024 * 3 + 512
+        assert report["num_params_paper"] == report["num_params"] + 1_573_376
+    else:
+        assert "num_params_paper" not in report
     assert report["train_steps_per_s"] > 0 and np.isfinite(report["train_steps_per_s"])
     if FAMILIES[name].is_corpus:
         assert "eval_queries_per_s" not in report  # measured by the search bench

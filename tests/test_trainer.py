@@ -44,13 +44,63 @@ def reference_run(tmp_path_factory):
 
 
 def test_lr_schedule_steps_at_milestone_epochs():
-    # lr 1e-3, gamma 0.1, milestones at epochs 2 and 3, 10 steps per epoch: by hand,
-    # steps 0..19 -> 1e-3, 20..29 -> 1e-4, 30.. -> 1e-5.
-    config = {"lr": 1e-3, "milestones": (2, 3), "gamma": 0.1}
+    # scheduler.step() after each epoch: lr 1e-3, gamma 0.1, milestones at epochs 2 and 3,
+    # 10 steps per epoch: by hand, steps 0..19 -> 1e-3, 20..29 -> 1e-4, 30.. -> 1e-5.
+    config = {"lr": 1e-3, "milestones": (2, 3), "gamma": 0.1, "scheduler_step": "epoch_end"}
     schedule = optimizers.lr_schedule(config, steps_per_epoch=10)
     expected = {0: 1e-3, 19: 1e-3, 20: 1e-4, 29: 1e-4, 30: 1e-5, 100: 1e-5}
     for step, lr in expected.items():
         assert float(schedule(step)) == pytest.approx(lr, rel=1e-6), step
+
+
+# MGPN's Engine.train calls scheduler.step() before each epoch's first optimiser step, so
+# 0-indexed epoch e runs with MultiStepLR's last_epoch = e + 1 and the rate
+# 1e-3 * 0.1 ** (number of milestones <= e + 1).  Milestones (5, 8), 3 steps per epoch, by hand:
+# epochs 0-3 (steps 0-11) 1e-3, epochs 4-6 (steps 12-20) 1e-4, epochs 7-9 (steps 21-29) 1e-5.
+MGPN_RATES = [1e-3] * 12 + [1e-4] * 9 + [1e-5] * 9
+# scheduler.step() after each epoch (last_epoch = e): epochs 0-4 (steps 0-14) 1e-3, epochs 5-7
+# (steps 15-23) 1e-4, epochs 8-9 (steps 24-29) 1e-5.
+EPOCH_END_RATES = [1e-3] * 15 + [1e-4] * 9 + [1e-5] * 6
+
+
+@pytest.mark.parametrize(
+    "rule, rates", [(None, MGPN_RATES), ("epoch_start", MGPN_RATES), ("epoch_end", EPOCH_END_RATES)]
+)
+def test_lr_schedule_follows_the_scheduler_step_of_the_official_loop(rule, rates):
+    config = {"lr": 1e-3, "milestones": (5, 8), "gamma": 0.1}
+    if rule is not None:  # None: the default is MGPN's rule
+        config["scheduler_step"] = rule
+    schedule = optimizers.lr_schedule(config, steps_per_epoch=3)
+    got = [float(schedule(step)) for step in range(len(rates))]
+    np.testing.assert_allclose(got, rates, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, last_full_rate_epoch, decay_epochs",
+    [
+        ("charades_vgg", 3, (4, 11)),  # MILESTONES [5, 12]
+        ("charades_i3d", 3, (4, 7)),  # [5, 8]
+        ("activitynet", 3, (4, 7)),  # [5, 8]
+        ("tacos", 14, ()),  # [16, 19]: after the 15th (last) epoch, so never
+    ],
+)
+def test_mgpn_benchmark_configs_decay_where_the_official_run_does(
+    name, last_full_rate_epoch, decay_epochs
+):
+    config = config_cli.load_config(str(Path(CONFIG).parent / f"{name}.py"), [])
+    assert config.train.scheduler_step == "epoch_start"
+    schedule = optimizers.lr_schedule(config.train, steps_per_epoch=2)
+    assert float(schedule(2 * last_full_rate_epoch + 1)) == pytest.approx(1e-3, rel=1e-6)
+    for i, epoch in enumerate(decay_epochs):
+        assert float(schedule(2 * epoch - 1)) == pytest.approx(1e-3 * 0.1**i, rel=1e-6)
+        assert float(schedule(2 * epoch)) == pytest.approx(1e-3 * 0.1 ** (i + 1), rel=1e-6)
+    last_step = 2 * config.train.num_epochs - 1
+    assert float(schedule(last_step)) == pytest.approx(1e-3 * 0.1 ** len(decay_epochs), rel=1e-6)
+
+
+def test_unknown_scheduler_step_is_named():
+    with pytest.raises(ValueError, match="config.train.scheduler_step"):
+        optimizers.lr_schedule({"lr": 1.0, "milestones": (1,), "scheduler_step": "x"}, 1)
 
 
 def test_optimizer_clips_global_norm_before_adam():

@@ -236,6 +236,8 @@ def run_bench(
         "timed_steps": steps,
         **map_build,
     }
+    if family.unused_official_params:  # the paper's count includes them
+        report["num_params_paper"] = num_params + family.unused_official_params
     return report
 
 

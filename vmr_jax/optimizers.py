@@ -2,8 +2,8 @@
 
 * ``'adam'`` (MGPN's official ``lib/core/config`` + ``train.py``): Adam (lr ``1e-3``, betas
   0.9/0.999, no weight decay) after global grad-norm clipping (``grad_clip_norm``), learning
-  rate multiplied by ``gamma`` at every milestone epoch (PyTorch ``MultiStepLR``, stepped per
-  epoch; here the milestones become step boundaries ``epoch * steps_per_epoch``).
+  rate multiplied by ``gamma`` at every milestone (PyTorch ``MultiStepLR``, stepped once per
+  epoch; here the milestones become step boundaries, :func:`lr_schedule`).
 * ``'bert_adam'`` (TVRetrieval's ``BertAdam``, XML): per-tensor clipping, Adam moments
   without bias correction, decoupled weight decay, ``warmup_linear`` schedule.
 * ``'adamw'`` (Cascaded MPN's "AdamW, 3e-5, weight decay 0.01"; PyTorch ``torch.optim.AdamW``
@@ -28,12 +28,36 @@ PyTree = Any
 
 OPTIMIZERS = ("adam", "adamw", "bert_adam")
 
+# When the official loop calls PyTorch's ``scheduler.step()``, relative to the epoch's
+# optimiser steps: the number of epochs a milestone's decay comes early.
+SCHEDULER_STEPS = {"epoch_start": 1, "epoch_end": 0}
+
 
 def lr_schedule(train_config: Mapping[str, Any], steps_per_epoch: int) -> optax.Schedule:
-    """``lr * gamma ** (number of milestones <= epoch)``, as a function of the step."""
+    """PyTorch's ``MultiStepLR`` stepped once per epoch, as a function of the optimiser step.
+
+    ``MultiStepLR`` leaves ``last_epoch = 0`` after construction, adds 1 at every
+    ``scheduler.step()`` and sets the rate to ``lr * gamma ** (number of milestones <=
+    last_epoch)``.  ``train.scheduler_step`` says where the official loop calls ``step()``:
+
+    * ``'epoch_start'`` (default; MGPN's ``lib/core/engine.py``, whose ``Engine.train`` calls
+      it before the epoch's first optimiser step): 0-indexed epoch ``e`` runs with
+      ``last_epoch = e + 1``, so milestone ``m`` lowers the rate from epoch ``m - 1``
+      (MILESTONES [5, 8] -> epochs 4 and 7).
+    * ``'epoch_end'`` (PyTorch's documented loop, ``step()`` after the epoch): epoch ``e`` runs
+      with ``last_epoch = e``; milestone ``m`` lowers the rate from epoch ``m``.
+
+    The rate of optimiser step ``s`` (0-indexed) is that of epoch ``s // steps_per_epoch``.
+    """
+    rule = train_config.get("scheduler_step", "epoch_start")
+    if rule not in SCHEDULER_STEPS:
+        raise ValueError(
+            f"config.train.scheduler_step must be one of {tuple(SCHEDULER_STEPS)}, got {rule!r}"
+        )
     boundaries: dict[int, float] = {}
-    for epoch in train_config.get("milestones", ()):
-        step = int(epoch) * int(steps_per_epoch)
+    for milestone in train_config.get("milestones", ()):
+        epoch = max(int(milestone) - SCHEDULER_STEPS[rule], 0)
+        step = epoch * int(steps_per_epoch)
         boundaries[step] = boundaries.get(step, 1.0) * float(train_config.get("gamma", 0.1))
     return optax.piecewise_constant_schedule(float(train_config["lr"]), boundaries or None)
 

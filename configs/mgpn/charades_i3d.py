@@ -3,7 +3,8 @@
 
 YAML values: NUM_SAMPLE_CLIPS 256, TARGET_STRIDE 4 (64 map clips), NORMALIZE True, 1024-d
 features, hidden 256, NUM_SCALE_LAYERS [15, 8, 8], BATCH_SIZE 64, LR 1e-3, MAX_EPOCH 15,
-MILESTONES [5, 8], GAMMA 0.1, NMS_THRESH 0.44, TIOU 0.3/0.5/0.7, loss IoU 0.5-1.0, NO_VAL
+MILESTONES [5, 8] (the rate drops from 0-indexed epochs 4 and 7:
+``train.scheduler_step``), GAMMA 0.1, NMS_THRESH 0.44, TIOU 0.3/0.5/0.7, loss IoU 0.5-1.0, NO_VAL
 (the test split is evaluated).  12,404 training queries -> 193 steps per epoch.
 
 Data: ``vmr-jax data build --dataset charades_sta --features i3d --data_dir DIR`` (written to

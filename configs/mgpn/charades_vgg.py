@@ -3,7 +3,8 @@
 
 YAML values: NUM_SAMPLE_CLIPS 256, TARGET_STRIDE 16 (16 map clips), NORMALIZE True, 4096-d
 features, hidden 256, NUM_SCALE_LAYERS [15] (the full upper triangle), BATCH_SIZE 32, LR 1e-3,
-MAX_EPOCH 15, MILESTONES [5, 12], GAMMA 0.1, NMS_THRESH 0.44, TIOU 0.3/0.5/0.7, loss IoU
+MAX_EPOCH 15, MILESTONES [5, 12] (the rate drops from 0-indexed epochs 4 and 11:
+``train.scheduler_step``), GAMMA 0.1, NMS_THRESH 0.44, TIOU 0.3/0.5/0.7, loss IoU
 0.5-1.0, NO_VAL.  12,404 training queries -> 387 steps per epoch.
 
 Data: ``vmr-jax data build --dataset charades_sta --features vgg --data_dir DIR

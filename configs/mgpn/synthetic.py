@@ -66,7 +66,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.lr = 1e-3
     config.train.b1 = 0.9
     config.train.b2 = 0.999
-    config.train.milestones = (20,) if runlocal else (5,)  # epochs (80 steps each)
+    # Epochs of 80 steps; stepped at each epoch's start as MGPN's Engine does, milestone 6
+    # lowers the rate from 0-indexed epoch 5 (step 400).
+    config.train.milestones = (20,) if runlocal else (6,)
+    config.train.scheduler_step = "epoch_start"
     config.train.gamma = 0.1
     config.train.grad_clip_norm = 10.0
     config.train.log_every = 1 if runlocal else 50

@@ -124,3 +124,21 @@ def test_token_input_uses_learned_embedding():
     del batch["query_features"]
     variables = mgpn.create_model(config).init(jax.random.PRNGKey(0), batch, train=False)
     assert variables["params"]["word_embed"]["embedding"].shape == (50, config.word_dim)
+
+
+def test_unused_official_conv1d_count_by_hand():
+    # Conv1d(1024, 512, kernel 3): weight 512 x 1024 x 3 = 1,572,864, bias 512.
+    assert mgpn.UNUSED_OFFICIAL_PARAMS == 1_572_864 + 512 == 1_573_376
+    assert mgpn.FAMILY.unused_official_params == 1_573_376
+
+
+@pytest.mark.parametrize(
+    "variant, paper_millions",
+    [("tacos", 6.62), ("activitynet", 5.12)],  # Table 2 (TACoS), Table 4 (ActivityNet, GRU)
+)
+def test_parameter_counts_match_the_papers_tables(variant, paper_millions):
+    counts = mgpn.parameter_counts(ml_collections.ConfigDict(dict(mgpn.VARIANTS[variant])))
+    assert counts["num_params_paper"] - counts["num_params"] == 1_573_376
+    assert round(counts["num_params_paper"] / 1e6, 2) == paper_millions
+    # Ours alone misses the tables by the unused layer's 1.57M.
+    assert round(counts["num_params"] / 1e6, 2) != paper_millions

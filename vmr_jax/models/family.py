@@ -29,7 +29,9 @@ What a record declares:
   chance level a weak model must beat, ``evaluation.chance``), ``map_builders
   (model_config)`` (the 2D-map construction alone, timed by bench), ``gallery`` (queries and
   moments meet in a common space, so moments can be precomputed: :mod:`retrieval.gallery`),
-  and for corpus families ``corpus``: the stage functions (:mod:`vmr_jax.retrieval.stages`).
+  and for corpus families ``corpus``: the stage functions (:mod:`vmr_jax.retrieval.stages`),
+  ``unused_official_params`` (parameters the official model holds but never uses and its paper
+  counts: ``vmr-jax bench`` adds ``num_params_paper = num_params + unused_official_params``).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class Family:
     map_builders: Callable[[Any], dict] | None = None
     gallery: bool = False
     corpus: Callable[..., Any] | None = None
+    unused_official_params: int = 0
 
     def __post_init__(self):
         if self.task not in TASKS:

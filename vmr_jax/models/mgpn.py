@@ -38,6 +38,13 @@ are zero outside the mask, so the model works on the ``C`` valid cells (``[B, C,
 7x7 convs read only valid neighbours (``layers.map_conv``).  ``map_conv='dense'`` runs the same
 convs on the full ``N x N`` map (the reference the sparse form is tested against).
 
+Parameter counts: the official ``SparseBoundaryContent`` also builds a ``Conv1d(1024, 512, 3)``
+(``generator_layer.conv1d``, the same sizes in every YAML) that ``forward`` never calls; we
+leave it out, and the paper's "Param." (Tables 2 and 4: PyTorch ``model.parameters()``)
+counts it.  :func:`parameter_counts` gives both (``tacos`` 5,048,067 here, 6,621,443 the
+paper's way: Table 2's 6.62M; ``activitynet`` 3,550,979 and 5,124,355: Table 4's 5.12M), and
+``vmr-jax bench`` reports ``num_params_paper`` beside ``num_params``.
+
 Batch inputs: ``video_features [B, T, D]`` with ``T = N * frame_stride`` and either
 ``query_features [B, L, word_dim]`` (GloVe vectors) or ``query_tokens [B, L]`` with a learned
 embedding (``vocab_size > 0``), plus ``query_mask [B, L]``.
@@ -473,6 +480,26 @@ def map_builders(model_config) -> dict[str, Any]:
     return {"map_build_cells": cells, "map_build_dense": dense}
 
 
+# The official generator_layer.conv1d, never called: PyTorch weight [out, in, kernel], bias [out].
+UNUSED_OFFICIAL_SHAPES = {
+    "generator_layer.conv1d.weight": (512, 1024, 3),
+    "generator_layer.conv1d.bias": (512,),
+}
+UNUSED_OFFICIAL_PARAMS = sum(int(np.prod(shape)) for shape in UNUSED_OFFICIAL_SHAPES.values())
+
+
+def parameter_counts(model_config) -> dict[str, int]:
+    """``num_params`` (our ``params`` collection; BatchNorm statistics are buffers in PyTorch,
+    not parameters) and ``num_params_paper`` (plus the official unused ``generator_layer.
+    conv1d``, as the paper's Tables 2 and 4 count), from shapes alone (nothing is run)."""
+    model = create_model(model_config)
+    batch = example_batch(model_config)
+    rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}
+    variables = jax.eval_shape(lambda: model.init(rngs, batch, train=False))
+    ours = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+    return {"num_params": ours, "num_params_paper": ours + UNUSED_OFFICIAL_PARAMS}
+
+
 FAMILY = Family(
     name="mgpn",
     create_model=create_model,
@@ -483,4 +510,5 @@ FAMILY = Family(
     loss_fn=loss_fn,
     decode=decode,
     map_builders=map_builders,
+    unused_official_params=UNUSED_OFFICIAL_PARAMS,
 )
