@@ -14,12 +14,16 @@ them (``vmr_jax.convert.xml.config_from_official``); the rest of the config from
 (default ``configs/xml/tvr.py``).
 
 The config is ``--config`` (a vmr_jax config file) with the model, optimiser and evaluation
-fields of ``--yaml`` written over it; with ``--yaml`` alone the rest of the config (mesh,
-logging, checkpoint policy) comes from ``configs/<model>/synthetic.py`` and the data fields from
-the YAML.  2D-TAN (microsoft/2D-TAN): official checkpoints are ``torch.save``'d state_dicts;
-the YAML is read by ``vmr_jax.convert.tan2d.config_from_yaml``.  The converted weights are
-saved as the step-0 checkpoint of the workdir, next to ``config.json``, so
-``vmr-jax eval --workdir DIR`` evaluates them like a trained run.
+fields of ``--yaml`` and its ``NUM_SAMPLE_CLIPS`` and ``NORMALIZE`` (official default False)
+written over it.  With ``--yaml`` alone the base is the shipped benchmark config the YAML
+describes (``configs/mgpn/{charades_i3d,charades_vgg,tacos,activitynet}.py``,
+``configs/tan2d/{charades,tacos,activitynet}.py:{conv,pool}``), picked from DATASET.NAME,
+DATASET.VIS_INPUT_TYPE and the model, with the evaluated split of DATASET.NO_VAL
+(``vmr_jax.convert.benchmark_configs``); a YAML it cannot map is refused, naming the field,
+and then needs ``--config``.  2D-TAN (microsoft/2D-TAN): official checkpoints are
+``torch.save``'d state_dicts; the YAML is read by ``vmr_jax.convert.tan2d.config_from_yaml``.
+The converted weights are saved as the step-0 checkpoint of the workdir, next to
+``config.json``, so ``vmr-jax eval --workdir DIR`` evaluates them like a trained run.
 """
 
 from __future__ import annotations
@@ -42,7 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="official state_dict (.pkl/.pth/.npz)")
     parser.add_argument("--yaml", default=None, help="official experiment YAML (MGPN, 2D-TAN)")
     parser.add_argument("--opt", default=None, help="official opt.json (XML)")
-    parser.add_argument("--config", default=None, help="vmr_jax config file, path.py[:arg]")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="vmr_jax config file, path.py[:arg] (default: the benchmark config of --yaml)",
+    )
     parser.add_argument("--model", default="mgpn", choices=sorted(CONVERTERS))
     parser.add_argument("--workdir", required=True, help="output workdir")
 
@@ -50,26 +58,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_config(
     config_spec: str | None, yaml_path: str | None, overrides=(), model_name: str = "mgpn"
 ) -> ml_collections.ConfigDict:
-    """The run config: config file (or the family's synthetic default) with the YAML's fields
-    on top (``model_name``: ``mgpn`` or ``tan2d``, whose YAML reader is used)."""
+    """The run config of an official ``model_name`` (``mgpn`` or ``tan2d``) experiment.
+
+    Base: ``config_spec``, else the shipped benchmark config the YAML describes
+    (:func:`vmr_jax.convert.benchmark_configs.match_benchmark`: dataset, feature set and
+    evaluated split from the YAML; refused, naming the field, when it has none).  On top: the
+    YAML's model, optimiser and evaluation fields and the inputs the checkpoint was trained
+    on (``num_input_clips``; ``normalize``, False where the YAML has no NORMALIZE, as the
+    official default), then ``overrides``.
+    """
     import importlib
 
     from vmr_jax import config_cli
+    from vmr_jax.convert import benchmark_configs
 
-    config_from_yaml = importlib.import_module(CONVERTERS[model_name]).config_from_yaml
     if config_spec is None and yaml_path is None:
         raise ValueError("convert needs --config, --yaml or both")
-    base = config_cli.load_config(config_spec or f"{model_name}/synthetic")
-    config = ml_collections.ConfigDict(base.to_dict())
+    official = match = None
     if yaml_path is not None:
-        official = config_from_yaml(yaml_path)
+        where = os.fspath(yaml_path)
+        raw = benchmark_configs.read_yaml(yaml_path)
+        benchmark_configs.check_model_name(model_name, raw, where)
+        official = importlib.import_module(CONVERTERS[model_name]).config_from_yaml(yaml_path)
+        if config_spec is None:
+            match = benchmark_configs.match_benchmark(model_name, raw, official.model, where)
+            config_spec = match.config
+    config = ml_collections.ConfigDict(config_cli.load_config(config_spec).to_dict())
+    if official is not None:
         for section in ("model", "train", "evals"):
             for key, value in official[section].items():
                 config[section][key] = value
-        if config_spec is None:
-            for key, value in official.data.items():
-                config.data[key] = value
-            config.data.num_input_clips = official.data.num_input_clips
+        config.data.num_input_clips = official.data.num_input_clips
+        config.data.normalize = official.data.normalize
+    if match is not None:
+        if match.features != config.data.features:
+            config.data.features = match.features
+            config.data.dir = f"data/vmr_jax/{match.dataset}-{match.features}"  # as built
+        if match.eval_split is not None:
+            config.evals.split = match.eval_split
     for dotted, text in overrides:
         config_cli.apply_override(config, dotted, text)
     return config

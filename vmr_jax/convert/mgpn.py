@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import ml_collections
 import numpy as np
 
+from vmr_jax.convert.benchmark_configs import DATASETS, FEATURE_SETS
 from vmr_jax.convert.state_dict import Rule, conv1d, conv1x1, conv2d, convert, linear
 from vmr_jax.models import mgpn
 
@@ -172,14 +173,15 @@ def config_from_yaml(path: str | os.PathLike) -> ml_collections.ConfigDict:
         max_iou=float(loss["MAX_IOU"]),
     )
     dataset = str(need("DATASET", "NAME"))
+    name = DATASETS.get(dataset, dataset.lower())
+    vis_input_type = str(raw["DATASET"].get("VIS_INPUT_TYPE", ""))
     config.data = ml_collections.ConfigDict(
         dict(
-            name={"Charades": "charades_sta", "TACoS": "tacos", "ActivityNet": "activitynet"}.get(
-                dataset, dataset.lower()
-            ),
-            features=str(raw["DATASET"].get("VIS_INPUT_TYPE", "")),
+            name=name,
+            features=FEATURE_SETS.get((name, vis_input_type), vis_input_type),
             num_input_clips=num_sample,
-            normalize=bool(raw["DATASET"].get("NORMALIZE", True)),
+            # lib/core/config.py: DATASET.NORMALIZE = False unless the YAML says otherwise.
+            normalize=bool(raw["DATASET"].get("NORMALIZE", False)),
             text_mode="features",
         )
     )

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 import ml_collections
 import numpy as np
 
+from vmr_jax.convert.benchmark_configs import DATASETS, FEATURE_SETS
 from vmr_jax.convert.state_dict import Rule, conv1d, conv1x1, conv2d, convert, linear
 from vmr_jax.models import tan2d
 
@@ -202,16 +203,14 @@ def config_from_yaml(path: str | os.PathLike) -> ml_collections.ConfigDict:
     config.model = model_fields_from_official(
         tan, num_sample, stride, _need(raw, path, "LOSS", "PARAMS"), where=path
     )
-    name = str(_need(raw, path, "DATASET", "NAME"))
+    official_name = str(_need(raw, path, "DATASET", "NAME"))
+    name = DATASETS.get(official_name, official_name.lower())
+    vis_input_type = str(dataset.get("VIS_INPUT_TYPE", ""))
     config.data = ml_collections.ConfigDict(
         dict(
-            name={"Charades": "charades_sta", "TACoS": "tacos", "ActivityNet": "activitynet"}.get(
-                name, name.lower()
-            ),
-            # VIS_INPUT_TYPE: vgg_rgb (Charades-STA) is the "vgg" feature set here; c3d is c3d.
-            features={"vgg_rgb": "vgg"}.get(
-                str(dataset.get("VIS_INPUT_TYPE", "")), str(dataset.get("VIS_INPUT_TYPE", ""))
-            ),
+            name=name,
+            # vgg_rgb (Charades-STA) is the "vgg" feature set here, c3d is c3d; others kept.
+            features=FEATURE_SETS.get((name, vis_input_type), vis_input_type),
             num_input_clips=num_sample,
             normalize=bool(dataset.get("NORMALIZE", False)),
             text_mode="features",
