@@ -1,4 +1,5 @@
-"""Shared test set-up: golden files of the official code (shared/golden)."""
+"""Shared test set-up: golden files of the official code (shared/golden) and the official
+annotation files (shared/data)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ os.environ["VMR_JAX_CACHE"] = "off"
 GOLDEN_DIR = Path(
     os.environ.get(
         "VMR_GOLDEN_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+    )
+)
+
+SHARED_DATA_DIR = Path(
+    os.environ.get(
+        "VMR_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"
     )
 )
 
@@ -68,3 +75,12 @@ def jax_compilation_cache(request, tmp_path_factory):
     yield
     for name, value in saved.items():
         jax.config.update(name, value)
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """The folder of the official annotation files (``shared/data``, see its SOURCES.md);
+    tests that read them skip when it is absent (set VMR_SHARED_DATA to point elsewhere)."""
+    if not SHARED_DATA_DIR.is_dir():
+        pytest.skip(f"no shared annotation data at {SHARED_DATA_DIR} (set VMR_SHARED_DATA)")
+    return SHARED_DATA_DIR

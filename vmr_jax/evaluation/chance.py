@@ -2,7 +2,8 @@
 
 The level a model must beat clearly to be said to learn; computed here, beside the
 evaluators: for a family that ranks a fixed candidate set (it declares
-``Family.candidate_moments``, e.g. VLANet's proposals), :func:`random_ranking_shares`; for the
+``Family.candidate_moments``, e.g. VLANet's proposals), :func:`random_ranking_shares`, with the
+hit rule of the config's protocol (``2dtan`` IoU ``> m``, ``mmn`` IoU ``>= m``); for the
 synthetic benchmark's protocols, the exact formulas below.
 
 Chance level under the 2D-TAN protocol (:func:`chance_level`): proposals are the valid cells of the
@@ -170,11 +171,16 @@ def vcmr_chance_level(
 
 
 def random_ranking_shares(
-    candidates: np.ndarray, times: np.ndarray, spans: np.ndarray, ious=(0.3, 0.5, 0.7)
+    candidates: np.ndarray,
+    times: np.ndarray,
+    spans: np.ndarray,
+    ious=(0.3, 0.5, 0.7),
+    inclusive: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per query ``[B]``: the share of its candidate moments whose IoU with its first span is
-    ``> m`` (strict, the ``2dtan`` protocol) -- its R@1,IoU=m under a uniformly random ranking
-    of the candidates -- and their mean IoU (``mIoU``).
+    ``> m`` (strict, the ``2dtan`` protocol; ``>= m`` when ``inclusive``, the ``mmn`` one) --
+    its R@1,IoU=m under a uniformly random ranking of the candidates -- and their mean IoU
+    (``mIoU``).
 
     Args:
       candidates: ``[B, P]`` bool, which of the ``P`` moments are candidates;
@@ -184,15 +190,22 @@ def random_ranking_shares(
     first = np.asarray(spans, np.float64)[:, 0]
     iou = segments.temporal_iou(np.asarray(times, np.float64), first[:, None, :])  # [B, P]
     count = np.maximum(candidates.sum(1), 1)
-    out = {f"R@1,IoU={m}": ((iou > m) & candidates).sum(1) / count for m in ious}
+    out = {}
+    for m in ious:
+        hit = iou >= m if inclusive else iou > m
+        out[f"R@1,IoU={m}"] = (hit & candidates).sum(1) / count
     out["mIoU"] = np.where(candidates, iou, 0.0).sum(1) / count
     return out
 
 
 def random_ranking_baseline(
-    candidates: np.ndarray, times: np.ndarray, batch, ious=(0.3, 0.5, 0.7)
+    candidates: np.ndarray,
+    times: np.ndarray,
+    batch,
+    ious=(0.3, 0.5, 0.7),
+    inclusive: bool = False,
 ) -> dict[str, float]:
     """:func:`random_ranking_shares` averaged over the batch's real queries (``valid``)."""
-    shares = random_ranking_shares(candidates, times, batch["spans"], ious)
+    shares = random_ranking_shares(candidates, times, batch["spans"], ious, inclusive)
     valid = np.asarray(batch.get("valid", np.ones(len(candidates))), np.float64) > 0
     return {k: float(v[valid].mean()) for k, v in shares.items()}

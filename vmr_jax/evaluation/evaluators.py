@@ -51,19 +51,24 @@ def chance_metrics(
 ) -> dict[str, float] | None:
     """The metrics of ranking the candidates of ``split`` in random order, when the family
     declares its candidate set (``Family.candidate_moments``: VLANet's proposals) and the
-    protocol is ``2dtan``; else None.  A weakly supervised model is judged against them.
-    Reads the split ``chunk`` queries at a time (a built dataset's features are never held
-    whole)."""
+    protocol is an :data:`svmr.PROTOCOLS` one, whose hit rule they use (``2dtan`` IoU ``> m``,
+    ``mmn`` IoU ``>= m``) at ``evals.ious``; else None.  A weakly supervised model is judged
+    against them.  Reads the split ``chunk`` queries at a time (a built dataset's features are
+    never held whole)."""
     fn = family.candidate_moments
-    if fn is None or config.evals.get("protocol", "2dtan") != "2dtan":
+    protocol = config.evals.get("protocol", "2dtan")
+    if fn is None or protocol not in svmr.PROTOCOLS:
         return None
+    inclusive = svmr.get_protocol(protocol).inclusive
+    ious = tuple(float(m) for m in config.evals.get("ious", (0.3, 0.5, 0.7)))
     prepared = data.prepared(split)
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(prepared), chunk):
         index = np.arange(start, min(start + chunk, len(prepared)))
         batch = input_pipeline.gather_batch(prepared, index)
         candidates, times = fn(batch, config.model)
-        for key, value in chance.random_ranking_shares(candidates, times, batch["spans"]).items():
+        shares = chance.random_ranking_shares(candidates, times, batch["spans"], ious, inclusive)
+        for key, value in shares.items():
             parts.setdefault(key, []).append(value)
     return {key: float(np.concatenate(values).mean()) for key, values in parts.items()}
 

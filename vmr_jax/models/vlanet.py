@@ -26,8 +26,24 @@ belongs to which video with a contrastive loss, and localises with its attention
    one.  Charades-STA: stride 8 frames, windows 176/208/240 frames at 24 fps (the paper's
    frames; the Charades feature files in this library are 24-fps) = 1/3 s and 7.33/8.67/10 s.
    DiDeMo: stride 5 s and windows 5..30 s give exactly the 21 chunk moments (15 for a
-   25-second video).  ``max_groups`` must cover the longest video of the data: groups past it
-   do not exist (configs size it from the dataset's longest video).
+   25-second video).
+   *Group count* (:func:`groups_to_cover`): groups past ``max_groups`` do not exist, so
+   ``K = max_groups`` must reach the last group that holds a candidate of the longest video.
+   Group ``k`` holds one when its smallest window ends inside the video, ``k * stride +
+   w_min <= D + 1 ms``, so a video of ``D`` seconds has candidates in groups ``0 ..
+   floor((D - w_min + 1 ms) / stride)`` and ``K`` groups keep every candidate of every video
+   shorter than ``K * stride + w_min - 1 ms``; the smallest such ``K`` for a longest video
+   ``D_max`` is ``floor((D_max - w_min + 1 ms) / stride) + 1``.  Charades-STA (``D_max`` =
+   194.33 s, Charades v1 ``length``, a training video; the test split's longest is 72.04 s),
+   Table 3's rows in frames at 24 fps: stride 8 with windows 176/208/240 (default) -> 561
+   groups, stride 6 -> 748, stride 4 -> 1,122, stride 6 with 128/256 -> 756, stride 6 with
+   176/240 -> 748; each covers videos shorter than 194.332 s.  A fixed 584 (this module's
+   earlier default, a group at every stride up to 194.33 s) covers 202.0 s at stride 8 but
+   153.3 s at stride 6 (5 training videos lose proposals) and 104.7 s at stride 4 (13
+   training videos, 108.1-194.3 s, lose proposals: the last group starts at 97.2 s).  The
+   configs derive ``max_groups`` from the stride and windows; ``longest_video_s`` in
+   ``config.model`` (0: unchecked) makes :func:`create_model` refuse a grid that does not
+   cover it, e.g. a stride given by override without a matching ``max_groups``.
 3. Surrogate Proposal Selection (eqs. 3-6): per group, the proposal with the largest cosine
    similarity ``p_lk . w_M`` (both unit vectors) among the group's candidates is the surrogate
    ``s_k``; ``V = [s_1 .. s_K]`` (groups without a candidate are masked).  The argmax carries
@@ -92,11 +108,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vmr_jax.errors import ConfigError
 from vmr_jax.layers.recurrent import RNNLayer
 from vmr_jax.models import common
 from vmr_jax.models.family import Family
 
 CHARADES_FPS = 24.0
+CHARADES_LONGEST_S = 194.33  # Charades v1 ``length`` of the longest Charades-STA video
+CANDIDATE_TOLERANCE_S = 1e-3  # a proposal may end this far past the video and still fit
+
+
+def groups_to_cover(longest_s: float, stride: float, windows) -> int:
+    """The fewest segment groups ``K`` that keep every candidate proposal of every video up to
+    ``longest_s`` seconds: ``floor((longest_s - min(windows) + 1 ms) / stride) + 1`` (module
+    docstring, 2; 1 for a video shorter than the smallest window)."""
+    reach = float(longest_s) - min(float(w) for w in windows) + CANDIDATE_TOLERANCE_S
+    return max(0, math.floor(reach / float(stride))) + 1
+
+
+def covered_seconds(max_groups: int, stride: float, windows) -> float:
+    """Videos shorter than this keep every candidate proposal under ``max_groups`` groups:
+    ``max_groups * stride + min(windows) - 1 ms``."""
+    return int(max_groups) * float(stride) + min(float(w) for w in windows) - CANDIDATE_TOLERANCE_S
+
 
 DEFAULTS = dict(
     feature_dim=4096,
@@ -108,7 +142,13 @@ DEFAULTS = dict(
     clip_seconds=0.0,
     proposal_stride=8 / CHARADES_FPS,
     proposal_windows=(176 / CHARADES_FPS, 208 / CHARADES_FPS, 240 / CHARADES_FPS),
-    max_groups=584,  # Charades v1: longest video 194.33 s
+    # 561: every Charades-STA video keeps all its proposals (module docstring, 2).
+    max_groups=groups_to_cover(
+        CHARADES_LONGEST_S,
+        8 / CHARADES_FPS,
+        (176 / CHARADES_FPS, 208 / CHARADES_FPS, 240 / CHARADES_FPS),
+    ),
+    longest_video_s=CHARADES_LONGEST_S,  # create_model checks max_groups covers it
     surrogate=True,
     self_attention=True,
     cross_attention_steps=3,
@@ -129,6 +169,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         proposal_stride=5.0,
         proposal_windows=(5.0, 10.0, 15.0, 20.0, 25.0, 30.0),
         max_groups=6,
+        longest_video_s=30.0,
     ),
     # Small and fast, for tests and the synthetic benchmark (1-s clips, 48-128 s videos).
     "tiny": dict(
@@ -142,6 +183,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         proposal_stride=4.0,
         proposal_windows=(8.0, 16.0, 24.0, 32.0),
         max_groups=32,
+        longest_video_s=0.0,  # unchecked: tests vary the grid
     ),
 }
 
@@ -158,7 +200,7 @@ def proposal_times(duration: jnp.ndarray, model_config) -> tuple[jnp.ndarray, jn
     start = jnp.broadcast_to(starts[:, None], (k, len(windows)))
     end = start + windows[None, :]
     duration = jnp.asarray(duration, jnp.float32)[:, None, None]
-    fits = end[None] <= duration + 1e-3
+    fits = end[None] <= duration + CANDIDATE_TOLERANCE_S
     # A video shorter than the smallest window: the single proposal [0, duration].
     none_fit = ~jnp.any(fits, axis=(1, 2), keepdims=True)
     first = (jnp.arange(k)[:, None] == 0) & (jnp.arange(len(windows))[None, :] == 0)
@@ -277,7 +319,7 @@ class VLANet(nn.Module):
     clip_seconds: float = 0.0
     proposal_stride: float = 8 / CHARADES_FPS
     proposal_windows: tuple[float, ...] = DEFAULTS["proposal_windows"]
-    max_groups: int = 584
+    max_groups: int = DEFAULTS["max_groups"]
     surrogate: bool = True
     self_attention: bool = True
     cross_attention_steps: int = 3
@@ -436,8 +478,31 @@ class VLANet(nn.Module):
         return out
 
 
+def check_group_coverage(model_config) -> None:
+    """A ConfigError when ``max_groups`` groups drop candidate proposals of a video as long as
+    ``model_config.longest_video_s`` (module docstring, 2; 0 or absent: no check)."""
+    longest = float(model_config.get("longest_video_s", 0.0) or 0.0)
+    if longest <= 0:
+        return
+    stride = float(model_config["proposal_stride"])
+    windows = tuple(float(w) for w in model_config["proposal_windows"])
+    groups = int(model_config["max_groups"])
+    needed = groups_to_cover(longest, stride, windows)
+    if groups < needed:
+        covered = covered_seconds(groups, stride, windows)
+        raise ConfigError(
+            f"config.model.max_groups={groups} with proposal_stride="
+            f"{stride:g} s and proposal_windows={windows} covers videos shorter than "
+            f"{covered:.2f} s, but config.model.longest_video_s={longest:g}: longer videos "
+            f"would lose proposals; set max_groups >= {needed} (or use the config file's "
+            "stride / windows arguments, which size it)"
+        )
+
+
 def create_model(model_config) -> VLANet:
-    """``VLANet`` from ``config.model`` (fields of a ``VARIANTS`` entry; ``name`` ignored)."""
+    """``VLANet`` from ``config.model`` (fields of a ``VARIANTS`` entry; ``name`` ignored),
+    after :func:`check_group_coverage`."""
+    check_group_coverage(model_config)
     fields = {k: v for k, v in dict(model_config).items() if k in VLANet.__dataclass_fields__}
     if "proposal_windows" in fields:
         fields["proposal_windows"] = tuple(float(w) for w in fields["proposal_windows"])
