@@ -7,7 +7,8 @@ token features) or ``'glove'`` (GloVe vectors of every word of every split).  A 
 
 Checked before any data is read (:func:`check_text_files`): a GloVe file that is not there
 raises :class:`TextFileMissing`, one message naming the path, the field that sets it and where
-to get the file (or how to train without it).  The model's word table follows the tokenizer
+to get the file (the Stanford archive of that release, :func:`glove_download_url`) or how to
+train without it.  The model's word table follows the tokenizer
 (:func:`resolve_model_vocab`): ``model.vocab_size = 0`` is set to the tokenizer's size, a
 smaller positive size is refused (token ids past the table would index out of it).
 """
@@ -62,8 +63,27 @@ DATA_DEFAULTS: dict[str, Any] = {
     "max_subtitle_sentences": 64,
 }
 TEXT_MODES = ("tokens", "features", "glove")
-# Where the GloVe vectors the benchmark configs name (data/glove.840B.300d.txt) come from.
-GLOVE_URL = "https://nlp.stanford.edu/data/glove.840B.300d.zip"
+# Where the GloVe vectors the benchmark configs name come from: the Stanford archive of each
+# release, keyed by the unzipped file's name without ``.<dim>d.txt`` (the 6B and Twitter
+# archives hold every width; 840B and 42B one).  2D-TAN reads glove.6B.300d, the other
+# families glove.840B.300d.
+GLOVE_RELEASES = {
+    "glove.6B": "https://nlp.stanford.edu/data/glove.6B.zip",
+    "glove.42B": "https://nlp.stanford.edu/data/glove.42B.300d.zip",
+    "glove.840B": "https://nlp.stanford.edu/data/glove.840B.300d.zip",
+    "glove.twitter.27B": "https://nlp.stanford.edu/data/glove.twitter.27B.zip",
+}
+GLOVE_PAGE = "https://nlp.stanford.edu/projects/glove/"
+
+
+def glove_download_url(path: str | os.PathLike) -> str:
+    """The archive that unzips to the GloVe file ``path`` (``.../glove.6B.300d.txt`` ->
+    ``glove.6B.zip``), or the GloVe project page for a name that is no Stanford release."""
+    name = Path(path).name
+    for release, url in GLOVE_RELEASES.items():
+        if name.startswith(release + ".") and name.endswith("d.txt"):
+            return url
+    return GLOVE_PAGE
 
 
 class TextFileMissing(UserError, FileNotFoundError):
@@ -105,13 +125,13 @@ def check_text_files(config_data: Any) -> None:
     if not path:
         raise ValueError(
             "config.data.text_mode='glove' needs config.data.glove_path (a GloVe text file, "
-            f"e.g. from {GLOVE_URL}), or use --config.data.text_mode=tokens"
+            f"e.g. from {GLOVE_PAGE}), or use --config.data.text_mode=tokens"
         )
     if not Path(path).is_file():
         where = "" if os.path.isabs(path) else f" (relative to {os.getcwd()})"
         raise TextFileMissing(
             f"GloVe file {path!r} not found{where}; config.data.glove_path sets it "
-            f"(text_mode='glove').  Download and unzip {GLOVE_URL} and pass "
+            f"(text_mode='glove').  Download and unzip {glove_download_url(path)} and pass "
             "--config.data.glove_path=PATH, or learn the word embeddings instead: "
             "--config.data.text_mode=tokens (the config argument `tiny` does this)"
         )

@@ -138,15 +138,17 @@ def _map_benchmark(
     ious: Sequence[float],
     runlocal: bool,
     tiny: bool,
+    glove_path: str = "data/glove.840B.300d.txt",
 ) -> ml_collections.ConfigDict:
     """The sections every 2D-map family shares on a built benchmark (unlocked).
 
     Data: ``data/vmr_jax/<dataset>-<features>`` (``vmr-jax data build``); 2D-TAN's
     DATASET.NUM_SAMPLE_CLIPS = clips x TARGET_STRIDE, averaged with the 2D-TAN rule, every
-    native clip L2-normalised (DATASET.NORMALIZE); GloVe 840B 300-d vectors (the datasets'
-    torchtext vocab).  Words are lower-cased runs of letters and digits
-    (text.tokenizer.split_words); the official code splits on whitespace, so a word glued to
-    punctuation ("door.") misses GloVe there and hits it here.  Adam (betas 0.9/0.999, no
+    native clip L2-normalised (DATASET.NORMALIZE); GloVe vectors from ``glove_path`` (the
+    datasets' torchtext vocab: 840B 300-d for MGPN and FVMR, 6B 300-d for 2D-TAN).  Words are
+    lower-cased runs of letters and digits (text.tokenizer.split_words); the official code
+    splits on whitespace, so a word glued to punctuation ("door.") misses GloVe there and hits
+    it here.  Adam (betas 0.9/0.999, no
     weight decay), LR x0.1 at the ``milestones`` (``MultiStepLR`` stepped at the start of each
     epoch, as MGPN's ``Engine`` does: milestone m lowers the rate from 0-indexed epoch m - 1),
     evaluation and checkpoints once per epoch under the ``2dtan`` protocol.  ``runlocal`` and
@@ -164,7 +166,7 @@ def _map_benchmark(
         clip_sampling="resample",
         normalize=True,
         text_mode="glove",
-        glove_path="data/glove.840B.300d.txt",
+        glove_path=glove_path,
         glove_missing="zero",
         max_query_len=max_query_len,
         max_spans=1,
@@ -349,6 +351,14 @@ def tan2d_benchmark(
     TEST.BATCH_SIZE 32, RECALL 1,5, DATASET.NUM_SAMPLE_CLIPS 256, NORMALIZE True.  The official
     ``ReduceLROnPlateau`` (factor 0.8, patience 20 epochs, on the val loss of the YAMLs with a
     val split) has no counterpart in the trainer: the LR stays constant.
+
+    Words: GloVe 6B 300-d, ``data/glove.6B.300d.txt`` (from
+    https://nlp.stanford.edu/data/glove.6B.zip), the vectors every ``lib/datasets/*.py`` of
+    microsoft/2D-TAN loads (torchtext ``pretrained_aliases['glove.6B.300d']``, 400,000
+    lower-case words).  Unknown words get zeros (``glove_missing='zero'``): the official reader
+    appends one zero row at index 400,000 and looks each lower-cased word up with
+    ``stoi.get(word, 400000)``, so every word outside the 6B vocabulary reads that zero row.
+    MGPN's reader writes the same lookup on glove.840B, where row 400,000 is an ordinary word.
     """
     tokens = parse_config_arg(
         arg, ("conv", "pool", "runlocal", "tiny"), config_file, exclusive=[("conv", "pool")]
@@ -369,6 +379,7 @@ def tan2d_benchmark(
         ious=official["ious"],
         runlocal="runlocal" in tokens,
         tiny="tiny" in tokens,
+        glove_path="data/glove.6B.300d.txt",
     )
     config.lock()
     return config

@@ -7,11 +7,15 @@ Argument: ``conv`` (default) or ``pool`` picks the YAML, ``runlocal`` runs four 
 
 YAML values: NUM_SAMPLE_CLIPS 256, TARGET_STRIDE 4 (64 map clips), NORMALIZE True, 500-d C3D
 features, hidden 512, NUM_SCALE_LAYERS [16, 8, 8] (1,104 proposals), 3-layer LSTM over 300-d
-GloVe words, MapConv 4 x 9x9 with PADDINGS [16, 0, 0, 0], loss MIN/MAX IoU 0.5/1.0 BIAS 0,
+GloVe 6B words, MapConv 4 x 9x9 with PADDINGS [16, 0, 0, 0], loss MIN/MAX IoU 0.5/1.0 BIAS 0,
 BATCH_SIZE 32, LR 1e-4, MAX_EPOCH 100, TIOU 0.3/0.5/0.7, NMS_THRESH 0.5, NO_VAL False (both
 YAMLs): the val split (2D-TAN's ``val.json`` = captions ``val_1``) is evaluated during
 training; ``vmr-jax eval --split test`` (``val_2``) gives the reported numbers.  37,417
 training queries -> 1,169 steps per epoch.
+
+Words: ``data/glove.6B.300d.txt`` (unzipped from https://nlp.stanford.edu/data/glove.6B.zip),
+the official ``torchtext`` GloVe ``6B``/300; a word outside its 400,000 reads the zero row the
+official reader appends (``stoi.get(word, 400000)``): ``glove_missing='zero'``.
 
 Data: ``vmr-jax data build --dataset activitynet --features c3d --data_dir DIR
 --output_dir data/vmr_jax/activitynet-c3d``.

@@ -10,9 +10,10 @@ checked on every line; the numbers are parsed only for the words asked for (the 
 2.2M lines).  A word listed twice keeps its first vector.
 
 Missing words (in the vocabulary, absent from the file) get either zeros (``missing='zero'``,
-what MGPN / 2D-TAN do for ``<unk>``) or, with ``missing='random'``, draws from
-``N(0, sigma^2)`` where ``sigma`` is the standard deviation of all the vectors found, from a
-``numpy`` generator seeded with ``seed``.  ``<pad>`` (id 0) and ``<unk>`` (id 1) are always zero.
+what 2D-TAN does: its reader sends every word outside glove.6B to an appended zero row) or,
+with ``missing='random'``, draws from ``N(0, sigma^2)`` where ``sigma`` is the standard
+deviation of all the vectors found, from a ``numpy`` generator seeded with ``seed``.
+``<pad>`` (id 0) and ``<unk>`` (id 1) are always zero.
 """
 
 from __future__ import annotations
