@@ -18,11 +18,13 @@ videos".  So, per query:
   ``exp(q2c_alpha * s) * M_T[i, j]`` -- HERO's and XML's video weighting (``q2c_alpha`` =
   20, their inference constant) times the cascade's map value; ``q2c_alpha = 0`` ranks by
   the map value alone, the paper's literal "best matched moment among the videos".
-  ``M_T`` lies in ``(0.5, 1)`` on valid cells (a sigmoid of non-negative values), so without
-  the video factor the moment ranking barely separates videos.  With ``map_scale='log'``
-  the map is ``log M_T`` and the rule is its log, ``q2c_alpha * s + log M_T[i, j]`` (the
-  same ranking as ``exp(q2c_alpha * s) * M_T`` without underflow).
-* Lists, seconds (``[i * clip, (j + 1) * clip]``), the ``max_before_nms`` cut and NMS are the
+  With ``map_scale='log'`` (the default) the map is ``log M_T``, a log-distribution over
+  the video's cells, and the rule is its log, ``q2c_alpha * s + log M_T[i, j]`` (the same
+  ranking as ``exp(q2c_alpha * s) * M_T`` without underflow).  On the literal probability
+  scale ``M_T`` lies in ``(0.5, 1)`` on valid cells (a sigmoid of non-negative values), so
+  without the video factor the moment ranking barely separates videos.
+* Lists, seconds (``[i * clip, (j + 1) * clip]``, or ``[i, j + 1] * duration / L`` with a
+  per-video frame length, ``clip_length = 0``), the ``max_before_nms`` cut and NMS are the
   generic ones of :mod:`vmr_jax.retrieval.ranking`.
 """
 
