@@ -53,3 +53,18 @@ def test_every_input_pipeline_field_can_be_overridden(path):
         str(path), [("data.vocab_size", "5000"), ("data.min_word_count", "2")]
     )
     assert config.data.vocab_size == 5000 and config.data.min_word_count == 2
+
+
+@pytest.mark.parametrize(
+    "name, split",
+    [("fvmr/tacos.py", "val"), ("fvmr/activitynet.py", "val"), ("fvmr/charades.py", "test")],
+)
+@pytest.mark.parametrize("arg", ["", ":tiny"])
+def test_fvmr_selects_its_checkpoint_on_a_validation_split(name, split, arg):
+    """TACoS val and ActivityNet val_1 choose the best checkpoint, never the test split;
+    Charades-STA has no validation split (train and test only), so test it is."""
+    from data_pipelines.benchmarks import get_benchmark
+
+    config = config_cli.load_config(f"configs/{name}{arg}")
+    assert config.evals.split == split
+    assert split in get_benchmark(config.data.name).SPLITS

@@ -5,7 +5,9 @@ clips pooled by 4 to a 64x64 map with NUM_SCALE_LAYERS [16, 8, 8], NMS 0.5, tIoU
 paper training values (``config_presets.fvmr_benchmark``).  37,417 training queries -> 1,169
 steps per epoch.  Arguments (comma-separated): ``wo_sd`` (the "w/o SD" ablation),
 ``runlocal`` (four steps),
-``tiny`` (a small model, a few CPU minutes, no GloVe).
+``tiny`` (a small model, a few CPU minutes, no GloVe).  The best checkpoint is chosen on
+``val`` (the captions' val_1), never on test; its test (val_2) figures: ``vmr-jax eval
+--workdir W --step best --split test``.
 
 Data: ``vmr-jax data build --dataset activitynet --features c3d --data_dir DIR
 --output_dir data/vmr_jax/activitynet-c3d``; GloVe in ``data/glove.840B.300d.txt``; the role
@@ -28,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         features="c3d",
         nms_thresh=0.5,
         ious=(0.3, 0.5, 0.7),
+        eval_split="val",
         runlocal="runlocal" in flags,
         tiny="tiny" in flags,
         without_distillation="wo_sd" in flags,

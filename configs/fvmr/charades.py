@@ -5,7 +5,8 @@ pooled by 16 to a 16x16 map (NUM_SCALE_LAYERS [16]: all 136 moments), NMS 0.45, 
 paper training values (``config_presets.fvmr_benchmark``).  12,404 training queries -> 387
 steps per epoch.  Arguments (comma-separated): ``i3d`` (I3D instead of VGG features),
 ``wo_sd`` (the "w/o SD" ablation), ``runlocal`` (four steps), ``tiny`` (a small
-model, a few CPU minutes, no GloVe).
+model, a few CPU minutes, no GloVe).  Charades-STA has no validation split (the reference
+code's train and test only), so, as 2D-TAN's ``NO_VAL`` runs do, the evaluated split is test.
 
 Data: ``vmr-jax data build --dataset charades_sta --features vgg --data_dir DIR
 --output_dir data/vmr_jax/charades_sta-vgg`` (or ``--features i3d``); GloVe in

@@ -5,7 +5,8 @@ pooled by 2 to a 128x128 map with NUM_SCALE_LAYERS [16, 8, 8, 8] (2,548 moments)
 tIoU 0.1/0.3/0.5/0.7; paper training values (``config_presets.fvmr_benchmark``).  9,790
 training queries -> 305 steps per epoch.  Arguments (comma-separated): ``wo_sd`` (the "w/o
 SD" ablation), ``runlocal`` (four steps), ``tiny`` (a small model, a few CPU minutes, no
-GloVe).
+GloVe).  The best checkpoint is chosen on the val split (never on test); the test figures of
+that checkpoint: ``vmr-jax eval --workdir W --step best --split test``.
 
 Data: ``vmr-jax data build --dataset tacos --features c3d --data_dir DIR
 --output_dir data/vmr_jax/tacos-c3d``; GloVe in ``data/glove.840B.300d.txt``; the role trees
@@ -28,6 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         features="c3d",
         nms_thresh=0.4,
         ious=(0.1, 0.3, 0.5, 0.7),
+        eval_split="val",
         runlocal="runlocal" in flags,
         tiny="tiny" in flags,
         without_distillation="wo_sd" in flags,
