@@ -38,7 +38,7 @@ from __future__ import annotations
 import ml_collections
 
 from vmr_jax.config_cli import parse_config_arg
-from vmr_jax.config_presets import data_section, short_run, tiny_model
+from vmr_jax.config_presets import cascaded_mpn_recipe, data_section, short_run, tiny_model
 from vmr_jax.models import cascaded_mpn
 
 MAX_SUBTITLE_WORDS = 768
@@ -75,39 +75,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         prefetch=2,
     )
 
-    config.train = ml_collections.ConfigDict()
-    config.train.seed = 77  # HERO's
-    config.train.batch_size = 512
-    config.train.num_epochs = 0
-    config.train.num_steps = 5000
-    config.train.optimizer = "adamw"
-    config.train.lr = 3e-5
-    config.train.milestones = ()
-    config.train.weight_decay = 0.01
-    config.train.grad_clip_norm = 1.0
-    config.train.log_every = 100
-    config.train.checkpoint_every = 0
-    config.train.checkpoint_every_epochs = 1.0
-    config.train.keep = 3
-    config.train.best_metric = "VCMR/0.5-r1"
-    config.train.best_mode = "max"
-    config.train.async_checkpointing = True
-    config.train.progress_bar = True
-
-    config.evals = ml_collections.ConfigDict()
-    config.evals.split = "val"
-    config.evals.batch_size = 80  # HERO vcmr_eval_batch_size
-    config.evals.video_batch_size = 4 if "runlocal" in flags else 50  # vcmr_eval_video_batch_size
-    config.evals.protocol = "tvr"
-    config.evals.recalls = (1, 5, 10, 100)
-    config.evals.ious = (0.5, 0.7)
-    config.evals.nms_thresh = config.model.nms_thd
-    config.evals.every = 0
-    config.evals.every_epochs = 1.0
-
-    config.mesh = ml_collections.ConfigDict()
-    config.mesh.shape = (-1, 1)  # ('data', 'model')
-    config.mesh.fsdp = False
+    cascaded_mpn_recipe(
+        config, batch_size=512, nms_thresh=config.model.nms_thd, runlocal="runlocal" in flags
+    )
     short_run(config, tiny="tiny" in flags, runlocal="runlocal" in flags)
 
     config.lock()
