@@ -64,31 +64,10 @@ def evaluate_workdir(
     ``overrides``: ``(dotted field, value text)`` pairs applied to the saved config (e.g. a
     larger ``evals.batch_size``).  Returns the results dict plus the two paths.
     """
-    xla_cache.enable()
-    config = checkpointing.load_config(workdir)
-    for key, value in overrides:
-        config_cli.apply_override(config, key, value)
+    config, mesh, data, state, state_sharding, step, manager = restore_workdir(
+        workdir, step, overrides
+    )
     split = split or config.evals.get("split", "val")
-    mesh = sharding.make_mesh(config.mesh)
-    data = DataSources(config)
-    model = create_model(config.model)
-    tx, _ = family_optimizer(config, data.steps_per_epoch())
-    init_rng, _ = jax.random.split(jax.random.PRNGKey(int(config.train.seed)))
-    abstract = abstract_train_state(config, model, init_rng, data.sample_batch(), mesh, tx=tx)
-    state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
-    manager = checkpointing.create_checkpoint_manager(workdir, config.train, read_only=True)
-    if step is None:
-        step = manager.latest_step()
-    elif step == "best":
-        step = checkpointing.best_step(
-            manager,
-            config.train.get("best_metric", checkpointing.DEFAULT_BEST_METRIC),
-            config.train.get("best_mode", "max"),
-        )
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {manager.directory}")
-    state = checkpointing.restore(manager, int(step), abstract)
-    manager.close()
     metrics, predictions = make_state_evaluator(config, data, state_sharding, mesh)(state, split)
     corpus = "ground_truth" in predictions
     out_dir = output_dir or os.path.join(workdir, "eval")
@@ -137,6 +116,73 @@ def evaluate_workdir(
                 ids = data.didemo_ground_truth(split).annotation_ids[predictions["query_index"]]
                 didemo.write_predictions_json(rankings_path, ids, predictions["rankings"])
     return {**results, "results_path": results_path, "predictions_path": predictions_path}
+
+
+def restore_workdir(workdir: str, step: int | str | None, overrides: Sequence = ()) -> tuple:
+    """``(config, mesh, data, state, state_sharding, step, manager)`` of a workdir's checkpoint
+    ``step`` (int, ``'best'`` or None: the latest); the manager is closed."""
+    xla_cache.enable()
+    config = checkpointing.load_config(workdir)
+    for key, value in overrides:
+        config_cli.apply_override(config, key, value)
+    mesh = sharding.make_mesh(config.mesh)
+    data = DataSources(config)
+    model = create_model(config.model)
+    tx, _ = family_optimizer(config, data.steps_per_epoch())
+    init_rng, _ = jax.random.split(jax.random.PRNGKey(int(config.train.seed)))
+    abstract = abstract_train_state(config, model, init_rng, data.sample_batch(), mesh, tx=tx)
+    state_sharding = jax.tree.map(lambda x: x.sharding, abstract)
+    manager = checkpointing.create_checkpoint_manager(workdir, config.train, read_only=True)
+    if step is None:
+        step = manager.latest_step()
+    elif step == "best":
+        step = checkpointing.best_step(
+            manager,
+            config.train.get("best_metric", checkpointing.DEFAULT_BEST_METRIC),
+            config.train.get("best_mode", "max"),
+        )
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+    state = checkpointing.restore(manager, int(step), abstract)
+    manager.close()
+    return config, mesh, data, state, state_sharding, int(step), manager
+
+
+def mine_workdir(
+    workdir: str,
+    *,
+    step: int | str | None = None,
+    top: int = 100,
+    split: str = "train",
+    overrides: Sequence[tuple[str, str]] = (),
+) -> str:
+    """``vmr-jax mine``: each query of ``split``'s top ``top`` videos by a corpus family's
+    stage-1 score at checkpoint ``step`` (default: the latest), saved in
+    ``WORKDIR/hard_negatives/<split>.npz`` (+ ``.json``); returns the file."""
+    from data_pipelines import hard_negatives
+    from vmr_jax.models import get_family
+    from vmr_jax.retrieval import mining
+
+    config, mesh, data, state, _, step, _ = restore_workdir(workdir, step, overrides)
+    family = get_family(config.model.name)
+    if not family.is_corpus:
+        raise ValueError(
+            f"vmr-jax mine ranks a corpus: model {config.model.name!r} answers one video per query"
+        )
+    variables = {"params": state.params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    found = mining.mine_hard_negatives(
+        family.corpus(family.create_model(config.model), config.model),
+        variables,
+        data.prepared(split),
+        mesh,
+        top=top,
+        batch_size=int(config.evals.get("batch_size", 64)),
+    )
+    found.split = split
+    found.checkpoint_step = step
+    return str(found.save(os.path.join(workdir, hard_negatives.DEFAULT_DIRNAME)))
 
 
 def _ground_truth_identity(data: DataSources, split: str) -> dict[str, Any]:

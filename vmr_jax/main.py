@@ -4,6 +4,7 @@
     vmr-jax eval  --workdir DIR [--step N|best] [--split test] [--config.a.b=v ...]
     vmr-jax predict --workdir DIR [--split test | --features F.h5 --queries Q.json] [--output F]
     vmr-jax bench --config configs/mgpn/synthetic.py [--variant charades_i3d] [--batch_size 64]
+    vmr-jax mine  --workdir DIR [--step N|best] [--top 100] [--split train]
     vmr-jax score --protocol tvr|didemo|2dtan|mmn --ground-truth GT --predictions FILE
     vmr-jax data  build|validate|stats --dataset charades_sta --features i3d --data_dir DIR
 
@@ -85,6 +86,32 @@ def _eval(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2, sort_keys=True))
         print(f"results: {result['results_path']}")
         print(f"predictions: {result['predictions_path']}")
+    return 0
+
+
+# --------------------------------------------------------------------------- mine
+def _add_mine_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", required=True, help="a corpus family's training workdir")
+    parser.add_argument(
+        "--step", type=_step, default=None, help="checkpoint step, or 'best' (default: latest)"
+    )
+    parser.add_argument("--top", type=int, default=100, help="videos kept per query (100)")
+    parser.add_argument("--split", default="train", help="split whose queries are mined (train)")
+
+
+def _mine(args: argparse.Namespace) -> int:
+    from vmr_jax import checkpoint_eval, sharding
+
+    sharding.initialize_distributed()
+    path = checkpoint_eval.mine_workdir(
+        args.workdir,
+        step=args.step,
+        top=args.top,
+        split=args.split,
+        overrides=args.config_overrides,
+    )
+    if sharding.is_main_process():
+        print(f"hard negatives: {path}")
     return 0
 
 
@@ -301,6 +328,11 @@ COMMANDS: dict[str, Command] = {
     "eval": Command("evaluate a checkpoint of a workdir", _add_eval_arguments, _eval),
     "predict": Command(
         "ranked moments of a checkpoint for a split or own files", _add_predict_arguments, _predict
+    ),
+    "mine": Command(
+        "hard negatives: each query's top videos by a trained retriever",
+        _add_mine_arguments,
+        _mine,
     ),
     "bench": Command("measure compile time, throughput, memory", _add_bench_arguments, _bench),
     "score": Command(

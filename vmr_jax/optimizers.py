@@ -185,4 +185,19 @@ def family_optimizer(
     """:func:`create_optimizer` with the family's declared ``weight_decay_mask`` (None: the
     default mask).  ``family`` defaults to the record of ``config.model.name``."""
     family = family or get_family(config.model.name)
-    return create_optimizer(config.train, steps_per_epoch, family.weight_decay_mask)
+    tx, schedule = create_optimizer(config.train, steps_per_epoch, family.weight_decay_mask)
+    if family.trainable is not None:
+        tx = freeze_untrainable(tx, lambda params: family.trainable(params, config.model))
+    return tx, schedule
+
+
+def freeze_untrainable(
+    tx: optax.GradientTransformation, trainable: Callable[[PyTree], PyTree]
+) -> optax.GradientTransformation:
+    """``tx`` on the leaves where ``trainable(params)`` is True; zero updates (so no weight
+    decay and no optimiser moments) on the others: a stage of stage-wise training."""
+
+    def labels(params):
+        return jax.tree.map(lambda t: "train" if t else "frozen", trainable(params))
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

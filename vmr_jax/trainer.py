@@ -58,7 +58,7 @@ import optax
 from flax.training import train_state
 
 from data_pipelines.sources import DataSources
-from vmr_jax import checkpointing, sharding, xla_cache
+from vmr_jax import checkpointing, sharding, warm_start, xla_cache
 from vmr_jax.evaluation import didemo
 from vmr_jax.evaluation.evaluators import chance_metrics, make_evaluator, make_state_evaluator
 from vmr_jax.metrics_writer import MetricsWriter
@@ -282,6 +282,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # Data.
     family = get_family(config.model.name)
+    if family.resolve_config is not None:
+        family.resolve_config(config)  # refuses, or fills derived fields, before any reading
     supervision = training_supervision(config, family)
     logger.info("supervision %r", supervision)
     data = DataSources(config)
@@ -313,6 +315,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             ", ".join(f"{k} {v:.4f}" for k, v in chance.items()),
         )
 
+    # The previous stage's parameters (stage-wise training), read before anything is written.
+    warm = _init_from(config, mesh)
+
     # The config is valid: the workdir becomes this run's (or is refused, untouched).
     if main:
         checkpointing.claim_workdir(config, workdir)
@@ -330,6 +335,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     except BaseException:
         manager.close()
         raise
+    if restored is None and warm is not None:
+        state = warm_start.apply(state, warm, family, config.model)
     start_step = int(jax.device_get(state.step))
     writer = MetricsWriter(workdir, resume_step=start_step)
     if restored is not None:
@@ -353,6 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             logger.info("nothing to train: checkpoint step %d >= %d steps", start_step, total_steps)
             eval_metrics = (manager.metrics(start_step) or {}) if start_step else {}
         checkpointing.finish_saves(manager)
+        mined = _mine_hard_negatives(config, family, model, state, data, mesh, workdir)
         best_metric = config.train.get("best_metric", checkpointing.DEFAULT_BEST_METRIC)
         result = {
             "step": int(jax.device_get(state.step)),
@@ -365,6 +373,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             ),
             "workdir": os.path.abspath(workdir),
         }
+        if mined:
+            result["hard_negatives"] = mined
     finally:
         loop.close()
         writer.close()
@@ -372,6 +382,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if chance is not None:
         result["random_baseline"] = chance
     return result
+
+
+def _init_from(config: ml_collections.ConfigDict, mesh) -> warm_start.Loaded | None:
+    """The parameters of ``train.init_from`` (None without it); with mined hard negatives, of
+    the checkpoint they were mined with, so the frozen retriever is the one that chose them."""
+    from data_pipelines import hard_negatives
+
+    workdir = config.train.get("init_from", "")
+    if not workdir:
+        return None
+    step = None
+    path = config.data.get("hard_negatives", "")
+    if path:
+        step = hard_negatives.load(path).checkpoint_step
+    return warm_start.load(workdir, mesh, step)
+
+
+def _mine_hard_negatives(config, family, model, state, data, mesh, workdir) -> str | None:
+    """With ``train.mine_hard_negatives = N`` (> 0), each training query's top ``N`` videos by
+    the trained model's stage-1 score, saved in ``WORKDIR/hard_negatives/`` (the next stage's
+    input); returns the file, or None."""
+    from data_pipelines import hard_negatives
+    from vmr_jax.retrieval import mining
+
+    top = int(config.train.get("mine_hard_negatives", 0) or 0)
+    if top <= 0:
+        return None
+    stages = family.corpus(model, config.model)
+    variables = {"params": state.params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    found = mining.mine_hard_negatives(
+        stages,
+        variables,
+        data.prepared("train"),
+        mesh,
+        top=top,
+        batch_size=int(config.evals.get("batch_size", 64)),
+    )
+    found.checkpoint_step = int(jax.device_get(state.step))
+    if not sharding.is_main_process():
+        return None
+    path = found.save(os.path.join(workdir, hard_negatives.DEFAULT_DIRNAME))
+    logger.info(
+        "mined the top %d videos of %d training queries: %s", top, len(found.query_ids), path
+    )
+    return str(path)
 
 
 def _run_eval(evaluator, writer: MetricsWriter, split: str, state, step: int) -> dict:

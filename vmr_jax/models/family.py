@@ -32,6 +32,14 @@ What a record declares:
   and for corpus families ``corpus``: the stage functions (:mod:`vmr_jax.retrieval.stages`),
   ``unused_official_params`` (parameters the official model holds but never uses and its paper
   counts: ``vmr-jax bench`` adds ``num_params_paper = num_params + unused_official_params``).
+* Stage-wise training (PREM: a retriever, then a localizer on the retriever's mined hard
+  negatives): ``trainable(params, model_config) -> pytree of bool`` marks the leaves this
+  config's stage trains; the others get zero updates and no weight decay
+  (:func:`vmr_jax.optimizers.family_optimizer`), and ``config.train.init_from`` (a workdir of
+  the previous stage) fills them from that run's checkpoint (:mod:`vmr_jax.warm_start`).
+  ``resolve_config(config)`` refuses a config the family cannot train before anything is
+  written (e.g. a localizer stage without ``train.init_from``: one ``UserError`` line) and
+  fills the fields derived from others (PREM: ``data.hard_negatives`` from ``init_from``).
 """
 
 from __future__ import annotations
@@ -64,6 +72,8 @@ class Family:
     gallery: bool = False
     corpus: Callable[..., Any] | None = None
     unused_official_params: int = 0
+    trainable: Callable[[Any, Any], Any] | None = None
+    resolve_config: Callable[[Any], None] | None = None
 
     def __post_init__(self):
         if self.task not in TASKS:
