@@ -59,6 +59,11 @@ table (so a corpus index too) also carries ``subtitle_word_features [B, W, Dw]``
 max_subtitle_sentences``; rules, cuts and their counts (``PreparedSplit.subtitle_summary``):
 :mod:`data_pipelines.subtitle_batches`.
 
+Hard negatives (PREM's localizer; ``make_train_iterator(..., negatives=NegativeSampler)``):
+each training batch also carries ``n`` negative videos per example, ``negative_<field> [B, n,
+...]`` of the video table and ``negative_video_index [B, n]``, drawn from the mined lists by
+the example's position in the training stream (:mod:`data_pipelines.hard_negatives`).
+
 Lengths: queries longer than ``max_query_len`` keep their first ``max_query_len`` tokens: one
 warning per split gives the number cut and the longest query's id and length
 (:func:`~data_pipelines.text_inputs.warn_cut_queries`; training goes on, as the reference
@@ -93,7 +98,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from data_pipelines import query_trees, synthetic
+from data_pipelines import hard_negatives, query_trees, synthetic
+from data_pipelines.hard_negatives import NegativeSampler
 from data_pipelines.records import Record
 from data_pipelines.stored import StoredDataset, StoredSplit
 from data_pipelines.subtitle_batches import with_subtitle_words
@@ -300,17 +306,28 @@ def _stored_token_reader(split: StoredSplit, max_len: int) -> Callable[[np.ndarr
     return read
 
 
-def gather_batch(split: PreparedSplit, index: np.ndarray) -> dict[str, np.ndarray]:
+def gather_batch(
+    split: PreparedSplit,
+    index: np.ndarray,
+    negatives: NegativeSampler | None = None,
+    positions: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """The batch of record indices ``index [B]``; ``-1`` marks a padding row (record 0 copy).
 
     ``video_index [B] int32`` is each row's video in the split's video table (record 0's for
-    padding rows, like every other field).
+    padding rows, like every other field).  With ``negatives``, also the negative videos drawn
+    for the examples at stream ``positions [B]``
+    (:func:`~data_pipelines.hard_negatives.negative_batch`).
     """
     batch = split.query_batch(index)
     rows = np.maximum(np.asarray(index, np.int64), 0)
     video_rows = split.video_index[rows]
     batch.update(split.videos.take(video_rows))
     batch["video_index"] = np.asarray(video_rows, np.int32)
+    if negatives is not None:
+        if positions is None:
+            raise ValueError("negative videos need each example's stream position")
+        batch.update(hard_negatives.negative_batch(split.videos, negatives, rows, positions))
     return batch
 
 
@@ -331,18 +348,25 @@ def _as_prepared(records, config_data, text, name) -> PreparedSplit:
 
 
 def _batches(
-    split: PreparedSplit, index_ds: tf.data.Dataset, host_batch: int, config_data: Any
+    split: PreparedSplit,
+    index_ds: tf.data.Dataset,
+    host_batch: int,
+    config_data: Any,
+    negatives: NegativeSampler | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    example = gather_batch(split, np.zeros(1, np.int64))
+    """Gathered batches of ``index_ds``: record indices ``[b]``, or with ``negatives`` pairs
+    (record indices ``[b]``, stream positions ``[b]``)."""
+    zero = np.zeros(1, np.int64)
+    example = gather_batch(split, zero, negatives, zero)
     keys = sorted(example)
     dtypes = [tf.as_dtype(example[k].dtype) for k in keys]
 
-    def gather(index):
-        batch = gather_batch(split, index)
+    def gather(index, positions=None):
+        batch = gather_batch(split, index, negatives, positions)
         return [batch[k] for k in keys]
 
-    def to_dict(index):
-        arrays = tf.numpy_function(gather, [index], dtypes, stateful=False)
+    def to_dict(*index_and_positions):
+        arrays = tf.numpy_function(gather, list(index_and_positions), dtypes, stateful=False)
         out = {}
         for k, a in zip(keys, arrays):
             a.set_shape([host_batch, *example[k].shape[1:]])
@@ -364,19 +388,34 @@ def make_train_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
     start_step: int = 0,
+    negatives: NegativeSampler | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless shuffled host batches of ``global_batch / process_count`` rows.
 
     ``start_step``: skip that many batches first (a resumed run) -- on the stream of record
     indices, so no features are gathered for the skipped batches.
+
+    ``negatives``: every batch also carries ``negative_video_features [B, n, L, Dv]``,
+    ``negative_video_mask [B, n, L]`` (``negative_subtitle_features`` with subtitles, and every
+    other field of the video table likewise) and ``negative_video_index [B, n] int32``
+    (:func:`~data_pipelines.hard_negatives.negative_batch`).  Each example's draw is keyed by
+    its position in the global stream (step * global_batch + row), carried beside the shuffled
+    record index, so resumed runs and any host count draw the same videos.
     """
     split = _as_prepared(records, config_data, text, "train")
     start, size = _host_slice(global_batch, process_index, process_count)
     n = len(split)
     ds = tf.data.Dataset.range(n).shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
+    if negatives is not None:
+        ds = tf.data.Dataset.zip(ds, tf.data.Dataset.counter())
     ds = ds.batch(global_batch, drop_remainder=True).skip(start_step)
-    ds = ds.map(lambda b: b[start : start + size])
-    return _batches(split, ds, size, config_data)
+
+    def host_rows(*parts):  # record indices [, stream positions]
+        rows = tuple(x[start : start + size] for x in parts)
+        return rows if len(rows) > 1 else rows[0]
+
+    ds = ds.map(host_rows)
+    return _batches(split, ds, size, config_data, negatives)
 
 
 def make_eval_iterator(

@@ -6,6 +6,12 @@ Under ``config.train.supervision = 'weak'`` the training batches and the sample 
 ``spans``/``span_mask`` (removed, not zeroed), so a model or loss that reads them in training
 fails with a ``KeyError``; eval batches always carry them.
 
+Hard negatives (PREM's localizer): with ``config.data.hard_negatives`` (the ``.npz`` mined by
+the trained retriever; ``''`` = none) and ``config.data.num_negatives`` ``n`` (default 0), the
+training batches and the sample batch also carry ``n`` negative videos per example
+(:mod:`data_pipelines.hard_negatives`); the file is checked against the prepared train split
+first, and a file without ``n``, or ``n`` without a file, is a :class:`UserError`.
+
 Building a :class:`DataSources` completes the config's data-dependent model fields: in text
 mode ``'tokens'`` ``config.model.vocab_size`` 0 becomes the tokenizer's size and a smaller
 positive size is refused (:func:`data_pipelines.text_inputs.resolve_model_vocab`), so a
@@ -29,7 +35,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from data_pipelines import input_pipeline
+from data_pipelines import hard_negatives, input_pipeline
 from data_pipelines.stored import StoredSplit
 from data_pipelines.text_inputs import resolve_model_vocab
 from vmr_jax.errors import UserError
@@ -90,6 +96,7 @@ class DataSources:
             check_clip_length(config, self.datasets.splits)
         self._prepared: dict[str, input_pipeline.PreparedSplit] = {}
         self._didemo_gt: dict[str, didemo.DidemoGroundTruth] = {}
+        self._negatives: tuple[hard_negatives.NegativeSampler | None] | None = None
 
     @property
     def weak(self) -> bool:
@@ -116,9 +123,43 @@ class DataSources:
     def steps_per_epoch(self) -> int:
         return max(1, len(self.prepared("train")) // int(self.config.train.batch_size))
 
+    def negative_sampler(self) -> hard_negatives.NegativeSampler | None:
+        """The draw of ``config.data.num_negatives`` hard negative videos per training example
+        from the mined file ``config.data.hard_negatives`` (checked against the prepared train
+        split; :mod:`data_pipelines.hard_negatives`), or None when the config has neither."""
+        if self._negatives is None:
+            self._negatives = (self._load_negative_sampler(),)
+        return self._negatives[0]
+
+    def _load_negative_sampler(self) -> hard_negatives.NegativeSampler | None:
+        data = self.config.data
+        path = str(data.get("hard_negatives", "") or "")
+        num = int(data.get("num_negatives", 0) or 0)
+        if not path:
+            if num > 0:
+                raise UserError(
+                    f"config.data.num_negatives={num} needs mined hard negatives: "
+                    "config.data.hard_negatives is empty (set it to the .npz of `vmr-jax mine`, "
+                    f"by default <workdir>/{hard_negatives.DEFAULT_DIRNAME}/train.npz)"
+                )
+            return None
+        if num < 1:
+            raise UserError(
+                f"config.data.hard_negatives={path!r} is set but config.data.num_negatives="
+                f"{num}: give the number of negative videos per query (PREM: 4 on TVR, 2 on "
+                "DiDeMo), or clear hard_negatives"
+            )
+        prepared = self.prepared("train")
+        negatives = hard_negatives.load(path)
+        hard_negatives.check_matches(negatives, prepared, "train", path)
+        return hard_negatives.NegativeSampler(
+            negatives, prepared.video_index, num, int(self.config.train.seed)
+        )
+
     def train_iterator(self, start_step: int = 0):
         """Endless train batches, positioned after the first ``start_step`` batches; without
-        ``spans``/``span_mask`` under weak supervision."""
+        ``spans``/``span_mask`` under weak supervision; with the negative videos of
+        :meth:`negative_sampler` when the config mines them."""
         it = input_pipeline.make_train_iterator(
             self.prepared("train"),
             self.config.data,
@@ -126,6 +167,7 @@ class DataSources:
             int(self.config.train.seed),
             text=self.datasets.text,
             start_step=start_step,
+            negatives=self.negative_sampler(),
         )
         if self.weak:
             return map(without_spans, it)
@@ -140,8 +182,12 @@ class DataSources:
         )
 
     def sample_batch(self) -> dict[str, np.ndarray]:
-        """One training example, shaped as the train batches (no spans under weak supervision)."""
-        batch = input_pipeline.gather_batch(self.prepared("train"), np.zeros(1, np.int64))
+        """One training example, shaped as the train batches (no spans under weak supervision;
+        negatives, when configured, drawn for stream position 0)."""
+        zero = np.zeros(1, np.int64)
+        batch = input_pipeline.gather_batch(
+            self.prepared("train"), zero, self.negative_sampler(), zero
+        )
         return without_spans(batch) if self.weak else batch
 
     def query_records(self, split: str, query_index: np.ndarray) -> list[Any]:
