@@ -321,6 +321,17 @@ def main(args: argparse.Namespace) -> int:
             compare_tan2d=not args.no_tan2d,
         )
         print(query_speed.format_table(report), file=sys.stderr)
+    elif args.mine:
+        from vmr_jax import search_bench
+
+        report = search_bench.run_mine_bench(
+            config,
+            args.mine,
+            num_queries=args.eval_batch_size,
+            query_len=args.query_len,
+            clips=args.clips,
+            steps=args.steps,
+        )
     elif args.search:
         from vmr_jax import search_bench
 

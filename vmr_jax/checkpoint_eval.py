@@ -179,9 +179,9 @@ def mine_workdir(
         mesh,
         top=top,
         batch_size=int(config.evals.get("batch_size", 64)),
+        split=split,
+        checkpoint_step=step,
     )
-    found.split = split
-    found.checkpoint_step = step
     return str(found.save(os.path.join(workdir, hard_negatives.DEFAULT_DIRNAME)))
 
 

@@ -198,6 +198,12 @@ def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="corpus sizes, e.g. 1000,10000,100000: queries/s of the corpus search (VCMR)",
     )
+    parser.add_argument(
+        "--mine",
+        type=int,
+        default=0,
+        help="training-corpus size, e.g. 10000: time hard-negative mining (top 100 per query)",
+    )
     parser.add_argument("--clips", type=int, default=100, help="clips per video (--search)")
     parser.add_argument(
         "--build_videos",

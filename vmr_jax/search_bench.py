@@ -227,3 +227,69 @@ def run_search_bench(
         "search": sizes,
         "timed_batches": steps,
     }
+
+
+def run_mine_bench(
+    config: ml_collections.ConfigDict,
+    num_videos: int,
+    *,
+    num_queries: int | None = None,
+    query_len: int | None = None,
+    clips: int = 100,
+    top: int = 100,
+    queries_per_video: int = 5,
+    steps: int = 3,
+    block_size: int = 256,
+) -> dict[str, Any]:
+    """Seconds per query batch of the mining program (:mod:`vmr_jax.retrieval.mining`: encode
+    the queries, score every video of the corpus, keep the ``top`` best) over a random index of
+    ``num_videos`` videos, and the estimated time to mine a training split of
+    ``queries_per_video`` queries per video (TVR: 5).  Batches of ``num_queries`` queries
+    (default 256); XLA's temp memory of the compiled program."""
+    from vmr_jax.retrieval import mining
+
+    mesh = sharding.make_mesh(config.mesh)
+    family = get_family(config.model.name)
+    model_config = config.model.copy_and_resolve_references()
+    with model_config.ignore_type():
+        model_config.max_ctx_l = max(int(model_config.max_ctx_l), clips)
+    num_queries = int(num_queries or 256)
+    query_len = int(query_len or default_query_len(config))
+    model = family.create_model(model_config)
+    stages = family.corpus(model, model_config)
+    sample = random_batch(family, model_config, 1, query_len)
+    feats = {k: sample[k][:, :clips] for k in CLIP_KEYS if k in sample}
+    sample.update(feats)
+    variables = jax.jit(lambda key: model.init(key, sample, train=False))(jax.random.PRNGKey(0))
+    queries = random_batch(family, model_config, num_queries, query_len, seed=3)
+    queries = {k: queries[k] for k in mining.QUERY_KEYS}
+    index = random_index(stages, variables, num_videos, feats, mesh)
+    top = min(top, num_videos)
+    program = mining._mine_program(stages, mesh, num_videos, top, block_size)
+    start = time.perf_counter()
+    compiled = program.lower(variables, index.encodings, queries).compile()
+    compile_s = time.perf_counter() - start
+    run = lambda: program(variables, index.encodings, queries)  # noqa: E731
+    jax.block_until_ready(run())
+    per_batch = seconds_per_call(run, steps)
+    total_queries = num_videos * queries_per_video
+    return {
+        "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
+        "mesh": dict(mesh.shape),
+        "model": config.model.name,
+        "num_videos": num_videos,
+        "clips_per_video": clips,
+        "top": top,
+        "queries_per_batch": num_queries,
+        "compile_s": compile_s,
+        "seconds_per_batch": per_batch,
+        "queries_per_s": num_queries / per_batch,
+        "estimated_split_s": total_queries / num_queries * per_batch,
+        "estimated_split_queries": total_queries,
+        **compiled_memory(compiled),
+        "flops": compiled_flops(compiled),
+        "index_mib": sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(index.encodings))
+        / 2**20,
+        "peak_rss_mib": peak_rss_mib(),
+        "timed_batches": steps,
+    }

@@ -420,8 +420,9 @@ def _mine_hard_negatives(config, family, model, state, data, mesh, workdir) -> s
         mesh,
         top=top,
         batch_size=int(config.evals.get("batch_size", 64)),
+        split="train",
+        checkpoint_step=int(jax.device_get(state.step)),
     )
-    found.checkpoint_step = int(jax.device_get(state.step))
     if not sharding.is_main_process():
         return None
     path = found.save(os.path.join(workdir, hard_negatives.DEFAULT_DIRNAME))

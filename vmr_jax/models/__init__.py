@@ -42,11 +42,12 @@ tree_edges           [B, Nv, Nn] f32     nodes (-1 = absent) and verb-noun argum
 
 from __future__ import annotations
 
-from vmr_jax.models import cascaded_mpn, fvmr, mgpn, tan2d, vlanet, xml
+from vmr_jax.models import cascaded_mpn, fvmr, mgpn, prem, tan2d, vlanet, xml
 from vmr_jax.models.family import Family
 
 FAMILIES: dict[str, Family] = {
-    module.FAMILY.name: module.FAMILY for module in (mgpn, tan2d, fvmr, vlanet, xml, cascaded_mpn)
+    module.FAMILY.name: module.FAMILY
+    for module in (mgpn, tan2d, fvmr, vlanet, xml, cascaded_mpn, prem)
 }
 
 
