@@ -37,9 +37,7 @@ def retriever_dir(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_the_localizer_trains_on_mined_negatives_with_the_retriever_frozen(
-    retriever_dir, tmp_path
-):
+def test_the_localizer_trains_on_mined_negatives_with_the_retriever_frozen(retriever_dir, tmp_path):
     with open(os.path.join(retriever_dir, "hard_negatives", "train.json")) as f:
         meta = json.load(f)
     assert meta["split"] == "train" and meta["checkpoint_step"] == 3
