@@ -75,6 +75,7 @@ DEFAULTS = dict(
     weak_weight=0.5,
     relevant_content=True,
     # Localizer (eqs. 9-11).
+    localizer_ctx_mode="",  # '' = ctx_mode; 'video' / 'sub': Table 6's w/o Text / Image
     gate="l2",
     conv_kernel_size=5,
     num_fusion_layers=2,

@@ -498,9 +498,11 @@ def localizer_loss(outputs, batch, model_config) -> tuple[jnp.ndarray, dict[str,
 
 
 def create_localizer(model_config: Any) -> PREMLocalizer:
-    """:class:`PREMLocalizer` from ``config.model`` (``ctx_mode`` gives the modalities)."""
+    """:class:`PREMLocalizer` from ``config.model``: ``localizer_ctx_mode`` gives its
+    modalities, or ``ctx_mode`` when empty (Table 6's "w/o Text" / "w/o Image" localizers
+    over the full retriever)."""
     get = model_config.get
-    ctx_mode = get("ctx_mode", "video_sub")
+    ctx_mode = get("localizer_ctx_mode", "") or get("ctx_mode", "video_sub")
     if ctx_mode not in MODALITIES:
         raise ValueError(f"ctx_mode must be one of {tuple(MODALITIES)}, got {ctx_mode!r}")
     fields = {
