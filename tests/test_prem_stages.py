@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -91,3 +93,71 @@ def test_negatives_of_another_split_are_refused(retriever_dir, tmp_path):
         trainer.train_and_evaluate(config, str(tmp_path / "localizer"))
     assert path in str(err.value)
     assert not (tmp_path / "localizer").exists()
+
+
+# A fresh interpreter, so that the 8 fake CPU devices exist before jax starts.
+_EIGHT_DEVICES = """
+import json, sys
+import jax
+import numpy as np
+from vmr_jax import config_cli, trainer
+from vmr_jax.metrics_writer import read_metrics
+
+config_path, workdir = sys.argv[1], sys.argv[2]
+quick = [("train.num_steps", "3"), ("train.log_every", "1"), ("train.progress_bar", "false")]
+out = {"device_count": jax.device_count(), "runs": {}}
+for shape in ("1,1", "8,1"):
+    run = {}
+    tag = shape.replace(",", "x")
+    for stage in ("retriever", "localizer"):
+        extra = [("mesh.shape", shape)]
+        if stage == "localizer":
+            extra.append(("train.init_from", f"{workdir}/retriever_{tag}"))
+        config = config_cli.load_config(f"{config_path}:{stage},runlocal", quick + extra)
+        stage_dir = f"{workdir}/{stage}_{tag}"
+        result = trainer.train_and_evaluate(config, stage_dir)
+        train = read_metrics(stage_dir, "train")
+        run[stage] = {
+            "loss": [train[s]["loss"] for s in sorted(train)],
+            "eval": result["eval_metrics"],
+        }
+    mined = np.load(f"{workdir}/retriever_{tag}/hard_negatives/train.npz")
+    run["mined"] = mined["video_rows"].tolist()
+    out["runs"][shape] = run
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_eight_devices_match_one_device(tmp_path):
+    """Both stages on a 1x1 and an 8x1 mesh (the same global batch): the same losses, the same
+    mined negatives and the same VCMR / SVMR / VR metrics.  The InfoNCE negatives and
+    Shared-Norm span the whole global batch."""
+    env = dict(os.environ)
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    env["XLA_FLAGS"] = " ".join(flags + ["--xla_force_host_platform_device_count=8"])
+    env["JAX_PLATFORMS"] = "cpu"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", _EIGHT_DEVICES, CONFIG, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    out = json.loads(line[len("RESULT ") :])
+    assert out["device_count"] == 8
+    one, eight = out["runs"]["1,1"], out["runs"]["8,1"]
+    # Mined lists: the same videos per query; float32 near-ties may swap neighbours.
+    mined_one, mined_eight = np.asarray(one["mined"]), np.asarray(eight["mined"])
+    assert [set(r) for r in mined_eight] == [set(r) for r in mined_one]
+    assert np.mean(mined_eight == mined_one) > 0.98
+    for stage in ("retriever", "localizer"):
+        # The temperature 0.01 multiplies cosines by 100: float32 summation order shows.
+        np.testing.assert_allclose(eight[stage]["loss"], one[stage]["loss"], rtol=2e-4)
+        assert eight[stage]["eval"].keys() == one[stage]["eval"].keys()
+        for key, want in one[stage]["eval"].items():
+            assert eight[stage]["eval"][key] == pytest.approx(want, abs=1e-5), (stage, key)
