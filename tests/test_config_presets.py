@@ -16,8 +16,9 @@ CONFIG_FILES = sorted(p for p in CONFIG_DIR.rglob("*.py") if p.name != "__init__
 BENCHMARK_CONFIGS = sorted(CONFIG_DIR.glob("*/[!s]*.py"))
 # Hidden width of each family's `tiny` variant (vmr_jax/models/<family>.py VARIANTS['tiny']).
 TINY_WIDTH = {"mgpn": 64, "tan2d": 16, "fvmr": 64, "vlanet": 64, "xml": 32, "cascaded_mpn": 32}
+TINY_WIDTH["prem"] = 32
 # Families that read query feature vectors only (never token ids): `tiny` keeps their text.
-FEATURE_QUERIES = {"xml", "cascaded_mpn"}
+FEATURE_QUERIES = {"xml", "cascaded_mpn", "prem"}
 
 
 @pytest.mark.parametrize("path", BENCHMARK_CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
@@ -28,6 +29,7 @@ def test_benchmark_configs_take_tiny(path):
     tiny = config_cli.load_config(f"{path}:tiny")
     family = tiny.model.name
     width = {"vlanet": "gru_hidden", "xml": "hidden_size", "cascaded_mpn": "hidden_size"}
+    width["prem"] = "hidden_size"
     width = width.get(family, "hidden")
     assert tiny.model[width] == TINY_WIDTH[family] < full.model[width]
     for field in ("feature_dim", "vid_feat_size", "sub_feat_size", "q_feat_size"):

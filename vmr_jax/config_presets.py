@@ -27,7 +27,7 @@ import ml_collections
 
 from data_pipelines.text_inputs import DATA_DEFAULTS
 from vmr_jax.config_cli import parse_config_arg
-from vmr_jax.models import cascaded_mpn, fvmr, mgpn, tan2d, vlanet, xml
+from vmr_jax.models import cascaded_mpn, fvmr, mgpn, prem, tan2d, vlanet, xml
 
 # Model fields the ``tiny`` argument takes from the family's ``tiny`` variant: widths, layers
 # and the map size.  Feature widths and clip / proposal times stay the benchmark's.
@@ -48,6 +48,7 @@ TINY_MODEL_FIELDS: dict[str, tuple[str, ...]] = {
     "vlanet": ("word_dim", "gru_hidden", "embed_dim", "attention_dim"),
     "xml": ("hidden_size",),
     "cascaded_mpn": ("hidden_size", "n_heads"),
+    "prem": ("hidden_size", "intermediate_size"),
 }  # fmt: skip
 _FAMILY_MODULES = {
     "mgpn": mgpn,
@@ -56,6 +57,7 @@ _FAMILY_MODULES = {
     "vlanet": vlanet,
     "xml": xml,
     "cascaded_mpn": cascaded_mpn,
+    "prem": prem,
 }
 
 # Training lengths of the two short-run arguments (runlocal wins when both are given).

@@ -33,16 +33,18 @@ def prem_recipe(
     Sec. 4.2: AdamW, lr 1e-4, weight decay 0.01; no schedule is named, so the rate is
     constant).  The retriever ends by mining each training query's top 100 videos (the
     localizer's negatives are drawn from them); its checkpoints are kept by ``VR/r1``, the
-    localizer's by ``VCMR/0.5-r1``.  Evaluation on val once per epoch."""
+    localizer's by ``VCMR/0.5-r1``.  Evaluation on val once per epoch.  The configs apply
+    ``config_presets.short_run`` after this for ``:tiny`` / ``:runlocal``; ``runlocal`` here
+    only shrinks the index-building batch."""
     config.model.stage = stage
     config.data.hard_negatives = ""  # the localizer's: filled from train.init_from
     config.data.num_negatives = 0  # the localizer's: model.num_negatives
 
     config.train = ml_collections.ConfigDict()
     config.train.seed = 0
-    config.train.batch_size = 4 if runlocal else batch_size
-    config.train.num_epochs = 0 if runlocal else num_epochs
-    config.train.num_steps = 4 if runlocal else 0
+    config.train.batch_size = batch_size
+    config.train.num_epochs = num_epochs
+    config.train.num_steps = 0
     config.train.optimizer = "adamw"
     config.train.lr = 1e-4
     config.train.milestones = ()
@@ -50,9 +52,9 @@ def prem_recipe(
     config.train.grad_clip_norm = 0.0
     config.train.init_from = ""  # the localizer: the retriever's workdir
     config.train.mine_hard_negatives = 100 if stage == "retriever" else 0
-    config.train.log_every = 1 if runlocal else 100
-    config.train.checkpoint_every = 2 if runlocal else 0
-    config.train.checkpoint_every_epochs = 0.0 if runlocal else 1.0
+    config.train.log_every = 100
+    config.train.checkpoint_every = 0
+    config.train.checkpoint_every_epochs = 1.0
     config.train.keep = 2
     config.train.best_metric = "VR/r1" if stage == "retriever" else "VCMR/0.5-r1"
     config.train.best_mode = "max"
@@ -61,14 +63,14 @@ def prem_recipe(
 
     config.evals = ml_collections.ConfigDict()
     config.evals.split = "val"
-    config.evals.batch_size = 4 if runlocal else 50
+    config.evals.batch_size = 50
     config.evals.video_batch_size = 4 if runlocal else 200
     config.evals.protocol = "tvr"
     config.evals.recalls = (1, 5, 10, 100)
     config.evals.ious = (0.5, 0.7)
     config.evals.nms_thresh = nms_thresh
     config.evals.every = 0
-    config.evals.every_epochs = 0.0 if runlocal else 1.0
+    config.evals.every_epochs = 1.0
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.shape = (-1, 1)  # ('data', 'model')

@@ -19,7 +19,9 @@ Where the paper is silent (TVRetrieval's XML): 100 clips of 1.5 s (``max_ctx_l``
 tokens, the moment window of 1 to 16 clips, 200 candidates before NMS 0.5; evaluation on
 val (test_public has no public ground truth).  Target (paper Tables 1 and 4, TVR val): VR
 R@1 26.24, R@100 92.50; SVMR R@1 IoU 0.5 / 0.7 = 46.29 / 24.83; VCMR R@1 IoU 0.5 / 0.7 =
-16.08 / 9.01.  ``:runlocal`` runs four steps of batch 4.
+16.08 / 9.01.  
+``:runlocal`` runs four steps of batch 4; ``:tiny`` trains a small PREM (hidden 32) for
+200 steps of batch 16 per stage on the same features (``config_presets.short_run``).
 """
 
 from __future__ import annotations
@@ -27,17 +29,20 @@ from __future__ import annotations
 import ml_collections
 
 from vmr_jax.config_cli import parse_config_arg
-from vmr_jax.config_presets import data_section
+from vmr_jax.config_presets import data_section, short_run, tiny_model
 from vmr_jax.corpus_recipes import PREM_STAGE_FLAGS, prem_recipe, prem_stage
 from vmr_jax.models import prem
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    flags = parse_config_arg(arg, (*PREM_STAGE_FLAGS, "runlocal"), __file__)
+    flags = parse_config_arg(arg, (*PREM_STAGE_FLAGS, "runlocal", "tiny"), __file__)
     stage = prem_stage(flags)
     config = ml_collections.ConfigDict()
-    config.model = ml_collections.ConfigDict(dict(prem.VARIANTS["tvr"]))
-    config.model.name = "prem"
+    if "tiny" in flags:
+        config.model = tiny_model("prem", "tvr")
+    else:
+        config.model = ml_collections.ConfigDict(dict(prem.VARIANTS["tvr"]))
+        config.model.name = "prem"
     config.data = data_section(
         name="tvr",
         features="hero_resnet_slowfast",
@@ -60,5 +65,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         nms_thresh=config.model.nms_thd,
         runlocal="runlocal" in flags,
     )
+    short_run(config, tiny="tiny" in flags, runlocal="runlocal" in flags, learned_words=False)
     config.lock()
     return config
