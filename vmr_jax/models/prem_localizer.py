@@ -76,25 +76,38 @@ POSITIVE_IOU = 0.7  # Sec. 3.4: segments with IoU > 0.7 are positives
 # Pure moment maths -----------------------------------------------------------------------------
 
 
-def range_max(x: jnp.ndarray, start: jnp.ndarray, end: jnp.ndarray) -> jnp.ndarray:
-    """``max(x[..., start:end + 1, :])`` per moment by a sparse table.
+def range_max(
+    x: jnp.ndarray, start: jnp.ndarray, end: jnp.ndarray, max_length: int | None = None
+) -> jnp.ndarray:
+    """``max(x[..., start:end + 1, :])`` per moment.
 
-    Level ``k`` holds the maxima over windows of ``2^k`` clips (``O(L log L H)`` to build);
-    a moment of length ``n`` is the max of two overlapping level-``floor(log2 n)`` windows.
     ``x [..., L, H]``, ``start``/``end [..., P]`` int (``start <= end < L``; others are
-    clipped into range) -> ``[..., P, H]``.
+    clipped into range) -> ``[..., P, H]``.  ``max_length`` (static; default ``L``) bounds
+    ``end - start + 1``; a longer moment keeps its first ``max_length`` clips.  Two exact
+    formulations, whichever holds fewer rows of ``H``: gathering the ``max_length`` clips of
+    each moment (``P * max_length``), or a sparse table: level ``k`` holds the maxima over
+    windows of ``2^k`` clips (levels up to ``floor(log2 max_length)``, ``O(L log L H)`` to
+    build), a moment of length ``n`` the max of two overlapping level-``floor(log2 n)`` windows.
     """
     length, hidden = x.shape[-2:]
     lead = start.shape[:-1]
+    span = length if max_length is None else max(1, min(int(max_length), length))
     x = x.reshape(-1, length, hidden)
     start = jnp.clip(start.reshape(x.shape[0], -1), 0, length - 1)
-    end = jnp.clip(end.reshape(x.shape[0], -1), start, length - 1)
+    end = jnp.clip(end.reshape(x.shape[0], -1), start, jnp.minimum(start + span - 1, length - 1))
+    depth = span.bit_length()  # table levels
+    if start.shape[-1] * span <= depth * length:
+        offsets = start[..., None] + np.arange(span)  # [N, P, span]
+        idx = jnp.minimum(offsets, end[..., None]).reshape(x.shape[0], -1)
+        clips = jnp.take_along_axis(x, idx[..., None], axis=1).reshape(*offsets.shape, hidden)
+        clips = jnp.where((offsets <= end[..., None])[..., None], clips, -jnp.inf)
+        return jnp.max(clips, axis=2).reshape(*lead, -1, hidden)
     levels, width = [x], 1
-    while 2 * width <= length:
+    while 2 * width <= span:
         shifted = np.minimum(np.arange(length) + width, length - 1)
         levels.append(jnp.maximum(levels[-1], jnp.take(levels[-1], shifted, axis=1)))
         width *= 2
-    table = jnp.concatenate(levels, axis=1)  # [N, K * L, H], level-major
+    table = jnp.concatenate(levels, axis=1)  # [N, depth * L, H], level-major
     log2 = np.zeros(length + 1, np.int32)
     log2[2:] = np.floor(np.log2(np.arange(2, length + 1))).astype(np.int32)
     level = jnp.asarray(log2)[end - start + 1]
@@ -158,18 +171,26 @@ def top_window_moments(
 # Layers ----------------------------------------------------------------------------------------
 
 
+def _gelu(x: jnp.ndarray) -> jnp.ndarray:
+    return jax.nn.gelu(x, approximate=False)
+
+
 class FeedForward(nn.Module):
-    """Vanilla Transformer FFN block: Linear -> GELU -> Linear -> Dropout -> residual LN."""
+    """Vanilla Transformer FFN block: Linear -> GELU -> Linear -> Dropout -> residual LN.
+    ``remat``: the backward pass recomputes the GELU from its input instead of storing its
+    derivative's terms (same values; one ``[N, L, intermediate]`` residual, not three)."""
 
     hidden: int
     intermediate: int
     dropout: float
     init_range: float
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x, *, deterministic: bool):
         y = bert_dense(self.intermediate, self.init_range, "intermediate")(x)
-        y = bert_dense(self.hidden, self.init_range, "output")(jax.nn.gelu(y, approximate=False))
+        gelu = jax.checkpoint(_gelu) if self.remat else _gelu
+        y = bert_dense(self.hidden, self.init_range, "output")(gelu(y))
         y = nn.Dropout(self.dropout)(y, deterministic=deterministic)
         return torch_layer_norm("LayerNorm")(y + x)
 
@@ -183,12 +204,14 @@ class EncoderLayer(nn.Module):
     heads: int
     dropout: float
     init_range: float
+    remat: bool = False  # FeedForward's
 
     @nn.compact
     def __call__(self, x, mask, *, deterministic: bool):
         args = (self.hidden, self.heads, self.dropout, self.init_range)
         x = SelfAttentionBlock(*args, name="attention")(x, mask, deterministic=deterministic)
-        ffn = FeedForward(self.hidden, self.intermediate, self.dropout, self.init_range, name="ffn")
+        ffn_args = (self.hidden, self.intermediate, self.dropout, self.init_range, self.remat)
+        ffn = FeedForward(*ffn_args, name="ffn")
         return ffn(x, deterministic=deterministic)
 
 
@@ -202,6 +225,7 @@ class FusionLayer(nn.Module):
     heads: int
     dropout: float
     init_range: float
+    remat: bool = False  # FeedForward's
 
     @nn.compact
     def __call__(self, clips, clip_mask, words, word_mask, *, deterministic: bool):
@@ -214,7 +238,7 @@ class FusionLayer(nn.Module):
         )
         y = nn.Dropout(self.dropout)(bert_dense(self.hidden, r, "cross_dense")(att), det)
         x = torch_layer_norm("cross_LayerNorm")(y + x)
-        ffn = FeedForward(self.hidden, self.intermediate, self.dropout, r, name="ffn")
+        ffn = FeedForward(self.hidden, self.intermediate, self.dropout, r, self.remat, name="ffn")
         return ffn(x, deterministic=det)
 
 
@@ -268,6 +292,7 @@ class PREMLocalizer(nn.Module):
     min_pred_l: int = 0
     max_pred_l: int = 16
     clip_length: float = 1.5
+    remat: bool = True  # FeedForward's: recompute the GELUs in the backward pass
 
     def setup(self):
         h, r, d = self.hidden_size, self.initializer_range, self.drop
@@ -277,7 +302,7 @@ class PREMLocalizer(nn.Module):
             raise ValueError(f"modalities must be 'video' and/or 'sub', got {self.modalities}")
         if self.conv_kernel_size % 2 != 1:
             raise ValueError(f"conv_kernel_size must be odd, got {self.conv_kernel_size}")
-        layer = (h, self.intermediate_size, self.n_heads, d, r)
+        layer = (h, self.intermediate_size, self.n_heads, d, r, self.remat)
         self.query_input_proj = LinearLayer(h, d, r)
         self.query_pos_embed = TrainablePositionalEncoding(self.max_desc_l, d, r)
         self.query_encoder = EncoderLayer(*layer)
@@ -396,13 +421,15 @@ class PREMLocalizer(nn.Module):
         ed = mask_logits(self.ed_head(x), mask).reshape(q, k, length)
         return st, ed, x.reshape(q, k, length, -1)
 
-    def classify(self, fused, mask, start, end, *, train: bool = False) -> jnp.ndarray:
+    def classify(
+        self, fused, mask, start, end, *, train: bool = False, max_length: int | None = None
+    ) -> jnp.ndarray:
         """Eq. 11 branch: logits ``[N, P]`` of moments ``[start, end]`` (clips, inclusive) on
-        ``fused [N, L, H]`` with clip ``mask [N, L]``."""
+        ``fused [N, L, H]`` with clip ``mask [N, L]``; ``max_length``: :func:`range_max`."""
         x = self.cls_encoder(
             _flat(fused, 2), _flat(jnp.asarray(mask, jnp.float32), 1), deterministic=not train
         )
-        features = range_max(x, _flat(start, 1), _flat(end, 1))  # [N, P, H]
+        features = range_max(x, _flat(start, 1), _flat(end, 1), max_length)  # [N, P, H]
         return self.cls_head(features)[..., 0].reshape(start.shape)
 
     # Training forward ----------------------------------------------------------------------
@@ -440,7 +467,9 @@ class PREMLocalizer(nn.Module):
         if c > 1:  # the cls encoder sees each candidate alone: two calls cost as much as one
             k, window = self.negative_moments, (self.min_pred_l, self.max_pred_l)
             neg = top_window_moments(st[:, 1:], ed[:, 1:], mask[:, 1:], k, *window)
-            neg_logits = self.classify(fused[:, 1:], mask[:, 1:], neg[0], neg[1], train=train)
+            neg_logits = self.classify(  # window cells: at most max_pred_l clips long
+                fused[:, 1:], mask[:, 1:], *neg[:2], train=train, max_length=self.max_pred_l
+            )
             cat = lambda x, y: jnp.concatenate([x, y.reshape(b, -1)], axis=-1)  # noqa: E731
             cls_start, cls_end, cls_mask = map(cat, pos[:3], neg)
             cls_logits = cat(cls_logits, neg_logits)
