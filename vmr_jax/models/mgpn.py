@@ -1,37 +1,57 @@
 """MGPN: Multi-Granularity Perception Network (Sun et al., SIGIR 2022).
 
-Paper: shared/papers/003_93519d53a91582f1.txt.  Where the paper is silent the details follow
-the official code (Huntersxsx/MGPN @ 0368009, built on microsoft/2D-TAN); every such choice
-is listed here.
+Paper: shared/papers/003_93519d53a91582f1.txt; "eq." below is the paper's own numbering
+(section 3, equations (1)-(12)).  Where the paper is silent the details follow the official
+code (Huntersxsx/MGPN @ 0368009, built on microsoft/2D-TAN); every such choice is listed here.
+Where the paper and that code disagree, the step says "paper: ... / code: ..." and we follow
+the code, for parity with the golden files (shared/golden/mgpn_*.npz).
 
 Pipeline (paper section 3, official module names in brackets), channels-last:
 
-1. Coarse-grained encoder [FeatureEncoder]: ``1x1 conv D->H + ReLU`` then average pooling with
-   kernel = stride = ``frame_stride`` (``NUM_SAMPLE_CLIPS / N``) to ``N`` clips; optional learned
-   position table (uniform [0, 1) init, ActivityNet) with dropout 0.1; then 2-layer (TACoS: 3)
-   Bi-GRUs (H/2 per direction) over clips and over words.  Code detail: the word GRU runs over
-   the zero-padded sequence without packing, and its output is multiplied by the word mask.
-2. Co-attention first fuse [FirstFuse] (eq. 4-7): a Linear scores each word, softmax over all
-   word slots (padding included, as in the code), attention pooling gives a query vector ``q``;
-   ``vis_fused = normalize_channels(q * v_t)``.  A 1x1 conv scores each clip, softmax over
-   clips pools a video vector ``u``; ``txt_fused = F.normalize(u * w_l)`` with PyTorch's
-   default ``dim=1``, i.e. normalised over the **word** axis (code detail kept for parity).
-3. Choice generator [SparseBoundaryContent] (eq. 8-9): content map = max-pool of
-   ``vis_fused`` over each cell's clips, boundary map = ``(x_i + x_j) / 2``, diagonal = ``x_i``,
-   only on the 2D-TAN sparse cells (``ops.moment_map``).
-4. Fine-grained encoder [FineGrainedFeature] (eq. 10-12): uni/bi/tri-gram Conv1d over
-   ``txt_fused`` (kernel 1; kernel 2 dilation 2 padding 1; kernel 3 dilation 2 padding 2),
-   concat, Linear 3H->H; clips: ``x + Dropout(FFN(LayerNorm(x)))`` with the code's LayerNorm
-   ``a * (x - mean) / (std_unbiased + 1e-6) + b`` and FFN ``W2 Dropout(ReLU(W1 x))``, dropout 0.1.
-5. Conditioned interaction [SecondFuse] (eq. 13-15): ``f_s`` = Linear(max over all word slots),
-   ``f_v`` = Linear(mean over clips); gates ``sigmoid(boundary * f)`` multiply the content map;
-   the two gated maps are concatenated (text-gated first).
-6. Choice comparison [ConvModule] (eq. 16): ``x = (ReLU(1x1 conv([fused, boundary, content]))
-   + fused) * mask`` (4H -> 2H), then four blocks ``7x7 conv (padding 3, 32 groups) ->
-   BatchNorm -> ReLU -> * mask`` with channels 2H->2H->H->H->H.
-7. Ranker [pred_layer]: 1x1 conv to one logit per cell, times the mask.
-8. Loss [bce_rescale_loss]: BCE with logits on the masked cells only (mean over them) against
-   ``clamp((IoU - min_iou) / (max_iou - min_iou), 0, 1)``.  Decoding ranks ``sigmoid(score)``.
+1. Coarse-grained encoder [FeatureEncoder] (section 3.2, no equation): ``1x1 conv D->H + ReLU``
+   then average pooling with kernel = stride = ``frame_stride`` (``NUM_SAMPLE_CLIPS / N``) to
+   ``N`` clips; optional learned position table (uniform [0, 1) init, ActivityNet) with dropout
+   0.1; then 2-layer (TACoS: 3) Bi-GRUs (H/2 per direction) over clips and over words.
+   Paper: "a temporal 1D convolution layer and an average pooling layer" / code: the conv has
+   kernel 1 and a ReLU, and the position table is added (neither in the paper; we follow the
+   code).  Paper silent on padding; code: the word GRU runs over the zero-padded sequence
+   without packing, and its output is multiplied by the word mask.
+2. Co-attention first fuse [FirstFuse] (eq. 2): a Linear scores each word, softmax over all
+   word slots (paper silent on padding; code: padding included), attention pooling gives a
+   query vector ``q``; ``vis_fused = normalize_channels(q * v_t)``.  Paper: ``||q * V||_F``,
+   written as a Frobenius norm but called l2 normalisation / code: ``F.normalize`` per clip
+   over channels (we follow the code).  The video-aware side has no equation ("in a similar
+   way"): a 1x1 conv scores each clip, softmax over clips pools a video vector ``u``.  Paper:
+   symmetric to the query-aware side, i.e. each word normalised over channels / code:
+   ``txt_fused = F.normalize(u * w_l)`` with PyTorch's default ``dim=1``, i.e. normalised over
+   the **word** axis (we follow the code).
+3. Choice generator [SparseBoundaryContent] (eq. 3-4): content map = max-pool of ``vis_fused``
+   over each cell's clips, boundary map from the start and end clips (eq. 3), only on the
+   2D-TAN sparse cells, zero elsewhere (eq. 4; ``ops.moment_map``).  Paper: boundary =
+   ``Addition(v_s, v_e) = x_i + x_j`` / code: ``(x_i + x_j) / 2``, diagonal ``x_i`` (we follow
+   the code).
+4. Fine-grained encoder [FineGrainedFeature] (eq. 5-6).  Query (eq. 6): uni/bi/tri-gram Conv1d
+   over ``txt_fused`` (kernel 1; kernel 2 dilation 2 padding 1; kernel 3 dilation 2 padding 2),
+   concat, Linear 3H->H.  Paper: bigrams and trigrams of adjacent tokens / code: dilation 2, so
+   the "bigram" at word t reads words t-1 and t+1 and the "trigram" t-2, t, t+2 (we follow the
+   code).  Clips (eq. 5): paper: ``Linear(ReLU(Linear(V))) + V`` / code: ``x +
+   Dropout(FFN(LayerNorm(x)))`` with the code's LayerNorm ``a * (x - mean) / (std_unbiased +
+   1e-6) + b`` and FFN ``W2 Dropout(ReLU(W1 x))``, dropout 0.1 (we follow the code).
+5. Conditioned interaction [SecondFuse] (eq. 7-8): ``f_s`` = Linear(max over words) (eq. 7;
+   paper silent on padding; code: max over all word slots, padding included), ``f_v`` =
+   Linear(mean over clips) (eq. 8); gates ``sigmoid(boundary * f)`` multiply the content map;
+   the two gated maps are concatenated, query-gated first (eq. 8).
+6. Choice comparison [ConvModule] (eq. 9).  Paper: ``ReLU(Conv2d(Concat(A, A_B, A_C) + A))``,
+   the residual inside the conv and the ReLU (as printed; the 2H-channel fused map ``A`` cannot
+   be added to the 4H-channel concat) / code: ``x = (ReLU(1x1 conv([fused, boundary,
+   content])) + fused) * mask`` (4H -> 2H), the residual after the ReLU (we follow the code).
+   Then four blocks ``7x7 conv (padding 3, 32 groups) -> BatchNorm -> ReLU -> * mask``
+   (section 4.2) with channels 2H->2H->H->H->H (paper silent on widths but the last, H).
+7. Ranker [pred_layer] (eq. 10): 1x1 conv to one logit per cell, times the mask; eq. 10's
+   sigmoid is applied by the loss (BCE with logits) and by decoding.
+8. Loss [bce_rescale_loss] (eq. 11-12): BCE with logits on the masked cells only (mean over
+   them, eq. 12) against ``clamp((IoU - min_iou) / (max_iou - min_iou), 0, 1)`` (eq. 11).
+   Decoding ranks ``sigmoid(score)`` (eq. 10; top-K of eq. 1).
 
 Computation on valid cells: every map op above is per cell except the 7x7 convs, and all maps
 are zero outside the mask, so the model works on the ``C`` valid cells (``[B, C, ch]``) and the
@@ -304,7 +324,7 @@ class MGPN(nn.Module):
         starts, ends = self.cells()
         deterministic = not train
 
-        # 1. Coarse-grained encoder.
+        # 1. Coarse-grained encoder (section 3.2).
         video = batch["video_features"].astype(jnp.float32)
         b, t, d = video.shape
         if t != n * self.frame_stride:
@@ -337,7 +357,7 @@ class MGPN(nn.Module):
         txt_enc = txt_out * word_mask  # [B, L, H]
         self.sow("intermediates", "txt_encoded", txt_enc)
 
-        # 2. Co-attention first fuse.
+        # 2. Co-attention first fuse (eq. 2).
         word_att = jax.nn.softmax(_dense(1, h, "word_attention")(txt_enc), axis=1)
         query_vec = jnp.sum(word_att * txt_enc, axis=1)  # [B, H]
         vis_fused = l2_normalize(query_vec[:, None, :] * vis_enc, axis=-1)
@@ -347,13 +367,13 @@ class MGPN(nn.Module):
         self.sow("intermediates", "vis_fused", vis_fused)
         self.sow("intermediates", "txt_fused", txt_fused)
 
-        # 3. Choice generator on valid cells.
+        # 3. Choice generator on valid cells (eq. 3-4).
         boundary = moment_map.boundary_cells(vis_fused, starts, ends)  # [B, C, H]
         content = moment_map.span_max_cells(vis_fused, starts, ends)  # [B, C, H]
         self.sow("intermediates", "boundary_cells", boundary)
         self.sow("intermediates", "content_cells", content)
 
-        # 4. Fine-grained encoder.
+        # 4. Fine-grained encoder (eq. 5-6).
         # (name, kernel, dilation): padding (kernel - 1) * dilation / 2 keeps the length L.
         grams = []
         for name, kernel, dilation in (("unigram", 1, 1), ("bigram", 2, 2), ("trigram", 3, 2)):
@@ -380,7 +400,7 @@ class MGPN(nn.Module):
         self.sow("intermediates", "vis_finegrained", vis_fine)
         self.sow("intermediates", "txt_finegrained", txt_fine)
 
-        # 5. Conditioned interaction.
+        # 5. Conditioned interaction (eq. 7-8).
         f_s = _dense(h, h, "text_gate")(jnp.max(txt_fine, axis=1))[:, None, :]
         f_v = _dense(h, h, "video_gate")(jnp.mean(vis_fine, axis=1))[:, None, :]
         fused = jnp.concatenate(
@@ -389,7 +409,7 @@ class MGPN(nn.Module):
         )  # [B, C, 2H]
         self.sow("intermediates", "fused_cells", fused)
 
-        # 6. Choice comparison.
+        # 6. Choice comparison (eq. 9).
         stacked = jnp.concatenate([fused, boundary, content], axis=-1)
         x = jax.nn.relu(_dense(2 * h, 4 * h, "fuse_conv")(stacked)) + fused
         widths = (2 * h, h, h, h)
@@ -408,7 +428,7 @@ class MGPN(nn.Module):
             )(x, train=train)
         self.sow("intermediates", "relation_cells", x)
 
-        # 7. Ranker.
+        # 7. Ranker (eq. 10, sigmoid left to the loss and decoding).
         logits = _dense(1, h, "pred")(x)[..., 0]  # [B, C]
         return {
             "cell_logits": logits,
@@ -425,7 +445,7 @@ def create_model(model_config) -> MGPN:
 
 
 def cell_targets(model_config, batch: dict[str, jnp.ndarray]) -> jnp.ndarray:
-    """Scaled-IoU targets of the valid cells: ``[B, C]`` (first ground-truth span)."""
+    """Scaled-IoU targets of the valid cells (eq. 11): ``[B, C]`` (first ground-truth span)."""
     n = model_config.num_clips
     starts, ends = moment_map.valid_cells(n, tuple(model_config.pooling_counts))
     iou = moment_map.iou_target_map(n, batch["spans"][:, 0], batch["duration"])  # [B, N, N]
@@ -436,7 +456,7 @@ def cell_targets(model_config, batch: dict[str, jnp.ndarray]) -> jnp.ndarray:
 def loss_fn(
     outputs, batch, model_config, *, step=None, steps_per_epoch=None
 ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
-    """Official ``bce_rescale_loss``: BCE with logits, mean over the valid cells of every
+    """Official ``bce_rescale_loss`` (eq. 12): BCE with logits, mean over the valid cells of every
     example (examples with ``valid == 0`` contribute nothing)."""
     del step, steps_per_epoch  # no epoch schedule in this loss
     logits = outputs["cell_logits"]
@@ -448,7 +468,7 @@ def loss_fn(
 
 
 def decode(outputs, batch, model_config) -> dict[str, jnp.ndarray]:
-    """Ranking scores ``sigmoid(logit)`` on the dense map (0 outside the valid cells)."""
+    """Ranking scores ``sigmoid(logit)`` (eq. 10) on the dense map (0 outside the valid cells)."""
     n = model_config.num_clips
     starts, ends = moment_map.valid_cells(n, tuple(model_config.pooling_counts))
     probs = jax.nn.sigmoid(outputs["cell_logits"])
