@@ -111,7 +111,6 @@ def test_window_gather_compiles_smaller_than_the_table():
     w = jnp.asarray(rng.normal(size=(n, p, hidden)), jnp.float32)
     f = jax.grad(lambda x: jnp.sum(pl.range_max(x, start, end, span) * w))
     memory = jax.jit(f).lower(x).compile().memory_analysis()
-    if memory is None:
-        pytest.skip("backend reports no compiled memory")
+    assert memory is not None, "XLA's memory_analysis is what this test checks"
     table_bytes = n * 7 * length * hidden * 4
     assert memory.temp_size_in_bytes < table_bytes
