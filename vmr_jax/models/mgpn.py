@@ -65,6 +65,52 @@ counts it.  :func:`parameter_counts` gives both (``tacos`` 5,048,067 here, 6,621
 paper's way: Table 2's 6.62M; ``activitynet`` 3,550,979 and 5,124,355: Table 4's 5.12M), and
 ``vmr-jax bench`` reports ``num_params_paper`` beside ``num_params``.
 
+BatchNorm under data parallelism (``bn_groups``): the official runs wrap the model in
+``nn.DataParallel`` on 4 GPUs (``run_*.sh``: ``CUDA_VISIBLE_DEVICES=0,1,2,3``; paper section
+4.2: 4 RTX 2080Ti), so each GPU normalises its ``torch.chunk`` of the batch (16 examples of the
+YAML's 64, 8 of 32 on TACoS and Charades VGG) with its own statistics, and the running
+statistics are updated from the first chunk only (``layers.batch_norm`` gives the rule and
+where PyTorch's source makes it).  ``bn_groups = G`` does exactly this on chunks cut from the
+global batch, whatever devices this run has (1 device reproduces the 4-GPU run; 8 devices give
+the numbers of 1); ``bn_groups = 1`` is statistics over the whole global batch
+(SyncBatchNorm).  Default: 4 in the ``VARIANTS`` of the official YAMLs (and so in
+``configs/mgpn/*`` benchmark runs), 1 in ``tiny`` (the synthetic benchmark and tests) and in
+the ``MGPN`` class itself.  "One chunk per actual device" is not offered: it would make
+results depend on the device count; set ``bn_groups`` to that count instead.
+
+Query padding (``text_padding``).  The official collate (``lib/datasets/__init__.py``,
+``pad_sequence``) pads each batch's words to its longest query ``L_b``, and the text path reads
+every slot up to ``L_b`` (steps 1, 2 and 5 above: the word GRU without packing, so the reverse
+direction starts on zero rows; the softmax over word slots; ``F.normalize`` over the word axis;
+the max over word slots), so a query's outputs depend on the other queries of its batch.
+Our batches have the static length ``L = max_query_len``.  ``text_padding='batch'`` (default of
+the official ``VARIANTS`` and so of ``configs/mgpn/*`` and converted checkpoints) keeps the
+static shape and computes ``L_b = max(sum(query_mask))`` over the global batch inside the
+jitted step (a reduction over the sharded batch axis, so any device count gives the official
+batch's ``L_b``); slots ``>= L_b`` are absent everywhere the code iterates over slots: both
+GRU directions run over ``L_b`` steps (the reverse one starts at slot ``L_b - 1``; padded slots
+below ``L_b`` are read as the official code reads them), the word softmax and the word max skip
+them, and their ``txt_encoded`` rows are zero (so the normalisation over words and the
+zero-padded n-gram convs see what the official ``L_b``-slot tensors give).  ``'fixed'``
+(``tiny``, the synthetic benchmark, and the class default) reads all ``L`` slots, the
+behaviour before this option.
+
+Ablations (paper section 4.5; modules in ``mgpn_variants``, whose docstring has the details
+and the official sources).  Defaults are the full model above, unchanged.
+``encoder`` (Table 4): ``'bigru'``, ``'bilstm'`` (``nn.LSTM`` in place of both GRUs, same
+widths and depth, the word one over the same slots) or ``'transformer'``.  ``map_generator``
+(Figure 4): ``'both'``, or ``'content'`` / ``'boundary'``, where the one map stands for both
+``A_B`` and ``A_C`` everywhere they are read (gates of eq. 7-8 and the concat of eq. 9), so
+the parameter tree is the full model's.  Table 3's switches: ``finegrained=False`` leaves
+out step 4 (its readers take ``vis_fused`` and ``txt_fused``); ``conditioned_interaction=
+False`` replaces step 5 by ``Ā = Concat(A_B, A_C)`` (the official ``mgpn.py``'s commented-out
+line), the maps then built from ``vis_finegrained`` when step 4 is on (the other commented-out
+line, ``generator_layer(vis_finegrained)``: in model 2 the fine-grained video features reach
+the maps; the query branch of step 4 is built but has no reader, as in that code);
+``comparison='none'`` leaves out step 6 and the ranker reads ``Ā`` (2H channels).
+``comparison`` (Figure 5): ``'conv'`` (step 6), ``'stacked_conv'`` (SC), ``'graph_attention'``
+(GA) or ``'non_local'`` (NL) on eq. 9's ``Â`` in place of the four conv blocks.
+
 Batch inputs: ``video_features [B, T, D]`` with ``T = N * frame_stride`` and either
 ``query_features [B, L, word_dim]`` (GloVe vectors) or ``query_tokens [B, L]`` with a learned
 embedding (``vocab_size > 0``), plus ``query_mask [B, L]``.
@@ -80,6 +126,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vmr_jax.layers.batch_norm import MapBatchNorm, chunk_moments
 from vmr_jax.layers.map_conv import dense_masked_conv, reachable_cells, sparse_group_conv
 from vmr_jax.layers.recurrent import StackedRNN
 from vmr_jax.models import common
@@ -104,6 +151,8 @@ DEFAULTS = dict(
     map_conv="sparse",
     conv_chunk=128,
     bn_stats="dense",
+    bn_groups=4,  # BatchNorm statistics per 1/4 of the batch: DataParallel on 4 GPUs (run_*.sh)
+    text_padding="batch",  # words padded to the batch's longest query, as the official collate
 )
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -139,6 +188,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         groups=8,
         min_iou=0.5,
         max_iou=1.0,
+        bn_groups=1,
+        text_padding="fixed",
     ),
 }
 
@@ -179,32 +230,6 @@ def _dense(features: int, fan_in: int, name: str) -> nn.Dense:
     return nn.Dense(features, kernel_init=init, bias_init=init, name=name)
 
 
-class MapBatchNorm(nn.Module):
-    """``nn.BatchNorm2d`` (momentum 0.1, eps 1e-5) whose train-mode statistics are over every
-    position of the dense ``B x N x N`` map, given as explicit per-channel sums."""
-
-    momentum: float = 0.1
-    eps: float = 1e-5
-
-    @nn.compact
-    def __call__(self, y, stats, *, train: bool):
-        """``y [B, C, ch]``; ``stats = (mean, var, count)`` of the dense map (train only)."""
-        ch = y.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (ch,))
-        shift = self.param("bias", nn.initializers.zeros, (ch,))
-        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((ch,), jnp.float32))
-        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((ch,), jnp.float32))
-        if train:
-            mean, var, count = stats
-            if not self.is_initializing():
-                unbiased = var * count / max(count - 1, 1)
-                ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
-                ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * unbiased
-        else:
-            mean, var = ra_mean.value, ra_var.value
-        return (y - mean) * jax.lax.rsqrt(var + self.eps) * scale + shift
-
-
 class MapConvBlock(nn.Module):
     """7x7 grouped conv + BatchNorm + ReLU on the valid cells (``[B, C, ch] -> [B, C, ch']``).
 
@@ -213,7 +238,9 @@ class MapConvBlock(nn.Module):
     ``bn_stats='dense'`` these are computed exactly: the conv is evaluated on every cell whose
     7x7 window touches a valid cell (``reachable_cells``), and every other cell equals the
     bias, added in closed form.  ``bn_stats='valid'`` takes statistics over the valid cells
-    only (cheaper, a deviation from the official code).  Eval mode needs the valid cells only.
+    only (cheaper, a deviation from the official code).  Both are taken per chunk of
+    ``bn_groups`` (``layers.batch_norm``: DataParallel's split).  Eval mode needs the valid
+    cells only.
     """
 
     features: int
@@ -225,6 +252,7 @@ class MapConvBlock(nn.Module):
     mode: str
     chunk: int
     bn_stats: str
+    bn_groups: int = 1
 
     @nn.compact
     def __call__(self, x, *, train: bool):
@@ -245,11 +273,9 @@ class MapConvBlock(nn.Module):
             y = moment_map.gather_cells(y_dense, self.starts, self.ends)
             if train:
                 if self.bn_stats == "dense":
-                    mean = jnp.mean(y_dense, axis=(0, 1, 2))
-                    var = jnp.mean(jnp.square(y_dense - mean), axis=(0, 1, 2))
-                    stats = (mean, var, y_dense.shape[0] * n * n)
+                    stats = chunk_moments(y_dense.reshape(y.shape[0], n * n, -1), self.bn_groups)
                 else:
-                    stats = _moments(y)
+                    stats = chunk_moments(y, self.bn_groups)
         elif self.mode == "sparse":
             if train and self.bn_stats == "dense":
                 reach = reachable_cells(self.starts, self.ends, n, self.kernel, pad)
@@ -257,30 +283,21 @@ class MapConvBlock(nn.Module):
                     sparse_group_conv(x, kernel, valid, reach, n, pad, self.groups, self.chunk)
                     + bias
                 )
-                b = x.shape[0]
-                total = b * n * n
-                rest = total - b * len(reach[0])  # cells that see only zeros: y = bias
-                mean = (jnp.sum(y_reach, axis=(0, 1)) + rest * bias) / total
-                sq = jnp.sum(jnp.square(y_reach - mean), axis=(0, 1))
-                var = (sq + rest * jnp.square(bias - mean)) / total
-                stats = (mean, var, total)
+                rest = n * n - len(reach[0])  # cells of an example that see only zeros: y = bias
+                stats = chunk_moments(
+                    y_reach, self.bn_groups, constant_positions=rest, constant=bias
+                )
                 y = jnp.take(y_reach, _positions(reach, valid, n), axis=1)
             else:
                 y = sparse_group_conv(x, kernel, valid, valid, n, pad, self.groups, self.chunk)
                 y = y + bias
                 if train:
-                    stats = _moments(y)
+                    stats = chunk_moments(y, self.bn_groups)
         else:
             raise ValueError(f"map_conv must be 'sparse' or 'dense', got {self.mode!r}")
-        y = jax.nn.relu(MapBatchNorm(name="bn")(y, stats, train=train))
+        y = jax.nn.relu(MapBatchNorm(self.bn_groups, name="bn")(y, stats, train=train))
         self.sow("intermediates", "output", y)
         return y
-
-
-def _moments(y):
-    mean = jnp.mean(y, axis=(0, 1))
-    var = jnp.mean(jnp.square(y - mean), axis=(0, 1))
-    return mean, var, y.shape[0] * y.shape[1]
 
 
 def _positions(superset, subset, num_clips: int) -> np.ndarray:
@@ -313,6 +330,32 @@ class MGPN(nn.Module):
     map_conv: str = "sparse"
     conv_chunk: int = 128
     bn_stats: str = "dense"
+    text_padding: str = "fixed"
+    bn_groups: int = 1
+    # Ablations (module docstring, ``mgpn_variants``).
+    encoder: str = "bigru"
+    map_generator: str = "both"
+    finegrained: bool = True
+    conditioned_interaction: bool = True
+    comparison: str = "conv"
+    transformer_heads: int = 8
+    sc_layers: int = 4
+    sc_kernel: int = 5
+    relation_blocks: int = 2  # GA and NL blocks: the YAMLs' CHOICE_COMPARISON_MODULE.BLOCK_NUM
+
+    def _word_slots(self, word_mask: jnp.ndarray):
+        """``(slots [1, L, 1] bool, lengths [B] int32 | None)``: the word slots the official
+        batch has -- all ``L`` under ``text_padding='fixed'`` (lengths None: the GRU reads
+        every slot), the first ``L_b = max_b sum(query_mask)`` under ``'batch'`` (lengths
+        ``L_b`` for every row: both GRU directions stop at ``L_b``)."""
+        num_slots = word_mask.shape[1]
+        if self.text_padding == "fixed":
+            return jnp.ones((1, num_slots, 1), bool), None
+        if self.text_padding != "batch":
+            raise ValueError(f"text_padding must be 'batch' or 'fixed', got {self.text_padding!r}")
+        longest = jnp.max(jnp.sum(word_mask[..., 0] > 0, axis=1)).astype(jnp.int32)
+        slots = (jnp.arange(num_slots) < longest)[None, :, None]
+        return slots, jnp.full((word_mask.shape[0],), longest, jnp.int32)
 
     def cells(self) -> tuple[np.ndarray, np.ndarray]:
         return moment_map.valid_cells(self.num_clips, tuple(self.pooling_counts))
@@ -323,6 +366,8 @@ class MGPN(nn.Module):
         n = self.num_clips
         starts, ends = self.cells()
         deterministic = not train
+        variants = _variants()
+        variants.check_fields(self)
 
         # 1. Coarse-grained encoder (section 3.2).
         video = batch["video_features"].astype(jnp.float32)
@@ -346,19 +391,31 @@ class MGPN(nn.Module):
         else:
             words = batch["query_features"].astype(jnp.float32)
         word_mask = batch["query_mask"].astype(jnp.float32)[..., None]  # [B, L, 1]
+        # Word slots the official batch holds (module docstring, "Query padding").
+        slots, slot_lengths = self._word_slots(word_mask)  # [1, L, 1], [B] or None
 
-        vis_out, vis_hn = StackedRNN(h // 2, self.gru_layers, "gru", True, name="vis_gru")(frame)
-        txt_out, txt_hn = StackedRNN(h // 2, self.gru_layers, "gru", True, name="txt_gru")(words)
-        self.sow("intermediates", "vis_gru_output", vis_out)
-        self.sow("intermediates", "vis_gru_h_n", vis_hn)
-        self.sow("intermediates", "txt_gru_output", txt_out)
-        self.sow("intermediates", "txt_gru_h_n", txt_hn)
+        if self.encoder == "bigru":
+            vis_out, vis_hn = StackedRNN(h // 2, self.gru_layers, "gru", True, name="vis_gru")(
+                frame
+            )
+            txt_out, txt_hn = StackedRNN(h // 2, self.gru_layers, "gru", True, name="txt_gru")(
+                words, slot_lengths
+            )
+            self.sow("intermediates", "vis_gru_output", vis_out)
+            self.sow("intermediates", "vis_gru_h_n", vis_hn)
+            self.sow("intermediates", "txt_gru_output", txt_out)
+            self.sow("intermediates", "txt_gru_h_n", txt_hn)
+        else:  # Table 4's Bi-LSTM / Transformer
+            vis_out, txt_out = variants.encode_sequences(
+                self, frame, words, word_mask[..., 0], slot_lengths, deterministic=deterministic
+            )
         vis_enc = vis_out  # [B, N, H]
         txt_enc = txt_out * word_mask  # [B, L, H]
         self.sow("intermediates", "txt_encoded", txt_enc)
 
         # 2. Co-attention first fuse (eq. 2).
-        word_att = jax.nn.softmax(_dense(1, h, "word_attention")(txt_enc), axis=1)
+        word_logits = _dense(1, h, "word_attention")(txt_enc)
+        word_att = jax.nn.softmax(jnp.where(slots, word_logits, -jnp.inf), axis=1)
         query_vec = jnp.sum(word_att * txt_enc, axis=1)  # [B, H]
         vis_fused = l2_normalize(query_vec[:, None, :] * vis_enc, axis=-1)
         clip_att = jax.nn.softmax(_dense(1, h, "clip_attention")(vis_enc), axis=1)
@@ -368,51 +425,64 @@ class MGPN(nn.Module):
         self.sow("intermediates", "txt_fused", txt_fused)
 
         # 3. Choice generator on valid cells (eq. 3-4).
-        boundary = moment_map.boundary_cells(vis_fused, starts, ends)  # [B, C, H]
-        content = moment_map.span_max_cells(vis_fused, starts, ends)  # [B, C, H]
+        def choice_maps(clips):  # (boundary, content) [B, C, H]; Figure 4: one map for both
+            boundary = moment_map.boundary_cells(clips, starts, ends)
+            content = moment_map.span_max_cells(clips, starts, ends)
+            one = {"both": None, "content": content, "boundary": boundary}[self.map_generator]
+            return (boundary, content) if one is None else (one, one)
+
+        boundary, content = choice_maps(vis_fused)
         self.sow("intermediates", "boundary_cells", boundary)
         self.sow("intermediates", "content_cells", content)
 
-        # 4. Fine-grained encoder (eq. 5-6).
-        # (name, kernel, dilation): padding (kernel - 1) * dilation / 2 keeps the length L.
-        grams = []
-        for name, kernel, dilation in (("unigram", 1, 1), ("bigram", 2, 2), ("trigram", 3, 2)):
-            pad = (kernel - 1) * dilation // 2
-            init = _torch_uniform(kernel * h)
-            conv = nn.Conv(
-                h,
-                (kernel,),
-                padding=[(pad, pad)],
-                kernel_dilation=(dilation,),
-                name=f"{name}_conv",
-                kernel_init=init,
-                bias_init=init,
-            )
-            grams.append(conv(txt_fused))
-        phrase = jnp.concatenate(grams, axis=-1)  # [B, L, 3H]
-        self.sow("intermediates", "phrase_encode", phrase)
-        txt_fine = _dense(h, 3 * h, "phrase_linear")(phrase)
-        normed = UnbiasedLayerNorm(name="clip_norm")(vis_fused)
-        ffn = jax.nn.relu(_dense(h, h, "ffn_1")(normed))
-        ffn = nn.Dropout(self.dropout)(ffn, deterministic=deterministic)
-        ffn = _dense(h, h, "ffn_2")(ffn)
-        vis_fine = vis_fused + nn.Dropout(self.dropout)(ffn, deterministic=deterministic)
-        self.sow("intermediates", "vis_finegrained", vis_fine)
-        self.sow("intermediates", "txt_finegrained", txt_fine)
+        # 4. Fine-grained encoder (eq. 5-6); Table 3's models 1 and 4 leave it out.
+        txt_fine, vis_fine = txt_fused, vis_fused
+        if self.finegrained:
+            # (name, kernel, dilation): padding (kernel - 1) * dilation / 2 keeps the length L.
+            grams = []
+            for name, kernel, dilation in (("unigram", 1, 1), ("bigram", 2, 2), ("trigram", 3, 2)):
+                pad = (kernel - 1) * dilation // 2
+                init = _torch_uniform(kernel * h)
+                conv = nn.Conv(
+                    h,
+                    (kernel,),
+                    padding=[(pad, pad)],
+                    kernel_dilation=(dilation,),
+                    name=f"{name}_conv",
+                    kernel_init=init,
+                    bias_init=init,
+                )
+                grams.append(conv(txt_fused))
+            phrase = jnp.concatenate(grams, axis=-1)  # [B, L, 3H]
+            self.sow("intermediates", "phrase_encode", phrase)
+            txt_fine = _dense(h, 3 * h, "phrase_linear")(phrase)
+            normed = UnbiasedLayerNorm(name="clip_norm")(vis_fused)
+            ffn = jax.nn.relu(_dense(h, h, "ffn_1")(normed))
+            ffn = nn.Dropout(self.dropout)(ffn, deterministic=deterministic)
+            ffn = _dense(h, h, "ffn_2")(ffn)
+            vis_fine = vis_fused + nn.Dropout(self.dropout)(ffn, deterministic=deterministic)
+            self.sow("intermediates", "vis_finegrained", vis_fine)
+            self.sow("intermediates", "txt_finegrained", txt_fine)
 
         # 5. Conditioned interaction (eq. 7-8).
-        f_s = _dense(h, h, "text_gate")(jnp.max(txt_fine, axis=1))[:, None, :]
-        f_v = _dense(h, h, "video_gate")(jnp.mean(vis_fine, axis=1))[:, None, :]
-        fused = jnp.concatenate(
-            [jax.nn.sigmoid(boundary * f_s) * content, jax.nn.sigmoid(boundary * f_v) * content],
-            axis=-1,
-        )  # [B, C, 2H]
+        if self.conditioned_interaction:
+            txt_max = jnp.max(jnp.where(slots, txt_fine, -jnp.inf), axis=1)
+            f_s = _dense(h, h, "text_gate")(txt_max)[:, None, :]
+            f_v = _dense(h, h, "video_gate")(jnp.mean(vis_fine, axis=1))[:, None, :]
+            gated = [jax.nn.sigmoid(boundary * f) * content for f in (f_s, f_v)]
+            fused = jnp.concatenate(gated, axis=-1)  # [B, C, 2H]
+        else:  # Table 3's models 1, 2 and 4 (module docstring)
+            if self.finegrained:
+                boundary, content = choice_maps(vis_fine)
+            fused = jnp.concatenate([boundary, content], axis=-1)
         self.sow("intermediates", "fused_cells", fused)
 
         # 6. Choice comparison (eq. 9).
-        stacked = jnp.concatenate([fused, boundary, content], axis=-1)
-        x = jax.nn.relu(_dense(2 * h, 4 * h, "fuse_conv")(stacked)) + fused
-        widths = (2 * h, h, h, h)
+        x = fused  # Table 3's models 1-3 (comparison 'none') rank it as it is
+        if self.comparison != "none":
+            stacked = jnp.concatenate([fused, boundary, content], axis=-1)
+            x = jax.nn.relu(_dense(2 * h, 4 * h, "fuse_conv")(stacked)) + fused
+        widths = (2 * h, h, h, h) if self.comparison == "conv" else ()
         for k, width in enumerate(widths):
             x = MapConvBlock(
                 width,
@@ -424,16 +494,26 @@ class MGPN(nn.Module):
                 self.map_conv,
                 self.conv_chunk,
                 self.bn_stats,
+                self.bn_groups,
                 name=f"conv_block{k + 1}",
             )(x, train=train)
+        if self.comparison not in ("conv", "none"):  # Figure 5's SC, GA, NL
+            x = variants.compare(self, x, starts, ends, train=train)
         self.sow("intermediates", "relation_cells", x)
 
         # 7. Ranker (eq. 10, sigmoid left to the loss and decoding).
-        logits = _dense(1, h, "pred")(x)[..., 0]  # [B, C]
+        logits = _dense(1, x.shape[-1], "pred")(x)[..., 0]  # [B, C]
         return {
             "cell_logits": logits,
             "score_map": moment_map.scatter_cells(logits, starts, ends, n),
         }
+
+
+def _variants():
+    """``mgpn_variants``, imported on use: it builds on this module."""
+    from vmr_jax.models import mgpn_variants
+
+    return mgpn_variants
 
 
 def create_model(model_config) -> MGPN:
