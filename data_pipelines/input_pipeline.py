@@ -67,7 +67,9 @@ the example's position in the training stream (:mod:`data_pipelines.hard_negativ
 Lengths: queries longer than ``max_query_len`` keep their first ``max_query_len`` tokens: one
 warning per split gives the number cut and the longest query's id and length
 (:func:`~data_pipelines.text_inputs.warn_cut_queries`; training goes on, as the reference
-code cuts too), and ``PreparedSplit.num_truncated`` keeps the count.  A query with no
+code cuts too), and ``PreparedSplit.num_truncated`` keeps the count; with
+``cut_long_queries=False`` (official MGPN / 2D-TAN mode) such a query is an error instead
+(:func:`~data_pipelines.text_inputs.check_query_lengths`).  A query with no
 token (e.g. only punctuation) is an error naming it.  Spans: ``max_spans`` slots (0: the most
 spans of any record in the split); a record with more is an error, never truncated.
 
@@ -81,7 +83,8 @@ non-degenerate inputs) with ``valid = 0`` and ``query_index = -1``: every query 
 
 Config fields read (``config.data``): ``name``, ``num_input_clips``, ``normalize``,
 ``text_mode``, ``tokenizer``, ``max_query_len``, ``vocab_size``, ``min_word_count``,
-``sentencepiece_model``, ``glove_path``, ``glove_missing``, ``max_spans``, ``prefetch``,
+``sentencepiece_model``, ``glove_path``, ``glove_missing``, ``word_split``,
+``cut_long_queries``, ``max_spans``, ``prefetch``,
 ``semantic_tree``, ``spacy_model``, ``tree_max_verbs``, ``tree_max_nouns``, ``tree_cache``,
 ``subtitle_words``, ``max_subtitle_words``, ``max_subtitle_sentences``, ``seed`` (synthetic
 data seed) and ``synthetic`` (the ``SyntheticSpec`` fields).  Fields with a default in
@@ -109,6 +112,7 @@ from data_pipelines.text_inputs import (  # noqa: F401  (re-exported)
     TEXT_MODES,
     TextInputs,
     build_text_inputs,
+    check_query_lengths,
     check_text_files,
     data_field,
     encode_queries,
@@ -230,7 +234,9 @@ def prepare_split(
     else:
         query, token_counts = encode_queries(records, text, max_len)
     query_ids = [r.query_id for r in records]
-    truncated = warn_cut_queries(token_counts, query_ids, max_len, name)
+    truncated = check_query_lengths(
+        token_counts, query_ids, max_len, name, data_field(config_data, "cut_long_queries")
+    )
     tree_summary = None
     if data_field(config_data, "semantic_tree"):
         trees, tree_summary = query_trees.query_trees(

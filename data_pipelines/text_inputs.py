@@ -11,6 +11,16 @@ to get the file (the Stanford archive of that release, :func:`glove_download_url
 train without it.  The model's word table follows the tokenizer
 (:func:`resolve_model_vocab`): ``model.vocab_size = 0`` is set to the tokenizer's size, a
 smaller positive size is refused (token ids past the table would index out of it).
+
+Official text mode (the default of the MGPN and 2D-TAN benchmark configs and of converted
+official checkpoints): ``word_split='official'`` (``[w.lower() for w in sentence.split()]``,
+:data:`vmr_jax.text.tokenizer.WORD_SPLITS`), the official unknown-word vector
+(``glove_missing``: ``'row:400000'`` for MGPN's glove.840B, ``'zero'`` for 2D-TAN's glove.6B;
+:mod:`vmr_jax.text.glove`) and ``cut_long_queries=False``: the official collate pads each batch
+to its longest query and never cuts, so a query longer than ``max_query_len`` is an error
+naming the split, the query and its length (:func:`check_query_lengths`) instead of the
+default warning and cut.  The padding itself is the model's business (MGPN's
+``text_padding='batch'``).
 """
 
 from __future__ import annotations
@@ -45,6 +55,10 @@ DATA_DEFAULTS: dict[str, Any] = {
     "sentencepiece_model": "",
     "glove_path": "",
     "glove_missing": "zero",
+    # Official text mode of MGPN / 2D-TAN (module docstring): 'official' word split, queries
+    # never cut (cut_long_queries=False: a longer query is an error).
+    "word_split": "letters",
+    "cut_long_queries": True,
     "max_spans": 0,
     "clip_sampling": "resample",
     "subtitles": False,
@@ -143,13 +157,16 @@ def resolve_model_vocab(model_config: Any, text: TextInputs) -> int:
     Text mode ``'tokens'``: ``model_config.vocab_size = 0`` is set to the tokenizer's size
     (ids ``0 .. size - 1``, padding and unknown included); a positive size below it is
     refused, naming both sizes; a larger one is kept (unused rows).
+    Text mode ``'glove'`` with ``model_config.word_embed == 'glove'`` (a word table initialised
+    from the GloVe rows, FVMR): the same rule with the GloVe vocabulary's size.
     Other modes feed word vectors and leave the model untouched (returns 0).  Raises
     ``ValueError`` for a model without a word table (no ``vocab_size`` field) in mode
     ``'tokens'``.
     """
-    if text.mode != "tokens":
+    glove_table = text.mode == "glove" and model_config.get("word_embed", "") == "glove"
+    if text.mode != "tokens" and not glove_table:
         return 0
-    need = text.vocab_size
+    need = text.vocab_size if text.mode == "tokens" else len(text.encoder)
     if "vocab_size" not in model_config:
         raise ValueError(
             f"config.data.text_mode='tokens' gives token ids, but model "
@@ -181,7 +198,10 @@ def build_text_inputs(config_data: Any, splits: Mapping[str, Sequence[Record]]) 
     if mode == "glove":
         check_text_files(config_data)
         path = data_field(config_data, "glove_path")
-        vocab = Vocabulary.build(r.query_text for recs in splits.values() for r in recs)
+        vocab = Vocabulary.build(
+            (r.query_text for recs in splits.values() for r in recs),
+            word_split=data_field(config_data, "word_split"),
+        )
         table, missing = glove_embeddings(
             vocab, path, data_field(config_data, "glove_missing"), data_field(config_data, "seed")
         )
@@ -196,8 +216,14 @@ def build_text_inputs(config_data: Any, splits: Mapping[str, Sequence[Record]]) 
             train_texts,
             data_field(config_data, "min_word_count"),
             data_field(config_data, "vocab_size"),
+            data_field(config_data, "word_split"),
         )
     elif kind == "sentencepiece":
+        if data_field(config_data, "word_split") != "letters":
+            raise ValueError(
+                "config.data.word_split applies to word vocabularies; tokenizer='sentencepiece' "
+                "cuts pieces itself: leave word_split at 'letters'"
+            )
         model = data_field(config_data, "sentencepiece_model")
         if not model:
             raise ValueError("tokenizer='sentencepiece' needs config.data.sentencepiece_model")
@@ -257,8 +283,9 @@ def encode_queries(records: Sequence[Record], text: TextInputs, max_len: int):
             tokens[q, : len(ids)] = ids
         if text.mode == "tokens":
             out["query_tokens"] = tokens
-        else:
+        else:  # glove: the vectors, and their rows' ids for a GloVe-initialised word table
             out["query_features"] = text.embeddings[tokens] * mask[..., None]
+            out["query_tokens"] = tokens
     return out, np.asarray(counts, np.int64)
 
 
@@ -283,3 +310,27 @@ def warn_cut_queries(
             int(counts[longest]),
         )
     return cut
+
+
+def check_query_lengths(
+    token_counts: np.ndarray,
+    query_ids: Sequence[str],
+    max_len: int,
+    name: str,
+    cut: bool = True,
+) -> int:
+    """Queries longer than ``max_len`` tokens: cut with one warning (``cut``,
+    :func:`warn_cut_queries`; returns the number cut) or, in official mode
+    (``config.data.cut_long_queries=False``), a ValueError naming the split, the longest
+    query's id and length, and the field to raise."""
+    counts = np.asarray(token_counts, np.int64)
+    if cut or not (counts > max_len).any():
+        return warn_cut_queries(counts, query_ids, max_len, name)
+    longest = int(np.argmax(counts))
+    raise ValueError(
+        f"split {name!r}: query {query_ids[longest]!r} has {int(counts[longest])} words, more "
+        f"than config.data.max_query_len={max_len} ({int((counts > max_len).sum())} queries "
+        "over it); the official code never cuts a query: raise "
+        f"--config.data.max_query_len to at least {int(counts[longest])} (or allow the cut "
+        "with --config.data.cut_long_queries=True)"
+    )

@@ -34,15 +34,15 @@ import numpy as np
 
 from data_pipelines.annotations import DataError
 from data_pipelines.feature_stores import check_feature_array
-from data_pipelines.text_inputs import DATA_DEFAULTS, TextInputs, warn_cut_queries
+from data_pipelines.text_inputs import DATA_DEFAULTS, TextInputs, check_query_lengths
 from data_pipelines.video_tables import InMemoryVideos, fit_clips
 from vmr_jax import checkpointing, config_cli, sharding, xla_cache
 from vmr_jax.evaluation import evaluators
 from vmr_jax.models import Family, get_family
 from vmr_jax.retrieval import gallery
 from vmr_jax.text import saved
-from vmr_jax.text.glove import read_glove
-from vmr_jax.text.tokenizer import split_words
+from vmr_jax.text.glove import read_glove_words
+from vmr_jax.text.tokenizer import UNK_ID
 
 logger = logging.getLogger(__name__)
 
@@ -180,8 +180,10 @@ def encode_texts(
 ) -> dict[str, np.ndarray]:
     """``query_tokens`` or GloVe ``query_features`` plus ``query_mask`` of raw texts, as the
     input pipeline encodes the configured data's queries.  GloVe words the training table never
-    saw are read from ``data.glove_path`` when that file is here, else they get zero vectors
-    (a warning counts them)."""
+    saw are read from ``data.glove_path`` when that file is here (by the rule of
+    ``data.glove_missing``); the others read the table's ``<unk>`` row -- the ``'row:N'``
+    vector, else zeros -- with a warning when the file is absent.  Words are cut by the saved
+    vocabulary's rule (``data.word_split``)."""
     if text.mode == "features":
         raise PredictError(
             f"{source}: the checkpoint reads precomputed query token features "
@@ -194,30 +196,38 @@ def encode_texts(
         table = None
     else:  # glove: the training table, plus rows for words it has never seen
         vocab = dict(text.encoder.index)
-        new = sorted({w for t in texts for w in split_words(t)} - set(vocab))
+        new = sorted({w for t in texts for w in text.encoder.split(t)} - set(vocab))
         table = text.embeddings
         if new:
             path = config_data.get("glove_path", "")
+            missing = config_data.get("glove_missing", "zero")
             if path and os.path.exists(path):
-                found, _ = read_glove(path, words=new)
+                found = read_glove_words(path, new, missing)
             else:
                 found = {}
                 logger.warning(
                     "%s: %d query words are not in the training vocabulary and the GloVe file "
-                    "%r is not here: they get zero vectors",
+                    "%r is not here: they get the unknown-word vector",
                     source,
                     len(new),
                     path,
                 )
-            extra = np.zeros((len(new), table.shape[1]), np.float32)
-            for k, word in enumerate(new):
-                vocab[word] = len(table) + k
-                if word in found:
-                    extra[k] = found[word]
-            table = np.concatenate([table, extra])
-        ids = [[vocab[w] for w in split_words(t)] for t in texts]
-    # A query longer than the model's query length is cut, never silently: one warning.
-    warn_cut_queries([len(x) for x in ids], [f"#{i}" for i in range(len(ids))], max_len, source)
+            # A word outside the file reads the <unk> row: the 'row:N' vector, else zeros.
+            kept = [w for w in new if w in found]
+            vocab.update({w: len(table) + k for k, w in enumerate(kept)})
+            vocab.update({w: UNK_ID for w in new if w not in found})
+            if kept:
+                table = np.concatenate([table, np.stack([found[w] for w in kept])])
+        ids = [[vocab[w] for w in text.encoder.split(t)] for t in texts]
+    # A query longer than the model's query length is cut, never silently: one warning; in
+    # official mode (data.cut_long_queries=False) it is an error, as in the input pipeline.
+    check_query_lengths(
+        [len(x) for x in ids],
+        [f"#{i}" for i in range(len(ids))],
+        max_len,
+        source,
+        config_data.get("cut_long_queries", True),
+    )
     ids = [x[:max_len] for x in ids]
     lengths = np.array([len(x) for x in ids])
     if (lengths == 0).any():
@@ -229,7 +239,14 @@ def encode_texts(
     mask = (np.arange(max_len)[None] < lengths[:, None]).astype(np.float32)
     if table is None:
         return {"query_tokens": tokens, "query_mask": mask}
-    return {"query_features": table[tokens] * mask[..., None], "query_mask": mask}
+    # A GloVe-initialised word table (FVMR) has rows for the training vocabulary only: a word
+    # it has never seen reads its <unk> row, as Vocabulary.encode does.
+    table_ids = np.where(tokens >= len(text.embeddings), UNK_ID, tokens).astype(np.int32)
+    return {
+        "query_features": table[tokens] * mask[..., None],
+        "query_tokens": table_ids,
+        "query_mask": mask,
+    }
 
 
 # --------------------------------------------------------------------------- answering

@@ -4,10 +4,16 @@
 answers free-text queries on a machine where the training annotations, the GloVe file or the
 SentencePiece model are absent (``vmr-jax predict``, :class:`vmr_jax.predictor.Predictor`)::
 
-    text_encoder/encoder.json       {"format": 1, "mode", "tokenizer", "num_missing"}
+    text_encoder/encoder.json       {"format": 1, "mode", "tokenizer", "num_missing",
+                                     "word_split"}
     text_encoder/vocab.txt          word vocabulary (tokens + word, and glove), one per line
     text_encoder/sentencepiece.model  the SentencePiece model (tokens + sentencepiece)
     text_encoder/embeddings.npy     float32 [vocab, dim]: the GloVe rows the run used (glove)
+
+``word_split`` is the word rule of the vocabulary (``'letters'`` or ``'official'``,
+:data:`vmr_jax.text.tokenizer.WORD_SPLITS`); an encoder saved before the field existed reads
+as ``'letters'``, the only rule then.  Under ``glove_missing='row:N'`` the ``<unk>`` row of
+``embeddings.npy`` holds the unknown-word vector, so inference needs no GloVe file for it.
 
 Text mode ``'features'`` (precomputed query token features) saves only ``encoder.json``:
 such a model reads features, not text.
@@ -47,6 +53,7 @@ def save_text_inputs(text: Any, workdir: str | Path) -> Path:
     if isinstance(text.encoder, Vocabulary):
         text.encoder.save(tmp / "vocab.txt")
         meta["tokenizer"] = "word"
+        meta["word_split"] = text.encoder.word_split
     elif isinstance(text.encoder, SentencePieceTokenizer):
         (tmp / "sentencepiece.model").write_bytes(text.encoder.model_file.read_bytes())
         meta["tokenizer"] = "sentencepiece"
@@ -91,7 +98,7 @@ def load_text_inputs(workdir: str | Path) -> Any:
         raise ValueError(f"{meta_path}: format {meta.get('format')!r}, want {FORMAT}")
     encoder = None
     if meta["tokenizer"] == "word":
-        encoder = Vocabulary.load(folder / "vocab.txt")
+        encoder = Vocabulary.load(folder / "vocab.txt", meta.get("word_split", "letters"))
     elif meta["tokenizer"] == "sentencepiece":
         encoder = SentencePieceTokenizer(folder / "sentencepiece.model")
     embeddings = None

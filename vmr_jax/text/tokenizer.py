@@ -3,8 +3,12 @@
 Both map text to integer ids with the same reserved ids: ``0 = <pad>``, ``1 = <unk>``, so the
 input pipeline pads with 0 whatever the tokeniser.
 
-* :class:`Vocabulary` -- words from :func:`split_words` (lower-case, runs of Unicode letters
-  and digits; punctuation and ``_`` separate words, so ``"person's"`` is ``person, s``).
+* :class:`Vocabulary` -- words by one of the :data:`WORD_SPLITS` rules: ``'letters'`` (the
+  default, :func:`split_words`: lower-case, runs of Unicode letters and digits; punctuation
+  and ``_`` separate words, so ``"person's"`` is ``person, s``) or ``'official'``
+  (:func:`split_whitespace`: the rule of MGPN's and 2D-TAN's ``lib/datasets/*.py``,
+  ``[w.lower() for w in sentence.split()]`` -- Python's whitespace split first, then each word
+  lower-cased, punctuation kept: ``"door."`` is one word, which GloVe may not hold).
   Built from the training queries with a minimum count and an optional size cap; ids are
   given by decreasing count, ties broken alphabetically, so a vocabulary is a pure function
   of its corpus.  Saved as a text file with one word per line in id order.
@@ -35,6 +39,27 @@ def split_words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+def split_whitespace(text: str) -> list[str]:
+    """The official MGPN / 2D-TAN words of ``text``: ``str.split()`` (any run of Unicode
+    whitespace separates; no empty word) then ``str.lower()`` of each word, in that order
+    (``lib/datasets/charades.py``: ``[... w.lower() for w in description.split()]``)."""
+    return [w.lower() for w in text.split()]
+
+
+# config.data.word_split -> rule; 'letters' is the default of every config but those that
+# reproduce MGPN / 2D-TAN or load their official checkpoints.
+WORD_SPLITS = {"letters": split_words, "official": split_whitespace}
+
+
+def word_splitter(name: str):
+    """The word rule called ``name`` in :data:`WORD_SPLITS` (a ValueError names the choices)."""
+    if name not in WORD_SPLITS:
+        raise ValueError(
+            f"config.data.word_split must be one of {sorted(WORD_SPLITS)}, got {name!r}"
+        )
+    return WORD_SPLITS[name]
+
+
 class TextEncoder(Protocol):
     """What the input pipeline needs from a tokeniser."""
 
@@ -44,9 +69,12 @@ class TextEncoder(Protocol):
 
 
 class Vocabulary:
-    """Word <-> id map with ``0 = <pad>`` and ``1 = <unk>``."""
+    """Word <-> id map with ``0 = <pad>`` and ``1 = <unk>``; ``word_split`` names the rule
+    (:data:`WORD_SPLITS`) that cuts a text into its words."""
 
-    def __init__(self, words: Iterable[str]):
+    def __init__(self, words: Iterable[str], word_split: str = "letters"):
+        self.split = word_splitter(word_split)
+        self.word_split = word_split
         self.words: list[str] = list(words)
         if self.words[:2] != [PAD_TOKEN, UNK_TOKEN]:
             raise ValueError(f"a vocabulary starts with {PAD_TOKEN!r}, {UNK_TOKEN!r}")
@@ -56,23 +84,31 @@ class Vocabulary:
             raise ValueError(f"duplicate words in vocabulary: {dup[:5]}")
 
     @classmethod
-    def build(cls, texts: Iterable[str], min_count: int = 1, max_size: int = 0) -> Vocabulary:
+    def build(
+        cls,
+        texts: Iterable[str],
+        min_count: int = 1,
+        max_size: int = 0,
+        word_split: str = "letters",
+    ) -> Vocabulary:
         """Vocabulary of the words seen at least ``min_count`` times.
 
         Args:
           texts: training queries.
           min_count: rarer words map to ``<unk>``.
           max_size: at most this many entries including the two reserved ones (0: no cap).
+          word_split: the word rule (:data:`WORD_SPLITS`).
         """
         if max_size and max_size < 2:
             raise ValueError(f"max_size must be 0 or >= 2, got {max_size}")
-        counts = collections.Counter(w for text in texts for w in split_words(text))
+        split = word_splitter(word_split)
+        counts = collections.Counter(w for text in texts for w in split(text))
         kept = sorted(
             (w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w)
         )
         if max_size:
             kept = kept[: max_size - 2]
-        return cls([PAD_TOKEN, UNK_TOKEN, *kept])
+        return cls([PAD_TOKEN, UNK_TOKEN, *kept], word_split)
 
     def __len__(self) -> int:
         return len(self.words)
@@ -82,7 +118,7 @@ class Vocabulary:
 
     def encode(self, text: str) -> list[int]:
         """Ids of the words of ``text`` (unknown words -> 1)."""
-        return [self.index.get(w, UNK_ID) for w in split_words(text)]
+        return [self.index.get(w, UNK_ID) for w in self.split(text)]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Words of ``ids`` joined by spaces, padding skipped."""
@@ -92,13 +128,15 @@ class Vocabulary:
         Path(path).write_text("".join(w + "\n" for w in self.words), encoding="utf-8")
 
     @classmethod
-    def load(cls, path: str | Path) -> Vocabulary:
+    def load(cls, path: str | Path, word_split: str = "letters") -> Vocabulary:
+        """The vocabulary saved at ``path`` (the file holds words only: the word rule is an
+        argument, saved beside it by :mod:`vmr_jax.text.saved`)."""
         text = Path(path).read_text(encoding="utf-8")
         words = text.split("\n")
         if words and words[-1] == "":
             words.pop()
         try:
-            return cls(words)
+            return cls(words, word_split)
         except ValueError as err:
             raise ValueError(f"{path}: not a vocabulary file: {err}") from err
 
