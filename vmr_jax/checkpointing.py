@@ -148,7 +148,13 @@ WORKDIR_IDENTITY = (
     "data.max_subtitle_words",
     "data.max_subtitle_sentences",
     "data.synthetic",
+    # How query words become vectors (official MGPN / 2D-TAN text mode); a config.json written
+    # before these fields existed holds their defaults (DATA_DEFAULTS), which is what it ran.
+    "data.word_split",
+    "data.glove_missing",
 )
+# Identity fields added after workdirs were first written: absent means this default.
+_IDENTITY_DEFAULTS = {"data.word_split": "letters", "data.glove_missing": "zero"}
 
 
 def _flatten(tree: Any, prefix: str) -> dict[str, Any]:
@@ -166,6 +172,8 @@ def _identity(config_dict: Mapping[str, Any]) -> dict[str, Any]:
         node: Any = config_dict
         for part in path.split("."):
             node = node.get(part) if isinstance(node, Mapping) else None
+        if node is None:
+            node = _IDENTITY_DEFAULTS.get(path)
         if node is not None:
             out.update(_flatten(node, path))
     return out

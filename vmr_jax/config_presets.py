@@ -148,13 +148,13 @@ def _map_benchmark(
     DATASET.NUM_SAMPLE_CLIPS = clips x TARGET_STRIDE, averaged with the 2D-TAN rule, every
     native clip L2-normalised (DATASET.NORMALIZE); GloVe vectors from ``glove_path`` (the
     datasets' torchtext vocab: 840B 300-d for MGPN and FVMR, 6B 300-d for 2D-TAN).  Words are
-    lower-cased runs of letters and digits (text.tokenizer.split_words); the official code
-    splits on whitespace, so a word glued to punctuation ("door.") misses GloVe there and hits
-    it here.  Adam (betas 0.9/0.999, no
-    weight decay), LR x0.1 at the ``milestones`` (``MultiStepLR`` stepped at the start of each
-    epoch, as MGPN's ``Engine`` does: milestone m lowers the rate from 0-indexed epoch m - 1),
-    evaluation and checkpoints once per epoch under the ``2dtan`` protocol.  ``runlocal`` and
-    ``tiny``: :func:`short_run`.
+    lower-cased runs of letters and digits (text.tokenizer.split_words) unless the family sets
+    the official text mode (:func:`official_text`: MGPN and 2D-TAN split on whitespace, so a
+    word glued to punctuation ("door.") misses GloVe there and hits it here).  Adam (betas
+    0.9/0.999, no weight decay), LR x0.1 at the ``milestones`` (``MultiStepLR`` stepped at the
+    start of each epoch, as MGPN's ``Engine`` does: milestone m lowers the rate from 0-indexed
+    epoch m - 1), evaluation and checkpoints once per epoch under the ``2dtan`` protocol.
+    ``runlocal`` and ``tiny``: :func:`short_run`.
     """
     config = ml_collections.ConfigDict()
     config.model = model
@@ -223,6 +223,27 @@ def _benchmark_model(family: str, variant: str, tiny: bool) -> ml_collections.Co
     return model
 
 
+# Words of the longest query of each dataset under the official whitespace rule, over every
+# split of shared/data (charades_sta_{train,test}.txt after the official '.\n' cut; TACoS and
+# ActivityNet {train,val,test}.json): Charades-STA 10, TACoS 64 (val), ActivityNet 82 (val;
+# 7 train, 6 val and 1 test queries are longer than 64).  The official collate never cuts, so
+# the official text mode sizes max_query_len to hold them (Charades keeps the old 64).
+OFFICIAL_MAX_QUERY_LEN = {"charades_sta": 64, "tacos": 64, "activitynet": 82}
+
+
+def official_text(config: ml_collections.ConfigDict, glove_missing: str) -> None:
+    """The official MGPN / 2D-TAN text mode on ``config.data`` (unlocked), in place:
+    ``word_split='official'`` (``[w.lower() for w in sentence.split()]`` of their
+    ``lib/datasets/*.py``), the family's unknown-word rule ``glove_missing``, no cut
+    (``cut_long_queries=False``) and ``max_query_len`` = :data:`OFFICIAL_MAX_QUERY_LEN` of the
+    dataset.  The per-batch padding is the model's (``mgpn.text_padding``; 2D-TAN's
+    unidirectional LSTM reads its last real word, which trailing padding cannot change)."""
+    config.data.word_split = "official"
+    config.data.glove_missing = glove_missing
+    config.data.cut_long_queries = False
+    config.data.max_query_len = OFFICIAL_MAX_QUERY_LEN[config.data.name]
+
+
 def mgpn_benchmark(
     *,
     variant: str,
@@ -238,6 +259,11 @@ def mgpn_benchmark(
     tiny: bool = False,
 ) -> ml_collections.ConfigDict:
     """MGPN on a built benchmark with the official training schedule (Huntersxsx/MGPN YAML).
+
+    Text: the official mode (:func:`official_text`): whitespace words, unknown words read
+    torchtext's row 400,000 of glove.840B (``glove_missing='row:400000'``), no cut, and the
+    model pads words to each batch's longest query (``model.text_padding='batch'``, the
+    official ``VARIANTS``).
 
     Args:
       variant: key of ``mgpn.VARIANTS`` (model sizes of the YAML).
@@ -265,6 +291,8 @@ def mgpn_benchmark(
         runlocal=runlocal,
         tiny=tiny,
     )
+    # MGPN's datasets: stoi.get(w.lower(), 400000) on glove.840B, an ordinary word's row there.
+    official_text(config, glove_missing="row:400000")
     config.lock()
     return config
 
@@ -354,7 +382,8 @@ def tan2d_benchmark(
     ``ReduceLROnPlateau`` (factor 0.8, patience 20 epochs, on the val loss of the YAMLs with a
     val split) has no counterpart in the trainer: the LR stays constant.
 
-    Words: GloVe 6B 300-d, ``data/glove.6B.300d.txt`` (from
+    Text: the official mode (:func:`official_text`).  Words: GloVe 6B 300-d,
+    ``data/glove.6B.300d.txt`` (from
     https://nlp.stanford.edu/data/glove.6B.zip), the vectors every ``lib/datasets/*.py`` of
     microsoft/2D-TAN loads (torchtext ``pretrained_aliases['glove.6B.300d']``, 400,000
     lower-case words).  Unknown words get zeros (``glove_missing='zero'``): the official reader
@@ -383,6 +412,7 @@ def tan2d_benchmark(
         tiny="tiny" in tokens,
         glove_path="data/glove.6B.300d.txt",
     )
+    official_text(config, glove_missing="zero")
     config.lock()
     return config
 
