@@ -64,6 +64,12 @@ i3d        ``I3D/finetune/<vid>.npy``     1024   I3D (RGB) fine-tuned on Charade
                                                  length not stated by MGPN (MS-2D-TAN's
                                                  config of its fine-tuned I3D set uses
                                                  16 frames at 25 fps, 0.64 s a feature).
+c3d        ``c3d_features.hdf5``          4096   C3D (Sports-1M) fc6 of 16-frame clips; the
+           (HDF5, ``f[vid]``)                    features of FVMR's Table 4 C3D rows, released
+                                                 by neither FVMR nor 2D-TAN: the TACoS C3D
+                                                 layout (one ``[T, 4096]`` dataset per video
+                                                 id) under 2D-TAN's
+                                                 ``{VIS_INPUT_TYPE}_features.hdf5`` name.
 i3d_raw    ``I3D/raw/<vid>.npy``          1024   I3D (RGB) without Charades fine-tuning;
            (directory of ``.npy``)               same folder, ``i3d-raw-mgpn256.yaml``
                                                  (``VIS_INPUT_TYPE: I3D/raw``).
@@ -120,6 +126,21 @@ FEATURES: dict[str, FeatureSet] = {
             clip="not stated by MGPN (MS-2D-TAN's fine-tuned I3D: 16 frames at 25 fps)",
             normalisation=_L2,
             source="MGPN README Box folder; experiments/charades/i3d-finetune-mgpn*.yaml",
+        )
+    ),
+    "c3d": FeatureSet(
+        video=FeatureSpec(
+            file="c3d_features.hdf5",
+            layout="hdf5",
+            dim=4096,
+            extractor="C3D (Sports-1M) fc6",
+            clip="16-frame C3D clips, evenly covering the video (resampled to 256 clips)",
+            normalisation=_L2,
+            source=(
+                "not released by FVMR or 2D-TAN: any C3D fc6 extraction of the Charades "
+                "videos (the features of FVMR Table 4's C3D rows, CTRL/ACL/CBP), one HDF5 "
+                "dataset [T, 4096] per video id, 2D-TAN's {VIS_INPUT_TYPE}_features.hdf5 name"
+            ),
         )
     ),
     "i3d_raw": FeatureSet(

@@ -130,6 +130,7 @@ def create_train_state(
     mesh: jax.sharding.Mesh,
     *,
     tx: optax.GradientTransformation | None = None,
+    text: Any = None,
 ) -> TrainState:
     """The initial train state, built directly with its mesh shardings.
 
@@ -137,11 +138,27 @@ def create_train_state(
     under ``jax.jit(..., out_shardings=...)`` so no device ever holds an unsharded copy.
     ``tx`` defaults to ``family_optimizer(config, steps_per_epoch=1)``; pass the one the
     step functions were built with (a state's static fields must be the same objects).
+    ``text``: the run's ``TextInputs``, given to the family's ``init_params`` (FVMR's
+    GloVe-initialised word table), whose leaves are placed with the fresh leaves' shardings.
     """
     tx = tx or family_optimizer(config, 1)[0]
     init_fn = _state_init_fn(model, tx, sample_batch)
     shardings = state_shardings(jax.eval_shape(init_fn, rng), mesh, config.mesh)
-    return jax.jit(init_fn, out_shardings=shardings)(rng)
+    state = jax.jit(init_fn, out_shardings=shardings)(rng)
+    family = get_family(config.model.name)
+    if family.init_params is None:
+        return state
+    filled = family.init_params(state.params, config.model, text)
+    return state.replace(params=jax.tree.map(_placed_like, filled, state.params))
+
+
+def _placed_like(value, fresh: jax.Array) -> jax.Array:
+    if value is fresh:
+        return fresh
+    value = np.asarray(value, fresh.dtype)
+    if value.shape != fresh.shape:
+        raise ValueError(f"init_params changed a leaf's shape {fresh.shape} -> {value.shape}")
+    return jax.device_put(value, fresh.sharding)
 
 
 def _state_init_fn(model, tx: optax.GradientTransformation, sample_batch: Batch):
@@ -330,7 +347,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state, restored = checkpointing.restore_or_init(
             manager,
             abstract,
-            lambda: create_train_state(config, model, init_rng, sample, mesh, tx=tx),
+            lambda: create_train_state(
+                config, model, init_rng, sample, mesh, tx=tx, text=data.datasets.text
+            ),
         )
     except BaseException:
         manager.close()

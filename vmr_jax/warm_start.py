@@ -71,8 +71,9 @@ def load(workdir: str, mesh, step: int | None = None) -> Loaded:
 
 
 def apply(state, loaded: Loaded, family: Family, model_config) -> Any:
-    """``state`` with its frozen leaves (all leaves without ``family.trainable``) taken from
-    ``loaded``; a missing leaf or another shape is a UserError naming the leaf."""
+    """``state`` with its frozen leaves (all leaves without ``family.trainable`` or when it
+    freezes none, e.g. FVMR's word table left trainable) taken from ``loaded``; a missing leaf
+    or another shape is a UserError naming the leaf."""
     fresh = traverse_util.flatten_dict(state.params, sep="/")
     source = traverse_util.flatten_dict(loaded.params, sep="/")
     if family.trainable is None:
@@ -80,6 +81,8 @@ def apply(state, loaded: Loaded, family: Family, model_config) -> Any:
     else:
         marks = traverse_util.flatten_dict(family.trainable(state.params, model_config), sep="/")
         take = {path: not trains for path, trains in marks.items()}
+        if not any(take.values()):  # this config freezes nothing: a plain fine-tuning start
+            take = dict.fromkeys(fresh, True)
     merged = {}
     for path, value in fresh.items():
         if not take[path]:

@@ -40,6 +40,12 @@ What a record declares:
   ``resolve_config(config)`` refuses a config the family cannot train before anything is
   written (e.g. a localizer stage without ``train.init_from``: one ``UserError`` line) and
   fills the fields derived from others (PREM: ``data.hard_negatives`` from ``init_from``).
+* Parameters from the run's data: ``init_params(params, model_config, text) -> params`` fills
+  leaves of a freshly initialised state from the run's text inputs
+  (``data_pipelines.text_inputs.TextInputs``: vocabulary, GloVe rows); FVMR sets its word
+  table to the GloVe vectors of its vocabulary.  The trainer calls it once, when it creates a
+  state (never on a restored checkpoint, which holds the trained values); returned leaves
+  keep the fresh leaves' shapes, dtypes and shardings (``trainer.create_train_state``).
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ class Family:
     unused_official_params: int = 0
     trainable: Callable[[Any, Any], Any] | None = None
     resolve_config: Callable[[Any], None] | None = None
+    init_params: Callable[[Any, Any, Any], Any] | None = None
 
     def __post_init__(self):
         if self.task not in TASKS:

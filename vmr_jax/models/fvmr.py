@@ -20,12 +20,37 @@ distilled into ``p`` (eq. 9).  Channels-last throughout; ``C`` = valid cells of 
    -> conv3 -> BN -> tanh`` on the map.  *Choices:* the convs keep the map size (padding
    ``k // 2``) and, as 2D-TAN's map convs, only valid cells carry features (outputs are
    masked), so they run on the valid cells (``layers.map_conv.sparse_group_conv``, exact);
-   BatchNorm statistics are taken over the valid cells (the invalid ones are not moments).
-2. Text encoder (eq. 2): word embeddings (300-d; GloVe vectors as ``query_features`` when the
-   config gives a GloVe file, else a learned table over ``query_tokens``), a 2-layer Bi-LSTM,
-   ``s = w_1 + w_L``.  *Choice:* 256 units per direction, so that ``w_l = fwd || bwd`` has the
-   paper's ``D_s = 512`` (4.1 "512 hidden units", "D_s ... set to 512"); the backward pass
-   starts at each query's last word (packed sequence).
+   BatchNorm statistics are taken over the valid cells (the invalid ones are not moments),
+   over the whole global batch (``bn_groups = 1``, the default: the paper names no GPU count
+   and there is no official run to match; ``bn_groups = G`` takes them per chunk of the batch
+   as ``nn.DataParallel`` on G GPUs would, ``layers.batch_norm``).
+2. Text encoder (eq. 2): a 300-d word table over ``query_tokens``, a 2-layer Bi-LSTM,
+   ``s = w_1 + w_L``.  Word table (4.1 "we set the word embedding size as 300 and
+   *initialize* it with the pretrained Glove embeddings"): initialised, hence trained, so
+   ``model.word_embed = 'glove'`` (the benchmark configs) is a ``vocab_size x 300`` table
+   whose rows start as the run's GloVe vectors and are updated by every loss term.  The
+   pipeline's ``text_mode='glove'`` gives the words' ids in the GloVe vocabulary
+   (``query_tokens``, beside the vectors ``query_features`` that other families read) and
+   sizes ``vocab_size`` to that vocabulary (``text_inputs.resolve_model_vocab``);
+   :func:`init_params` (the ``Family.init_params`` seam, called by the trainer when it
+   creates a state, never on restore) copies ``TextInputs.embeddings`` into the table:
+   ``<pad>`` zero, ``<unk>`` and words outside the GloVe file as ``data.glove_missing`` says.
+   The trained table lives in the checkpoint, so eval and ``vmr-jax predict`` use the trained
+   rows; a free-text word outside the training vocabulary reads the ``<unk>`` row
+   (``predictor.encode_texts``).  ``model.freeze_word_embed = True`` (config argument
+   ``frozen_embed``; not in the paper) keeps the GloVe rows: :func:`trainable` marks the
+   table, so ``optimizers.freeze_untrainable`` gives it zero updates and no weight decay.
+   ``word_embed = 'input'`` (the ``tiny`` variant, the synthetic benchmark): the word vectors
+   of the batch as given (``query_features``: the synthetic benchmark's noisy vectors, or
+   GloVe as fixed data), or a randomly initialised table when ``vocab_size > 0``
+   (``text_mode='tokens'``, the ``tiny`` config argument).  *Choice:* one table feeds both
+   the student's Bi-LSTM and the teacher's GRU (item 3): the paper names one word embedding
+   and says only that the teacher's node embeddings are built "similar to [11]" (HGR), so
+   ``L_ce(q)`` trains the same word rows the student reads, as it trains the shared video
+   encoder (3.3: the video encoder and ``phi_m`` "shared for both").  *Choice:* 256 units per
+   direction, so that ``w_l = fwd || bwd`` has the paper's ``D_s = 512`` (4.1 "512 hidden
+   units", "D_s ... set to 512"); the backward pass starts at each query's last word (packed
+   sequence).
 3. Fine-grained semantic extractor (eqs. 3-5), on the semantic role tree of the batch keys
    ``tree_verbs [B, Nv, 2]``, ``tree_nouns [B, Nn, 2]`` (inclusive word spans, -1 = absent) and
    ``tree_edges [B, Nv, Nn]`` (``text.semantic_tree``; at most 4 verbs and 6 nouns).  Node
@@ -58,8 +83,13 @@ distilled into ``p`` (eq. 9).  Channels-last throughout; ``C`` = valid cells of 
    ``T = 1``, no distillation in the first ``distill_start_epoch = 8`` epochs
    (``distill_weight = 0`` is the paper's "w/o SD" ablation: ``L_ce(q)`` still trains).
 6. Inference (section 3.3): only ``p``; ``decode`` ranks ``sigmoid(p)``.
-   ``inference_score = 'p+q'`` is the paper's FVMR(p+q) ablation (mean of the two
-   probabilities; needs the tree at test time).
+   ``inference_score = 'p+q'`` is Table 5's "FVMR (p + q)" row ("employs the average of p and
+   q as the final results"; config argument ``pq``): the mean of the two probabilities,
+   training unchanged; it needs the tree at test time, which the eval pipeline gives
+   (``data.semantic_tree``) and a free-text query does not (``decode`` raises).  Table 5's
+   other rows: "w/o SD" is ``distill_weight = 0`` (argument ``wo_sd``); "+FeatDist" (a
+   feature distillation between ``u`` and ``s`` whose loss the paper does not give) and
+   "HGR" (another model) are not built.
 
 Methods for the gallery (``retrieval/gallery.py``): ``encode_moments(batch) -> phi_m(m)
 [B, C, D]`` (video path only, eval-mode BatchNorm) and ``encode_queries(batch) -> phi_s(s)
@@ -76,6 +106,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vmr_jax.errors import UserError
 from vmr_jax.layers.map_conv import sparse_group_conv
 from vmr_jax.layers.recurrent import StackedRNN
 from vmr_jax.models import common
@@ -109,6 +140,9 @@ DEFAULTS = dict(
     distill_start_epoch=8,
     inference_score="p",
     conv_chunk=128,
+    bn_groups=1,
+    word_embed="glove",
+    freeze_word_embed=False,
 )
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -116,6 +150,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "charades_vgg": dict(DEFAULTS),
     # Charades-STA with I3D features (1024-d), same map.
     "charades_i3d": dict(DEFAULTS, feature_dim=1024),
+    # Charades-STA with C3D fc6 features (4096-d; Table 4's C3D row), same map.
+    "charades_c3d": dict(DEFAULTS),
     # TACoS, C3D: 2D-TAN's 128x128 map (NUM_SCALE_LAYERS [16, 8, 8, 8]).
     "tacos": dict(DEFAULTS, num_clips=128, frame_stride=2, pooling_counts=(15, 8, 8, 8)),
     # ActivityNet Captions, C3D (500-d PCA): 2D-TAN's 64x64 map ([16, 8, 8]).
@@ -138,6 +174,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         mlp_hidden=64,
         embed_dim=64,
         distill_start_epoch=1,
+        word_embed="input",
     ),
 }
 
@@ -162,12 +199,6 @@ class CellConv(nn.Module):
         cells = (self.starts, self.ends)
         y = sparse_group_conv(x, w, cells, cells, self.num_clips, self.kernel // 2, 1, self.chunk)
         return y + b
-
-
-def _cell_moments(y):
-    mean = jnp.mean(y, axis=(0, 1))
-    var = jnp.mean(jnp.square(y - mean), axis=(0, 1))
-    return mean, var, y.shape[0] * y.shape[1]
 
 
 class MLP(nn.Module):
@@ -248,6 +279,7 @@ class FVMR(nn.Module):
     distill_start_epoch: int = 8
     inference_score: str = "p"
     conv_chunk: int = 128
+    bn_groups: int = 1
 
     def cells(self) -> tuple[np.ndarray, np.ndarray]:
         return moment_map.valid_cells(self.num_clips, tuple(self.pooling_counts))
@@ -260,7 +292,7 @@ class FVMR(nn.Module):
         self.video_convs = [
             CellConv(h, k, starts, ends, n, self.conv_chunk) for k in self.video_kernels
         ]
-        self.video_bns = [MapBatchNorm() for _ in self.video_kernels]
+        self.video_bns = [MapBatchNorm(self.bn_groups) for _ in self.video_kernels]
         if self.vocab_size > 0:
             self.word_embed = nn.Embed(self.vocab_size, self.word_dim)
         self.text_lstm = StackedRNN(self.lstm_hidden, self.lstm_layers, "lstm", True)
@@ -294,7 +326,7 @@ class FVMR(nn.Module):
         x = moment_map.span_max_cells(frame, starts, ends)  # [B, C, H]
         for conv, bn in zip(self.video_convs, self.video_bns):
             y = conv(x)
-            y = bn(y, _cell_moments(y) if train else None, train=train)
+            y = bn(y, train=train)
             x = jnp.tanh(y)
         return x
 
@@ -437,6 +469,12 @@ def decode(outputs, batch, model_config) -> dict[str, jnp.ndarray]:
     probs = jax.nn.sigmoid(outputs["p_logits"])
     mode = model_config.get("inference_score", "p")
     if mode == "p+q":
+        if "q_logits" not in outputs:
+            raise KeyError(
+                "model.inference_score='p+q' scores with the teacher q, which needs the "
+                f"semantic role tree {list(TREE_KEYS)} in the batch (config.data.semantic_tree); "
+                "free-text queries have none: use inference_score='p'"
+            )
         probs = 0.5 * (probs + jax.nn.sigmoid(outputs["q_logits"]))
     elif mode != "p":
         raise ValueError(f"model.inference_score must be 'p' or 'p+q', got {mode!r}")
@@ -461,6 +499,77 @@ def example_batch(model_config, batch_size: int = 1, query_len: int = 10) -> dic
     return batch
 
 
+WORD_EMBEDS = ("glove", "input")
+
+
+def _word_embed(model_config) -> str:
+    mode = model_config.get("word_embed", "input")
+    if mode not in WORD_EMBEDS:
+        raise UserError(f"config.model.word_embed must be one of {WORD_EMBEDS}, got {mode!r}")
+    return mode
+
+
+def resolve_config(config) -> None:
+    """Refuses, before any data is read, a word table the text mode cannot feed:
+    ``word_embed='glove'`` needs ``data.text_mode='glove'`` (the table's rows are the GloVe
+    vocabulary), and ``freeze_word_embed`` needs a table (``'glove'``, or ``'input'`` with
+    ``text_mode='tokens'``)."""
+    mode = _word_embed(config.model)
+    text_mode = config.data.get("text_mode", "tokens")
+    if mode == "glove" and text_mode != "glove":
+        raise UserError(
+            f"config.model.word_embed='glove' (a word table initialised from GloVe) needs "
+            f"config.data.text_mode='glove', got {text_mode!r}: set "
+            "--config.model.word_embed=input to read the given word vectors or learn a table"
+        )
+    if config.model.get("freeze_word_embed", False) and mode == "input" and text_mode != "tokens":
+        raise UserError(
+            "config.model.freeze_word_embed=True but the model has no word table: "
+            f"word_embed='input' with text_mode={text_mode!r} reads word vectors as data "
+            "(frozen already); use word_embed='glove' with text_mode='glove'"
+        )
+
+
+def init_params(params, model_config, text):
+    """``params`` with the word table set to the run's GloVe rows (``word_embed='glove'``):
+    row ``i`` = ``text.embeddings[i]``, the vector of vocabulary word ``i`` (``<pad>`` zero,
+    ``<unk>`` and words outside the file per ``data.glove_missing``); spare rows past the
+    vocabulary keep their random init.  Other modes: ``params`` unchanged."""
+    if _word_embed(model_config) != "glove":
+        return params
+    if text is None or text.embeddings is None:
+        raise UserError(
+            "config.model.word_embed='glove' initialises the word table from the run's GloVe "
+            "vectors, but the run has none (config.data.text_mode must be 'glove')"
+        )
+    if "word_embed" not in params:
+        raise UserError(
+            "config.model.word_embed='glove' but the model has no word table: "
+            "config.model.vocab_size is 0 (it is sized from the GloVe vocabulary when the data "
+            "is read)"
+        )
+    table = params["word_embed"]["embedding"]
+    glove = np.asarray(text.embeddings, np.float32)
+    if glove.shape[1] != table.shape[1] or glove.shape[0] > table.shape[0]:
+        raise UserError(
+            f"GloVe table {tuple(glove.shape)} (vocabulary x dim) does not fit the word table "
+            f"{tuple(table.shape)} (config.model.vocab_size x config.model.word_dim)"
+        )
+    rows = np.asarray(jax.device_get(table), np.float32).copy()
+    rows[: glove.shape[0]] = glove
+    return {**params, "word_embed": {**params["word_embed"], "embedding": rows}}
+
+
+def trainable(params, model_config):
+    """Every leaf trains, except the word table under ``freeze_word_embed`` (zero updates, no
+    weight decay: ``optimizers.freeze_untrainable``)."""
+    frozen = bool(model_config.get("freeze_word_embed", False))
+    marks = jax.tree.map(lambda _: True, params)
+    if frozen and "word_embed" in params:
+        marks = {**marks, "word_embed": jax.tree.map(lambda _: False, params["word_embed"])}
+    return marks
+
+
 FAMILY = Family(
     name="fvmr",
     create_model=create_model,
@@ -471,4 +580,7 @@ FAMILY = Family(
     loss_fn=loss_fn,
     decode=decode,
     gallery=True,  # phi_m(m) precomputed per video, phi_s(s) per query (retrieval/gallery.py)
+    trainable=trainable,
+    resolve_config=resolve_config,
+    init_params=init_params,
 )
