@@ -38,6 +38,9 @@ Text (``text_mode``):
   (:func:`~vmr_jax.text.tokenizer.split_words`); words absent from the file get zeros, or
   random vectors with ``glove_missing='random'``.  The vocabulary is every word of every split:
   the vectors are fixed, so this is the same as reading the whole GloVe table, as MGPN does.
+  Also ``query_tokens [B, L] int32``, the words' rows of that table (``TextInputs.embeddings``),
+  for a model whose word table starts as the GloVe rows and trains (FVMR's
+  ``model.word_embed='glove'``); the other families read the vectors.
 
 Semantic role tree (FVMR, ``semantic_tree`` = ``'spacy'`` or ``'synthetic'``; ``''``, the
 default, adds nothing): every query's tree by :mod:`vmr_jax.text.semantic_tree` -- batch keys

@@ -25,8 +25,8 @@ key                  shape / dtype       meaning
 ===================  ==================  ===================================================
 video_features       [B, T, D] f32       clips resampled to ``config.data.num_input_clips``
 video_mask           [B, T] f32          1 for real clips
-query_tokens         [B, L] i32          word / piece ids, 0 = padding (text mode 'tokens')
-query_features       [B, L, Dq] f32      word vectors or token features (mode 'features')
+query_tokens         [B, L] i32          word / piece ids, 0 = padding (modes 'tokens', 'glove')
+query_features       [B, L, Dq] f32      word vectors or token features ('features', 'glove')
 query_mask           [B, L] f32          1 for real tokens
 duration             [B] f32             seconds
 spans                [B, S, 2] f32       ground-truth [start, end] seconds (S >= 1)
