@@ -28,7 +28,11 @@ Pipeline (official module names in brackets):
 3. Fusion [BaseFusion]: an ``nn.LSTM`` (``lstm_layers``, width ``txt_hidden``, unidirectional
    in every yaml) runs over the zero-padded words without packing; the model keeps the output
    row at index ``sum(mask) - 1`` (the last real word; PyTorch's ``-1`` wraps to the last slot
-   for an empty query, whose row is zero after the mask), then ``tex_linear``.  The map goes
+   for an empty query, whose row is zero after the mask), then ``tex_linear``.  A
+   unidirectional LSTM's row at the last real word reads no later slot, so the official
+   collate's padding to each batch's longest query and our fixed ``max_query_len`` give the
+   same text vector: no padding option is needed (tests/models/test_mgpn_text_padding.py;
+   ``bidirectional=True``, in no YAML, would depend on the padding).  The map goes
    through a ``1x1 Conv2d`` (``vis_conv``, on every cell), is multiplied by the text vector,
    L2-normalised over channels (``F.normalize``: ``x / max(||x||, 1e-12)``) and masked.
 4. Map layer [MapConv]: ``len(map_hidden)`` Conv2d layers with the yaml's kernels, strides,
