@@ -9,6 +9,13 @@ with ``text_padding='fixed'``, which reads every slot it is given -- exactly the
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import jax
 import ml_collections
 import numpy as np
@@ -19,6 +26,7 @@ from vmr_jax.models import mgpn, tan2d
 LENGTHS = (5, 3, 2)  # L_b = 5
 SLOTS = 12
 ATOL = 1e-5
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _batch(word_dim, model_config, seed=0):
@@ -112,3 +120,59 @@ def test_tan2d_text_vector_ignores_trailing_padding():
     full = model.apply(variables, batch, method="encode_query")
     sliced = model.apply(variables, _sliced(batch, max(LENGTHS)), method="encode_query")
     np.testing.assert_allclose(np.asarray(full), np.asarray(sliced), atol=ATOL, rtol=0)
+
+
+_SHARDED = textwrap.dedent(
+    """
+    import json
+    import jax
+    import ml_collections
+    import numpy as np
+    from vmr_jax import sharding
+    from vmr_jax.models import mgpn
+
+    config = ml_collections.ConfigDict(dict(mgpn.VARIANTS["tiny"]))
+    config.text_padding = "batch"
+    model = mgpn.create_model(config)
+    rng = np.random.default_rng(0)
+    lengths = np.array([2, 2, 2, 2, 2, 2, 2, 6])  # the longest query is on the last device
+    mask = (np.arange(12)[None] < lengths[:, None]).astype(np.float32)
+    t = config.num_clips * config.frame_stride
+    batch = {
+        "video_features": rng.normal(size=(8, t, config.feature_dim)).astype(np.float32),
+        "query_features": rng.normal(size=(8, 12, config.word_dim)).astype(np.float32)
+        * mask[..., None],
+        "query_mask": mask,
+    }
+    variables = model.init(jax.random.PRNGKey(0), batch, train=False)
+    forward = jax.jit(lambda v, b: model.apply(v, b, train=False)["score_map"])
+    mesh = sharding.make_mesh({"shape": (8, 1)})
+    placed = sharding.put_batch(batch, mesh)
+    shards = len(placed["query_mask"].addressable_shards)
+    sharded = np.asarray(forward(variables, placed))
+    sliced = {k: (v[:, :6] if k.startswith("query") else v) for k, v in batch.items()}
+    reference = np.asarray(forward(variables, sliced))
+    print("RESULT " + json.dumps(
+        {"devices": jax.device_count(), "shards": shards,
+         "diff": float(np.abs(sharded - reference).max())}
+    ))
+    """
+)
+
+
+def test_longest_query_is_taken_over_the_global_sharded_batch(tmp_path):
+    """8 CPU devices, one query per device, the longest (6 words) on one of them: the
+    sharded forward equals the batch sliced to 6 slots (L_b is a global reduction)."""
+    env = dict(os.environ)
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    env["XLA_FLAGS"] = " ".join(flags + ["--xla_force_host_platform_device_count=8"])
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    out = json.loads(line[len("RESULT ") :])
+    assert out["devices"] == 8 and out["shards"] == 8
+    assert out["diff"] <= ATOL
