@@ -238,6 +238,11 @@ def test_official_yaml_picks_its_benchmark_config(tmp_path, key):
         layout.values["stride"],
     )
     assert (config.data.num_input_clips, config.data.normalize) == (256, True)
+    # An official checkpoint reads text as the official code does (config_presets.official_text).
+    assert (config.data.word_split, config.data.cut_long_queries) == ("official", False)
+    if layout.family == "mgpn":
+        assert config.model.text_padding == "batch"
+        assert config.data.glove_missing == "row:400000"
     # The YAML holds the official values the shipped config was written from: every field of
     # that config comes out unchanged (GloVe words, query length, mesh, checkpoint policy).
     shipped = config_cli.load_config(layout.config)
