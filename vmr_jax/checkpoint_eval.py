@@ -37,7 +37,10 @@ import jax
 import numpy as np
 
 from vmr_jax import checkpointing, config_cli, sharding, xla_cache
+from vmr_jax.errors import UserError
 from vmr_jax.evaluation import didemo, svmr, vcmr
+from vmr_jax.text import saved
+from vmr_jax.text.tokenizer import Vocabulary
 from vmr_jax.trainer import (
     DataSources,
     abstract_train_state,
@@ -118,6 +121,25 @@ def evaluate_workdir(
     return {**results, "results_path": results_path, "predictions_path": predictions_path}
 
 
+def check_vocabulary(workdir: str, text: Any) -> None:
+    """Raises ``UserError`` when the data's word vocabulary is not the one the workdir trained
+    with (``WORKDIR/text_encoder/vocab.txt``): token ids would index other rows of the
+    checkpoint's word table (e.g. a dataset rebuilt with other splits).  Nothing to compare
+    for a workdir without a saved word vocabulary."""
+    if not isinstance(getattr(text, "encoder", None), Vocabulary):
+        return
+    try:
+        trained = saved.load_text_inputs(workdir).encoder
+    except FileNotFoundError:
+        return
+    if isinstance(trained, Vocabulary) and trained.words != text.encoder.words:
+        raise UserError(
+            f"{saved.encoder_dir(workdir)}/vocab.txt ({len(trained)} words) is not the "
+            f"vocabulary of config.data ({len(text.encoder)} words): the checkpoint's word ids "
+            "would read other rows; evaluate on the data the workdir was trained on"
+        )
+
+
 def restore_workdir(workdir: str, step: int | str | None, overrides: Sequence = ()) -> tuple:
     """``(config, mesh, data, state, state_sharding, step, manager)`` of a workdir's checkpoint
     ``step`` (int, ``'best'`` or None: the latest); the manager is closed."""
@@ -127,6 +149,7 @@ def restore_workdir(workdir: str, step: int | str | None, overrides: Sequence = 
         config_cli.apply_override(config, key, value)
     mesh = sharding.make_mesh(config.mesh)
     data = DataSources(config)
+    check_vocabulary(workdir, data.datasets.text)
     model = create_model(config.model)
     tx, _ = family_optimizer(config, data.steps_per_epoch())
     init_rng, _ = jax.random.split(jax.random.PRNGKey(int(config.train.seed)))

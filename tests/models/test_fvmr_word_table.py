@@ -21,11 +21,14 @@ import pytest
 
 from data_pipelines import synthetic
 from data_pipelines.sources import DataSources
-from vmr_jax import config_cli, sharding, trainer
+from data_pipelines.text_inputs import TextInputs
+from vmr_jax import checkpoint_eval, config_cli, sharding, trainer
 from vmr_jax.errors import UserError
 from vmr_jax.models import fvmr, get_family
 from vmr_jax.optimizers import family_optimizer
 from vmr_jax.predictor import Predictor
+from vmr_jax.text import saved
+from vmr_jax.text.tokenizer import Vocabulary
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 CONFIG = str(CONFIGS / "fvmr" / "synthetic.py")
@@ -220,12 +223,34 @@ def test_config_checks_name_the_field(glove):
         trainer.train_and_evaluate(config, "/nonexistent/never-written")
 
 
-def test_free_text_prediction_reads_the_trained_rows(glove, tmp_path):
-    path, vectors = glove
-    config = _config(path, **{"train.checkpoint_every": 3})
-    result = trainer.train_and_evaluate(config, str(tmp_path))
+@pytest.fixture(scope="module")
+def trained(glove, tmp_path_factory):
+    """A six-step run with the GloVe table; returns ``(config, workdir, train result)``."""
+    config = _config(glove[0], **{"train.checkpoint_every": 3})
+    workdir = tmp_path_factory.mktemp("fvmr_glove_table")
+    result = trainer.train_and_evaluate(config, str(workdir))
     assert result["step"] == 6 and "R@1,IoU=0.5" in result["eval_metrics"]
-    predictor = Predictor.from_workdir(str(tmp_path), step=None)
+    return config, str(workdir), result
+
+
+def test_eval_of_the_restored_checkpoint_reproduces_the_run(trained):
+    """``vmr-jax eval`` rebuilds the batches' ids from the data: the same vocabulary as the
+    run's saved one, so the restored table gives the run's own final metrics."""
+    config, workdir, result = trained
+    evaluated = checkpoint_eval.evaluate_workdir(workdir, step=6)
+    for name, value in result["eval_metrics"].items():
+        assert evaluated["metrics"][name] == pytest.approx(value, abs=1e-6), name
+    # Another vocabulary (the same words in another order) would read other rows: refused.
+    words = saved.load_text_inputs(workdir).encoder.words
+    shuffled = TextInputs("glove", Vocabulary([*words[:2], *reversed(words[2:])]))
+    with pytest.raises(UserError, match=r"vocab.txt .* is not the vocabulary of config.data"):
+        checkpoint_eval.check_vocabulary(workdir, shuffled)
+
+
+def test_free_text_prediction_reads_the_trained_rows(glove, trained):
+    path, vectors = glove
+    config, workdir, _ = trained
+    predictor = Predictor.from_workdir(workdir, step=None)
     variables = predictor.restored.variables
     trained = np.asarray(variables["params"]["word_embed"]["embedding"])
     vocab = predictor.text.encoder.words
