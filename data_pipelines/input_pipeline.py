@@ -35,9 +35,11 @@ Text (``text_mode``):
 * ``'features'``: ``query_features [B, L, Dq]`` from the records' ``query_token_features``
   (RoBERTa features; the synthetic benchmark's noisy word vectors).
 * ``'glove'``: ``query_features [B, L, dim]`` = GloVe vectors (file ``glove_path``) of the words
-  (:func:`~vmr_jax.text.tokenizer.split_words`); words absent from the file get zeros, or
-  random vectors with ``glove_missing='random'``.  The vocabulary is every word of every split:
-  the vectors are fixed, so this is the same as reading the whole GloVe table, as MGPN does.
+  (rule ``word_split``: :data:`~vmr_jax.text.tokenizer.WORD_SPLITS`); words absent from the
+  file get zeros, random vectors with ``glove_missing='random'``, or torchtext's row ``N`` of
+  the file with ``'row:N'`` (:mod:`vmr_jax.text.glove`).  The vocabulary is every word of
+  every split: the vectors are fixed, so this is the same as reading the whole GloVe table, as
+  MGPN does.
   Also ``query_tokens [B, L] int32``, the words' rows of that table (``TextInputs.embeddings``),
   for a model whose word table starts as the GloVe rows and trains (FVMR's
   ``model.word_embed='glove'``); the other families read the vectors.
