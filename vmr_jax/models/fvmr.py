@@ -86,7 +86,8 @@ distilled into ``p`` (eq. 9).  Channels-last throughout; ``C`` = valid cells of 
    ``inference_score = 'p+q'`` is Table 5's "FVMR (p + q)" row ("employs the average of p and
    q as the final results"; config argument ``pq``): the mean of the two probabilities,
    training unchanged; it needs the tree at test time, which the eval pipeline gives
-   (``data.semantic_tree``) and a free-text query does not (``decode`` raises).  Table 5's
+   (``data.semantic_tree``) and a free-text query does not (``decode`` raises; the gallery of
+   ``vmr-jax predict`` ranks ``p`` whatever ``inference_score`` says).  Table 5's
    other rows: "w/o SD" is ``distill_weight = 0`` (argument ``wo_sd``); "+FeatDist" (a
    feature distillation between ``u`` and ``s`` whose loss the paper does not give) and
    "HGR" (another model) are not built.
