@@ -16,7 +16,9 @@ passed down: its ``loss_fn``, ``supervision``, optimiser mask and evaluator kind
 * BatchNorm: train mode updates ``batch_stats``; eval uses the running statistics.  Because
   the batch is one global array sharded on ``data``, the batch statistics a model computes
   (``jnp.mean`` over the batch axis) are over the global batch under ``jit`` -- XLA inserts the
-  cross-device reductions -- so results do not depend on the device count.
+  cross-device reductions -- so results do not depend on the device count.  MGPN's and
+  FVMR's ``model.bn_groups`` cuts that global batch into fixed chunks (DataParallel's
+  per-GPU statistics, ``layers.batch_norm``): still independent of the device count.
 * Supervision (``config.train.supervision``, :func:`training_supervision`): ``'full'`` (the
   default) trains on the ground-truth spans; ``'weak'`` (query-video pairs only) removes
   ``spans`` and ``span_mask`` from every training batch and from the sample batch the state is
