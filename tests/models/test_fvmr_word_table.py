@@ -10,6 +10,7 @@ looked up by hand; never the table code itself.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import pytest
 from data_pipelines import synthetic
 from data_pipelines.sources import DataSources
 from data_pipelines.text_inputs import TextInputs
-from vmr_jax import checkpoint_eval, config_cli, sharding, trainer
+from vmr_jax import checkpoint_eval, config_cli, predict, sharding, trainer
 from vmr_jax.errors import UserError
 from vmr_jax.models import fvmr, get_family
 from vmr_jax.optimizers import family_optimizer
@@ -247,7 +248,7 @@ def test_eval_of_the_restored_checkpoint_reproduces_the_run(trained):
         checkpoint_eval.check_vocabulary(workdir, shuffled)
 
 
-def test_free_text_prediction_reads_the_trained_rows(glove, trained):
+def test_free_text_prediction_reads_the_trained_rows(glove, trained, tmp_path):
     path, vectors = glove
     config, workdir, _ = trained
     predictor = Predictor.from_workdir(workdir, step=None)
@@ -284,6 +285,22 @@ def test_free_text_prediction_reads_the_trained_rows(glove, trained):
     video = rng.normal(size=(32, int(config.model.feature_dim))).astype(np.float32)
     moments = predictor.predict(video, 30.0, texts, top_k=3)
     assert len(moments) == 2 and all(len(m) == 3 for m in moments)
+
+    # `vmr-jax predict --features --queries`: FVMR's gallery path reads the same ids.
+    features = tmp_path / "videos.npz"
+    np.savez(features, v0=video)
+    queries = tmp_path / "queries.json"
+    entries = [
+        {"query_id": f"q{i}", "video_id": "v0", "duration": 30.0, "query": t}
+        for i, t in enumerate(texts)
+    ]
+    queries.write_text(json.dumps(entries))
+    header = predict.predict_workdir(
+        workdir, features=str(features), queries=str(queries), output=str(tmp_path / "out.json")
+    )
+    assert header["method"] == "gallery"
+    written = json.loads((tmp_path / "out.json").read_text())["predictions"]
+    assert [e["query_id"] for e in written] == ["q0", "q1"]
 
 
 def test_benchmark_configs_train_the_table_and_freeze_it_on_request():
