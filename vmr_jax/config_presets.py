@@ -21,6 +21,7 @@ Two config arguments shorten a benchmark run (:func:`short_run`):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import ml_collections
@@ -244,6 +245,111 @@ def official_text(config: ml_collections.ConfigDict, glove_missing: str) -> None
     config.data.max_query_len = OFFICIAL_MAX_QUERY_LEN[config.data.name]
 
 
+# MGPN's experiments of the paper's section 4.5: config argument -> model fields
+# (``vmr_jax.models.mgpn`` docstring, "Ablations").  ``table3_model5`` and the ``*_bigru``,
+# ``map_both``, ``comparison_conv`` and ``hidden256`` arguments are the default model, named so
+# that every row and bar of the paper has its argument.
+MGPN_EXPERIMENTS: dict[str, dict[str, object]] = {
+    # Table 3: sec-enc. (fine-grained encoders), sec-fuse. (conditioned interaction), comp.
+    "table3_model1": dict(finegrained=False, conditioned_interaction=False, comparison="none"),
+    "table3_model2": dict(finegrained=True, conditioned_interaction=False, comparison="none"),
+    "table3_model3": dict(finegrained=True, conditioned_interaction=True, comparison="none"),
+    "table3_model4": dict(finegrained=False, conditioned_interaction=False, comparison="conv"),
+    "table3_model5": dict(finegrained=True, conditioned_interaction=True, comparison="conv"),
+    # Table 4: the coarse-grained encoder.
+    "encoder_bigru": dict(encoder="bigru"),
+    "encoder_bilstm": dict(encoder="bilstm"),
+    "encoder_transformer": dict(encoder="transformer"),
+    # Figure 4: the choice (moment map) generator.
+    "map_content": dict(map_generator="content"),
+    "map_boundary": dict(map_generator="boundary"),
+    "map_both": dict(map_generator="both"),
+    # Figure 5: the choice comparison module (SC, GA, NL, MGPN256's conv blocks) ...
+    "comparison_sc": dict(comparison="stacked_conv"),
+    "comparison_ga": dict(comparison="graph_attention"),
+    "comparison_nl": dict(comparison="non_local"),
+    "comparison_conv": dict(comparison="conv"),
+    # ... and MGPN128 / MGPN256 / MGPN512 (the official mgpn512.yaml differs only in widths).
+    "hidden128": dict(hidden=128),
+    "hidden256": dict(hidden=256),
+    "hidden512": dict(hidden=512),
+}
+
+# Each table and figure of the paper's section 4.5: its dataset and the config argument of
+# every row or bar, in the paper's order (the README's commands: ``vmr-jax train --config
+# configs/mgpn/<dataset>.py:<argument>``).
+MGPN_PAPER_EXPERIMENTS: dict[str, tuple[str, dict[str, str]]] = {
+    "Table 3": (
+        "activitynet",
+        {
+            "model 1 (no sec-enc., no sec-fuse., no comp.)": "table3_model1",
+            "model 2 (sec-enc.)": "table3_model2",
+            "model 3 (sec-enc., sec-fuse.)": "table3_model3",
+            "model 4 (comp.)": "table3_model4",
+            "model 5 (sec-enc., sec-fuse., comp.: MGPN)": "table3_model5",
+        },
+    ),
+    "Table 4": (
+        "activitynet",
+        {
+            "w/. GRU": "encoder_bigru",
+            "w/. LSTM": "encoder_bilstm",
+            "w/. Transformer": "encoder_transformer",
+        },
+    ),
+    "Figure 4": (
+        "tacos",
+        {"content (A_C)": "map_content", "boundary (A_B)": "map_boundary", "both": "map_both"},
+    ),
+    "Figure 5": (
+        "tacos",
+        {
+            "SC (2D-TAN stacked convolution)": "comparison_sc",
+            "GA (RaNet graph attention)": "comparison_ga",
+            "NL (non-local blocks)": "comparison_nl",
+            "MGPN128": "hidden128",
+            "MGPN256": "hidden256",
+            "MGPN512": "hidden512",
+        },
+    ),
+}
+
+
+def mgpn_experiments(dataset: str) -> tuple[str, ...]:
+    """The :data:`MGPN_EXPERIMENTS` arguments of ``configs/mgpn/<dataset>.py``: those of the
+    paper's tables and figures run on ``dataset`` (:data:`MGPN_PAPER_EXPERIMENTS`)."""
+    return tuple(
+        arg
+        for on, rows in MGPN_PAPER_EXPERIMENTS.values()
+        if on == dataset
+        for arg in rows.values()
+    )
+
+
+def apply_mgpn_experiments(
+    model: ml_collections.ConfigDict, experiments: Sequence[str], config_file: str
+) -> None:
+    """Sets the model fields of each :data:`MGPN_EXPERIMENTS` argument on ``model``, in place.
+
+    Arguments combine when they set different fields (``encoder_bilstm,map_content``); a
+    ValueError names the config file and the arguments that set the same field.
+    """
+    if os.path.isabs(config_file):
+        config_file = os.path.relpath(config_file)
+    owner: dict[str, str] = {}
+    for arg in sorted(experiments):
+        if arg not in MGPN_EXPERIMENTS:
+            raise ValueError(f"{config_file}: {arg!r} is not an MGPN experiment argument")
+        for field, value in MGPN_EXPERIMENTS[arg].items():
+            if field in owner:
+                raise ValueError(
+                    f"{config_file}: config arguments {owner[field]!r} and {arg!r} both set "
+                    f"model.{field}; give one of them"
+                )
+            owner[field] = arg
+            model[field] = value
+
+
 def mgpn_benchmark(
     *,
     variant: str,
@@ -257,6 +363,8 @@ def mgpn_benchmark(
     num_epochs: int = 15,
     runlocal: bool = False,
     tiny: bool = False,
+    experiments: Sequence[str] = (),
+    config_file: str = "configs/mgpn",
 ) -> ml_collections.ConfigDict:
     """MGPN on a built benchmark with the official training schedule (Huntersxsx/MGPN YAML).
 
@@ -274,9 +382,14 @@ def mgpn_benchmark(
       eval_split: ``NO_VAL: True`` in every MGPN YAML: the test split is the one evaluated.
       runlocal: a few steps with a small batch, to check the set-up on a CPU.
       tiny: a small model trained for a few minutes on a CPU, without GloVe (module docstring).
+      experiments: :data:`MGPN_EXPERIMENTS` arguments (the paper's section 4.5), applied after
+        ``tiny`` (``tiny,hidden128`` is the tiny model with hidden 128); ``config_file``
+        names the config in their errors.
     """
+    model = _benchmark_model("mgpn", variant, tiny)
+    apply_mgpn_experiments(model, experiments, config_file)
     config = _map_benchmark(
-        _benchmark_model("mgpn", variant, tiny),
+        model,
         dataset=dataset,
         features=features,
         max_query_len=64,

@@ -11,6 +11,10 @@ training queries (37,421 minus 4 with start >= end) -> 584 steps per epoch.
 Data: ``vmr-jax data build --dataset activitynet --features c3d --data_dir DIR
 --output_dir data/vmr_jax/activitynet-c3d``.  ``:runlocal`` runs four steps;
 ``:tiny`` trains a small model for a few minutes on a CPU without GloVe.
+
+The paper's Table 3 (components) and Table 4 (encoders) on ActivityNet Captions: one argument
+per row (``vmr_jax.config_presets.MGPN_PAPER_EXPERIMENTS``), e.g. ``:table3_model2``; they
+combine with ``tiny`` / ``runlocal`` and with each other when they set different fields.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from __future__ import annotations
 import ml_collections
 
 from vmr_jax.config_cli import parse_config_arg
-from vmr_jax.config_presets import mgpn_benchmark
+from vmr_jax.config_presets import mgpn_benchmark, mgpn_experiments
+
+EXPERIMENTS = mgpn_experiments("activitynet")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    flags = parse_config_arg(arg, ("runlocal", "tiny"), __file__)
+    flags = parse_config_arg(arg, ("runlocal", "tiny") + EXPERIMENTS, __file__)
     return mgpn_benchmark(
         variant="activitynet",
         dataset="activitynet",
@@ -33,4 +39,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ious=(0.3, 0.5, 0.7),
         runlocal="runlocal" in flags,
         tiny="tiny" in flags,
+        experiments=sorted(flags & set(EXPERIMENTS)),
+        config_file=__file__,
     )

@@ -14,6 +14,11 @@ The ``features`` argument reads the benchmark's noisy word vectors instead (``te
 'features'``, the behaviour before; such a workdir cannot rebuild query features from text).
 Arguments combine with a comma (``:runlocal,features``).
 
+Every experiment argument of the paper's section 4.5 (``config_presets.MGPN_EXPERIMENTS``:
+``table3_model1``-``5``, ``encoder_bilstm``, ``map_content``, ``comparison_nl``,
+``hidden128``, ...) also works here, on the tiny model (``hidden128`` / ``hidden512`` widen
+it), e.g. ``:comparison_ga`` or ``:runlocal,encoder_transformer``.
+
 Optimiser as the official MGPN (Adam 1e-3, no weight decay, grad-norm clip 10, LR x0.1 at
 the milestone epochs); model sizes from ``vmr_jax.models.mgpn.VARIANTS['tiny']``.
 """
@@ -24,17 +29,18 @@ import ml_collections
 
 from data_pipelines import synthetic
 from vmr_jax.config_cli import parse_config_arg
-from vmr_jax.config_presets import data_section
+from vmr_jax.config_presets import MGPN_EXPERIMENTS, apply_mgpn_experiments, data_section
 from vmr_jax.models import mgpn
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    flags = parse_config_arg(arg, ("runlocal", "features"), __file__)
+    flags = parse_config_arg(arg, ("runlocal", "features", *MGPN_EXPERIMENTS), __file__)
     runlocal = "runlocal" in flags
     config = ml_collections.ConfigDict()
 
     config.model = ml_collections.ConfigDict(dict(mgpn.VARIANTS["tiny"]))
     config.model.name = "mgpn"
+    apply_mgpn_experiments(config.model, sorted(flags & set(MGPN_EXPERIMENTS)), __file__)
 
     config.data = data_section()  # every input-pipeline field, so each can be overridden
     config.data.name = "synthetic"
