@@ -247,7 +247,7 @@ def official_text(config: ml_collections.ConfigDict, glove_missing: str) -> None
 
 # MGPN's experiments of the paper's section 4.5: config argument -> model fields
 # (``vmr_jax.models.mgpn`` docstring, "Ablations").  ``table3_model5`` and the ``*_bigru``,
-# ``map_both``, ``comparison_conv`` and ``hidden256`` arguments are the default model, named so
+# ``map_both`` and ``hidden256`` arguments are the default model, named so
 # that every row and bar of the paper has its argument.
 MGPN_EXPERIMENTS: dict[str, dict[str, object]] = {
     # Table 3: sec-enc. (fine-grained encoders), sec-fuse. (conditioned interaction), comp.
@@ -264,11 +264,10 @@ MGPN_EXPERIMENTS: dict[str, dict[str, object]] = {
     "map_content": dict(map_generator="content"),
     "map_boundary": dict(map_generator="boundary"),
     "map_both": dict(map_generator="both"),
-    # Figure 5: the choice comparison module (SC, GA, NL, MGPN256's conv blocks) ...
+    # Figure 5: the choice comparison module (SC, GA, NL; MGPN256 is hidden256) ...
     "comparison_sc": dict(comparison="stacked_conv"),
     "comparison_ga": dict(comparison="graph_attention"),
     "comparison_nl": dict(comparison="non_local"),
-    "comparison_conv": dict(comparison="conv"),
     # ... and MGPN128 / MGPN256 / MGPN512 (the official mgpn512.yaml differs only in widths).
     "hidden128": dict(hidden=128),
     "hidden256": dict(hidden=256),
