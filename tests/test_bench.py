@@ -85,6 +85,19 @@ def test_query_speed_report_structure(jax_compilation_cache):
     assert len(table) == 1 + 4 and table[1].split()[:3] == ["tiny", "fvmr", "batch1"]
 
 
+def test_every_fvmr_shape_has_its_2d_tan_variant():
+    """Each FVMR shape of Table 1 times a 2D-TAN model of its dataset: 2D-TAN names variants
+    by dataset (``charades_conv``), FVMR by dataset and features (``charades_vgg``)."""
+    from vmr_jax.models import fvmr, tan2d
+
+    expected = {"tacos": "tacos_conv", "activitynet": "activitynet_conv", "tiny": "tiny"}
+    expected.update({f"charades_{f}": "charades_conv" for f in ("vgg", "i3d", "c3d")})
+    for shape, name in expected.items():
+        assert shape in fvmr.VARIANTS
+        got, config = query_speed.tan2d_variant(shape)
+        assert got == name and dict(config) == dict(tan2d.VARIANTS[name])
+
+
 def test_timed_ms_stops_after_the_budget_and_takes_the_median():
     calls = []
     out = query_speed.timed_ms(lambda: calls.append(1), steps=10, warmup=2, budget_s=0.0)

@@ -24,7 +24,8 @@ checked against ``2 * C * D``).
 Shapes (``SHAPES``, comma separated): a name with an FVMR ``VARIANTS`` entry and a 2D-TAN one
 (``<name>`` or ``<name>_conv``): ``tacos`` (128 clips, 2D-TAN ``[16, 8, 8, 8]`` = pooling counts
 ``(15, 8, 8, 8)``, C = 2,548), ``activitynet`` (64 clips, ``(15, 8, 8)``, C = 1,104),
-``charades_vgg`` and ``tiny`` (tests).  ``D = 512`` and the paper's hidden sizes come from the
+``charades_vgg`` / ``charades_i3d`` / ``charades_c3d`` (2D-TAN's ``charades_conv`` beside each:
+2D-TAN names its variants by dataset) and ``tiny`` (tests).  ``D = 512`` and the paper's hidden sizes come from the
 variants.  Weights and inputs are random (timings do not depend on them).  Timing: compile
 first (not timed), ``--warmup`` untimed calls, then the median of up to ``--steps`` calls, each
 ended by ``jax.block_until_ready`` (at least 3; fewer than ``--steps`` once ``budget_s`` of
@@ -213,6 +214,13 @@ def _variant(family, name: str, *suffixes: str) -> tuple[str, ml_collections.Con
     raise KeyError(f"no {family.__name__} variant for shape {name!r}: {sorted(family.VARIANTS)}")
 
 
+def tan2d_variant(shape: str) -> tuple[str, ml_collections.ConfigDict]:
+    """2D-TAN's variant beside the FVMR shape ``shape``: 2D-TAN names its variants by dataset
+    (``charades_conv``), FVMR by dataset and features (``charades_vgg``, ``charades_i3d``,
+    ``charades_c3d``), so each Charades shape times 2D-TAN's one Charades model."""
+    return _variant(tan2d, shape.split("_")[0], "_conv")
+
+
 def _all(te: dict, cml: dict) -> dict[str, float]:
     return {k: te[k] + cml[k] for k in ("batch1", "amortised")}
 
@@ -266,7 +274,7 @@ def run_query_speed_bench(
         }
         del variables
         if compare_tan2d:
-            name, config = _variant(tan2d, shape, "_conv", "_vgg")
+            name, config = tan2d_variant(shape)
             model = tan2d.create_model(config)
             variables = _init(tan2d, config, model)
             te = text_embedding(
