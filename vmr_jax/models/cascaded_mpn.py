@@ -46,11 +46,12 @@ Choices where the paper is silent (beyond those of the layers and ops named abov
   paper sums eq. 14's maps across levels and applies a sigmoid, without saying on what scale.
   Read literally (``'probability'``) a frame map's cells are ~``2 / L^2`` and an ``N``-anchor
   map's ~``2 / N^2``, so the 2 x 2 map decides ``M_T``'s ranking; on the synthetic corpus that
-  gives VCMR/0.5-r1 8.5 against 34.0 for the frame map alone (README).  Default ``'log'``:
-  the maps enter as log-probabilities, ``h`` is applied as its log, line 7's sum multiplies
-  the frame map by the anchor maps of the cell's segments (a product of experts) without the
-  sigmoid, and the product is renormalised over the video's cells (31.5 on the same weights).
-  ``'cells'`` rescales each map by its cell count (7.5).  These are inference-only switches:
+  gives VCMR/0.5-r1 19.0 against 50.0 for the frame map alone (README's synthetic table,
+  one set of weights).  Default ``'log'``: the maps enter as log-probabilities, ``h`` is
+  applied as its log, line 7's sum multiplies the frame map by the anchor maps of the cell's
+  segments (a product of experts) without the sigmoid, and the product is renormalised over
+  the video's cells (35.5 on the same weights).  ``'cells'`` rescales each map by its cell
+  count (14.5).  These are inference-only switches:
   no loss reads ``M_T``.
 * What the corpus search ranks (``localize_map``): the paper's output ``M_T`` ('cascade',
   default) or the frame-level ``f_cond(V, E_q)`` alone ('frame'), an inference-only switch
