@@ -29,7 +29,9 @@ inference), and is written where it is made.
   InfoNCE temperature 0.01).  Candidate moments, the paper being silent: XML's window
   ``min_pred_l <= j - i < max_pred_l`` clips on valid clips (``min_pred_l`` 0 here: a one-clip
   moment is a candidate); SVMR ranks a video's moments by ``l_st(i) + l_ed(j)``.  Seconds,
-  the cut and NMS are the corpus engine's.
+  the cut and NMS are the corpus engine's.  Metrics: the paper counts a hit when the IoU
+  "exceeds" p; we score with TVRetrieval's standalone evaluator (protocol ``tvr``, IoU >= p),
+  the evaluator of the TVR leaderboard the paper's TVR numbers come from.
 
 Batch: the corpus contract of ``vmr_jax.models`` (``query_features``, ``query_mask``,
 ``video_features`` and/or ``subtitle_features`` by ``ctx_mode``, ``video_mask``, ``spans``,

@@ -396,7 +396,7 @@ class PREMLocalizer(nn.Module):
                 g = g / jnp.sqrt(jnp.maximum(jnp.sum(g * g, axis=-1, keepdims=True), 1e-24))
             else:
                 g = jax.nn.sigmoid(g)
-            self.sow("intermediates", f"{m}_gate", g)  # Fig. 6b
+            self.sow("intermediates", f"{m}_gate", g)  # eq. 9's gate values
             out[m] = g * d_bar
         return out
 
