@@ -21,15 +21,16 @@ routing, gather, matmul, ranking, exact NMS, results back on the host) over ``--
 queries; and the XLA ``cost_analysis`` FLOPs of the batch-1 CML programs (FVMR's dot is
 checked against ``2 * C * D``).
 
-Shapes (``SHAPES``, comma separated): a name with an FVMR ``VARIANTS`` entry (2D-TAN's
-variant of the same dataset, :func:`tan2d_variant`, runs beside it): ``tacos`` (128 clips, 2D-TAN ``[16, 8, 8, 8]`` = pooling counts
-``(15, 8, 8, 8)``, C = 2,548), ``activitynet`` (64 clips, ``(15, 8, 8)``, C = 1,104),
-``charades_vgg`` / ``charades_i3d`` / ``charades_c3d`` (each beside 2D-TAN's
-``charades_conv``) and ``tiny`` (tests).  ``D = 512`` and the paper's hidden sizes come from
-the variants.  Weights and inputs are random (timings do not depend on them).  Timing: compile
-first (not timed), ``--warmup`` untimed calls, then the median of up to ``--steps`` calls, each
-ended by ``jax.block_until_ready`` (at least 3; fewer than ``--steps`` once ``budget_s`` of
-timed calls have run: a 2D-TAN CML call at TACoS shapes takes minutes on a CPU).
+Shapes (``SHAPES``, comma separated): a name with an FVMR ``VARIANTS`` entry (2D-TAN's variant
+of the same dataset, :func:`tan2d_variant`, runs beside it): ``tacos`` (128 clips, 2D-TAN
+``[16, 8, 8, 8]`` = pooling counts ``(15, 8, 8, 8)``, C = 2,548), ``activitynet`` (64 clips,
+``(15, 8, 8)``, C = 1,104), ``charades_vgg`` / ``charades_i3d`` / ``charades_c3d`` (each beside
+2D-TAN's ``charades_conv``) and ``tiny`` (tests).  ``D = 512`` and the paper's hidden sizes
+come from the variants.  Weights and inputs are random (timings do not depend on them).
+Timing: compile first (not timed), ``--warmup`` untimed calls, then the median of up to
+``--steps`` calls, each ended by ``jax.block_until_ready`` (at least 3; fewer than ``--steps``
+once ``budget_s`` of timed calls have run: a 2D-TAN CML call at TACoS shapes takes minutes on
+a CPU).
 """
 
 from __future__ import annotations

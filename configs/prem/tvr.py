@@ -16,10 +16,10 @@ localizer 15 epochs of batch 32 with 4 hard negatives per query drawn from the r
 top 100; AdamW lr 1e-4, weight decay 0.01; InfoNCE temperature 0.01, weak-positive weight 0.5,
 classification weight 0.8; inference on the retriever's top 10 (eq. 12), VR lists of 100.
 Where the paper is silent (TVRetrieval's XML): 100 clips of 1.5 s (``max_ctx_l``), 30 query
-tokens, XML's window rule with min_pred_l 0 (moments of 1 to 16 clips; XML's own starts at
-3), 200 candidates before NMS 0.5; evaluation on val (test_public has no public ground truth).  Target (paper Tables 1 and 4, TVR val): VR
-R@1 26.24, R@100 92.50; SVMR R@1 IoU 0.5 / 0.7 = 46.29 / 24.83; VCMR R@1 IoU 0.5 / 0.7 =
-16.08 / 9.01.  
+tokens, XML's window rule with min_pred_l 0 (moments of 1 to 16 clips; XML's own starts at 3),
+200 candidates before NMS 0.5; evaluation on val (test_public has no public ground truth).
+Target (paper Tables 1 and 4, TVR val): VR R@1 26.24, R@100 92.50; SVMR R@1 IoU 0.5 / 0.7 =
+46.29 / 24.83; VCMR R@1 IoU 0.5 / 0.7 = 16.08 / 9.01.  
 ``:runlocal`` runs four steps of batch 4; ``:tiny`` trains a small PREM (hidden 32) for
 200 steps of batch 16 per stage on the same features (``config_presets.short_run``).
 """
