@@ -188,6 +188,24 @@ def test_another_run_is_refused_before_anything_is_written(
     assert snapshot(workdir) == before
 
 
+def test_a_model_field_added_since_the_run_counts_as_what_the_run_was_built_with():
+    """A config.json written before MGPN had ``bn_groups`` and ``text_padding`` ran with
+    statistics over the whole batch and the fixed padding (the only behaviour then): resuming
+    it with those values is accepted, another value is named."""
+    config = runlocal()
+    saved = json.loads(config.to_json_best_effort())
+    for field in ("bn_groups", "text_padding"):
+        saved["model"].pop(field, None)
+    config.unlock()
+    config.model.bn_groups, config.model.text_padding = 1, "fixed"
+    assert checkpointing.workdir_differences(saved, config) == []
+    config.model.bn_groups, config.model.text_padding = 4, "batch"
+    assert checkpointing.workdir_differences(saved, config) == [
+        ("model.bn_groups", 1, 4),
+        ("model.text_padding", "fixed", "batch"),
+    ]
+
+
 def test_checkpoints_without_config_are_not_claimed(reference, tmp_path):
     workdir, _ = reference
     shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")

@@ -182,11 +182,37 @@ def _identity(config_dict: Mapping[str, Any]) -> dict[str, Any]:
 _NAMES = ("model.name", "data.name")  # listed first: the differences that explain the rest
 
 
+def _built_model_values(saved: Mapping[str, Any], fields: list[str]) -> dict[str, Any]:
+    """``{"model.<f>": value}``: the value each model field ``f`` absent from an older
+    ``config.json`` takes when today's code builds that run's model (the module's own default,
+    e.g. ``bn_groups`` 1 for an MGPN run written before the field existed), as JSON.  Empty
+    where the saved model section cannot be built."""
+    from vmr_jax.models import get_family
+
+    section = saved.get("model") if isinstance(saved, Mapping) else None
+    try:
+        module = get_family(section["name"]).create_model(ml_collections.ConfigDict(section))
+    except Exception:  # an unknown family or a model section today's code refuses
+        return {}
+    out = {}
+    for key in fields:
+        name = key[len("model.") :]
+        if "." not in name and hasattr(module, name):
+            out[key] = json.loads(json.dumps(getattr(module, name), default=list))
+    return out
+
+
 def workdir_differences(saved: Mapping[str, Any], config: ml_collections.ConfigDict) -> list:
     """``[(field, saved value, new value), ...]`` over :data:`WORKDIR_IDENTITY` (values
-    compared as JSON, so tuples equal the lists ``config.json`` holds)."""
+    compared as JSON, so tuples equal the lists ``config.json`` holds).  A model field that
+    the saved ``config.json`` lacks (added to the family after the run was written) counts as
+    the value the run's model is built with today, so ``--config.model.bn_groups=1`` resumes
+    an MGPN workdir written before ``bn_groups`` existed, and ``bn_groups=4`` is refused."""
     new = _identity(json.loads(config.to_json_best_effort()))
     old = _identity(saved)
+    added = [k for k in new if k.startswith("model.") and k not in old]
+    if added:
+        old.update(_built_model_values(saved, added))
     return [
         (key, old.get(key, "<absent>"), new.get(key, "<absent>"))
         for key in sorted(set(old) | set(new), key=lambda k: (k not in _NAMES, k))
