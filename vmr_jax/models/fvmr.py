@@ -108,11 +108,12 @@ import numpy as np
 import optax
 
 from vmr_jax.errors import UserError
+from vmr_jax.layers.batch_norm import MapBatchNorm
 from vmr_jax.layers.map_conv import sparse_group_conv
 from vmr_jax.layers.recurrent import StackedRNN
 from vmr_jax.models import common
 from vmr_jax.models.family import Family
-from vmr_jax.models.mgpn import MapBatchNorm, _torch_uniform, cell_targets
+from vmr_jax.models.mgpn import _torch_uniform, cell_targets
 from vmr_jax.ops import moment_map
 
 TREE_KEYS = ("tree_verbs", "tree_nouns", "tree_edges")
