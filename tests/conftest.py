@@ -3,7 +3,10 @@ annotation files (shared/data)."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -84,3 +87,21 @@ def shared_data_dir() -> Path:
     if not SHARED_DATA_DIR.is_dir():
         pytest.skip(f"no shared annotation data at {SHARED_DATA_DIR} (set VMR_SHARED_DATA)")
     return SHARED_DATA_DIR
+
+
+def run_on_fake_devices(script: str, *args: str, devices: int = 8) -> dict:
+    """Runs ``script`` (``python -c``) in a fresh process with ``devices`` fake CPU devices
+    (``--xla_force_host_platform_device_count``) and returns the JSON of its last ``RESULT``
+    line; the process's failure fails the test with its stderr."""
+    env = dict(os.environ)
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
+    env["JAX_PLATFORMS"] = "cpu"
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT ") :])

@@ -3,21 +3,15 @@ numbers on 8 fake CPU devices as on 1."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_on_fake_devices
 
 from vmr_jax.layers.batch_norm import MapBatchNorm, chunk_moments, chunk_sizes
-
-ROOT = Path(__file__).resolve().parents[2]
 
 # torch.chunk(torch.arange(B), G) sizes, by its rule: ceil(B / G) each, the remainder last,
 # fewer than G chunks when ceil(B / G) chunks already cover B.
@@ -155,21 +149,7 @@ _EIGHT_DEVICES = textwrap.dedent(
 def test_eight_devices_give_the_chunk_statistics_of_one_device():
     """8 examples in 3 chunks (3, 3, 2) that straddle the 8 devices' shards of 1: the outputs
     and running statistics of a jitted train-mode apply equal those on one device."""
-    env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
-    env["XLA_FLAGS"] = " ".join(flags + ["--xla_force_host_platform_device_count=8"])
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-c", _EIGHT_DEVICES],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    out = json.loads(line[len("RESULT ") :])
+    out = run_on_fake_devices(_EIGHT_DEVICES)
     assert out["device_count"] == 8
     for family in ("mgpn", "fvmr"):
         one, eight = out[family]["one"], out[family]["eight"]

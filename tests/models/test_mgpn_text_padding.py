@@ -9,24 +9,19 @@ with ``text_padding='fixed'``, which reads every slot it is given -- exactly the
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
+from conftest import run_on_fake_devices
 
 from vmr_jax.models import mgpn, tan2d
 
 LENGTHS = (5, 3, 2)  # L_b = 5
 SLOTS = 12
 ATOL = 1e-5
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _batch(word_dim, model_config, seed=0):
@@ -163,16 +158,6 @@ _SHARDED = textwrap.dedent(
 def test_longest_query_is_taken_over_the_global_sharded_batch(tmp_path):
     """8 CPU devices, one query per device, the longest (6 words) on one of them: the
     sharded forward equals the batch sliced to 6 slots (L_b is a global reduction)."""
-    env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
-    env["XLA_FLAGS"] = " ".join(flags + ["--xla_force_host_platform_device_count=8"])
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    out = json.loads(line[len("RESULT ") :])
+    out = run_on_fake_devices(_SHARDED)
     assert out["devices"] == 8 and out["shards"] == 8
     assert out["diff"] <= ATOL
